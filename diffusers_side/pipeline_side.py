@@ -1,0 +1,340 @@
+"""`SIDEPipeline`: unconditional diffusion sampling guided toward one surrogate condition at a time.
+
+The module path of this file is part of the on-disk format (`model_index.json` stores
+``["diffusers_side", "SIDEPipeline"]``): do not move it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+
+from .classifier import TimeDependentClassifier
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_side import SIDEPipeline
+
+        >>> pipe = SIDEPipeline.from_pretrained("path/or/user-repo")  # unet + scheduler + classifier
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> out = pipe(batch_size=4, target=[0, 0, 1, 1], guidance_scale=2.0, generator=generator)
+        >>> out.images[0].save("extracted.png"), out.targets
+        ```
+"""
+
+
+@dataclass
+class SIDEPipelineOutput(BaseOutput):
+    """
+    Output of [`SIDEPipeline`].
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            The generated images, in the format asked for by `output_type`.
+        targets (`torch.Tensor` or `None`):
+            The surrogate condition each image was guided toward, shape `(batch_size,)`; `None` for
+            unguided sampling.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    targets: torch.Tensor | None
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Put `model` in eval mode with no parameter gradients, and restore its state afterwards."""
+    was_training = model.training
+    requires_grad = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        for parameter, flag in zip(model.parameters(), requires_grad):
+            parameter.requires_grad_(flag)
+
+
+class SIDEPipeline(DiffusionPipeline):
+    r"""
+    Sampling from an unconditional diffusion model with time-dependent classifier guidance (SIDE).
+
+    Every denoising step replaces the model's noise prediction by
+
+        eps_guided = eps_theta(x_t, t) - sqrt(1 - abar_t) * guidance_scale * grad_x log p_phi(c | x_t, t)
+
+    (the "condition score" form of Dhariwal & Nichol, 2021), so any scheduler can take the step. With
+    `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline`.
+
+    Args:
+        unet ([`UNet2DModel`]): the unconditional model under audit (epsilon, v or sample prediction).
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, Euler, Euler ancestral,
+            DPMSolverMultistep, UniPC, ...).
+        classifier ([`TimeDependentClassifier`], *optional*): p_phi(y | x_t, t) over the surrogate conditions.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _optional_components = ["classifier"]
+    # The classifier is small and runs at every step next to the UNet: keep it on the device.
+    _exclude_from_cpu_offload = ["classifier"]
+    _callback_tensor_inputs = ["image"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, classifier: TimeDependentClassifier | None = None):
+        super().__init__()
+        if classifier is not None:
+            check_classifier_matches_unet(classifier, unet)
+        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SIDEPipeline":
+        """
+        Load a pipeline from a local folder or a Hub repo id, safetensors only unless you opt in.
+
+        A repo id is first resolved to a local snapshot with `huggingface_hub.snapshot_download` (honouring
+        `HF_HUB_CACHE` and `HF_HUB_OFFLINE`): diffusers' own download path refuses third-party components
+        such as the classifier unless remote code is trusted, which a plugin-pushed repo must not need.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): folder or Hub repo id.
+            use_safetensors (`bool`, *optional*, defaults to `True`): pass `False` to allow pickled
+                `.bin` weights (only for checkpoints you trust: unpickling can run code).
+            revision, cache_dir, token, local_files_only: forwarded to `snapshot_download`.
+            kwargs: forwarded to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
+        """
+        source = str(pretrained_model_name_or_path)
+        if not os.path.isdir(source):
+            source = snapshot_download(
+                source,
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.pop("token", None),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        use_safetensors = kwargs.pop("use_safetensors", True)
+        try:
+            return super().from_pretrained(source, use_safetensors=use_safetensors, **kwargs)
+        except (OSError, EnvironmentError) as error:
+            if use_safetensors and "safetensors" in str(error):
+                raise OSError(
+                    f"{pretrained_model_name_or_path!r} has no safetensors weights, and pickled weights are refused by "
+                    "default because unpickling can run arbitrary code. If you trust this checkpoint, load it with "
+                    "`SIDEPipeline.from_pretrained(..., use_safetensors=False)` (CLI: --allow-pickle), then re-save it "
+                    "with `save_pretrained` to convert it to safetensors."
+                ) from error
+            raise
+
+    def check_inputs(
+        self,
+        batch_size: int,
+        target: int | list[int] | torch.Tensor | None,
+        guidance_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        output_type: str,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"Got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator per image."
+            )
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 for unguided sampling or a positive scale.")
+        if self.classifier is None:
+            if guidance_scale > 0 or target is not None:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale}, target={target!r} need a classifier, but this pipeline has none; "
+                    "build it with `SIDEPipeline(unet, scheduler, classifier=...)` or set guidance_scale=0 and target=None."
+                )
+            return
+        check_classifier_matches_unet(self.classifier, self.unet)
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if guidance_scale > 0 and prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"Classifier guidance supports prediction_type in {PREDICTION_TYPES}, not {prediction_type!r}."
+            )
+        if target is not None:
+            targets = torch.as_tensor(target).reshape(-1)
+            num_classes = self.classifier.config.num_classes
+            if targets.numel() not in (1, batch_size):
+                raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
+            if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_classes:
+                raise ValueError(
+                    f"target={target!r} is out of range: the classifier has {num_classes} surrogate conditions "
+                    f"(valid targets are 0..{num_classes - 1})."
+                )
+
+    def prepare_targets(
+        self, target, batch_size: int, generator: torch.Generator | list[torch.Generator] | None, device: torch.device
+    ) -> torch.Tensor:
+        """Fixed targets, or one condition drawn uniformly per image from the generator(s)."""
+        if target is not None:
+            return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
+        num_classes = self.classifier.config.num_classes
+        if isinstance(generator, list):
+            draws = [torch.randint(num_classes, (1,), generator=g, device=g.device) for g in generator]
+            return torch.cat([d.to(device) for d in draws])
+        generator_device = generator.device if generator is not None else "cpu"
+        return torch.randint(num_classes, (batch_size,), generator=generator, device=generator_device).to(device)
+
+    def alpha_bar(self, step_index: int, timestep: torch.Tensor) -> torch.Tensor:
+        """abar_t of the current step: 1 / (1 + sigma^2) for sigma-parameterised schedulers, else alphas_cumprod[t]."""
+        sigmas = getattr(self.scheduler, "sigmas", None)
+        if sigmas is not None and len(sigmas) > step_index:
+            return 1.0 / (1.0 + sigmas[step_index].double() ** 2)
+        return self.scheduler.alphas_cumprod[int(timestep)].double()
+
+    def classifier_gradient(self, model_input: torch.Tensor, timestep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """g = grad_x log p_phi(c | x_t, t), taken w.r.t. the noisy images only (the classifier is frozen)."""
+        with torch.enable_grad():
+            x_t = model_input.detach().to(self.classifier.dtype).requires_grad_(True)
+            log_probs = self.classifier(x_t, timestep.expand(x_t.shape[0])).log_softmax(dim=-1)
+            selected = log_probs[torch.arange(x_t.shape[0], device=x_t.device), targets].sum()
+            (gradient,) = torch.autograd.grad(selected, x_t)
+        return gradient.to(model_input.dtype)
+
+    def guide(
+        self,
+        model_output: torch.Tensor,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        step_index: int,
+        targets: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Shift the model's prediction so that its implied noise is eps - sqrt(1 - abar_t) * lambda * g."""
+        gradient = self.classifier_gradient(model_input, timestep, targets)
+        if not torch.isfinite(gradient).all():
+            raise ValueError(
+                f"The classifier gradient is not finite at step {step_index} (t={float(timestep):g}); "
+                "check the classifier weights or lower guidance_scale."
+            )
+        abar = self.alpha_bar(step_index, timestep)
+        alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
+        eps_shift = (-sigma_t * guidance_scale * gradient.double()).to(model_output.dtype)
+        # Express the same change of eps in the model's own parameterisation
+        # (x_t = alpha_t x_0 + sigma_t eps, v = alpha_t eps - sigma_t x_0).
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type == "sample":
+            eps_shift = eps_shift * (-sigma_t / alpha_t).to(model_output.dtype)
+        elif prediction_type == "v_prediction":
+            eps_shift = eps_shift / alpha_t.to(model_output.dtype)
+        channels = model_input.shape[1]  # a learned-variance UNet returns extra channels after the prediction
+        guided = model_output.clone()
+        guided[:, :channels] += eps_shift
+        return guided
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        batch_size: int = 1,
+        target: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["SIDEPipeline", int, torch.Tensor, dict], dict] | None = None,
+    ) -> SIDEPipelineOutput | tuple:
+        r"""
+        Generate images, guided toward surrogate conditions when a classifier and a positive scale are given.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images.
+            target (`int`, `list[int]` or `torch.Tensor`, *optional*): the surrogate condition(s) to guide toward,
+                one for all images or one per image. `None` draws one uniformly at random per image from `generator`
+                (only when guidance is on, so unguided sampling consumes exactly the random numbers
+                `DDPMPipeline` does).
+            guidance_scale (`float`, *optional*): lambda. Defaults to 1.0 when the pipeline has a classifier (the
+                Bayes-exact conditional score of p(x | c)), 0 otherwise. 0 reproduces unconditional sampling exactly.
+            num_inference_steps (`int`, defaults to 50): denoising steps.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
+                (so each image can be regenerated from its own seed).
+            eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers that do not take it.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`, defaults to `True`): return a [`SIDEPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after
+                every step; it may return `{"image": replacement}`.
+
+        Examples:
+
+        Returns:
+            [`SIDEPipelineOutput`] or `tuple`: images and targets (`targets` is `None` without guidance).
+        """
+        if guidance_scale is None:
+            guidance_scale = 1.0 if self.classifier is not None else 0.0
+        self.check_inputs(batch_size, target, guidance_scale, generator, output_type)
+        device = self._execution_device
+        guided = guidance_scale > 0
+        targets = self.prepare_targets(target, batch_size, generator, device) if guided or target is not None else None
+
+        size = self.unet.config.sample_size
+        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        image = image * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps)
+        step_kwargs = self.prepare_step_kwargs(generator, eta)
+
+        with frozen(self.classifier) if guided else contextlib.nullcontext():
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                model_input = self.scheduler.scale_model_input(image, t)
+                model_output = self.unet(model_input, t).sample
+                if guided:
+                    model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale)
+                image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
+
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image, targets)
+        return SIDEPipelineOutput(images=image, targets=targets)
+
+    def prepare_step_kwargs(self, generator, eta: float) -> dict:
+        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta`)."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        return kwargs
+
+
+def check_classifier_matches_unet(classifier: TimeDependentClassifier, unet: UNet2DModel) -> None:
+    """Raise if the classifier cannot read the UNet's samples (channels or resolution differ)."""
+    if not isinstance(classifier, TimeDependentClassifier):
+        raise TypeError(f"classifier must be a TimeDependentClassifier, got {type(classifier).__name__}.")
+    unet_size, classifier_size = unet.config.sample_size, classifier.config.sample_size
+    if unet.config.in_channels != classifier.config.in_channels or unet_size != classifier_size:
+        raise ValueError(
+            f"The classifier expects {classifier.config.in_channels}x{classifier_size}x{classifier_size} images but the "
+            f"UNet samples {unet.config.in_channels}x{unet_size}x{unet_size}; train the classifier at the UNet's "
+            "resolution and channels (training/train_classifier.py reads them from the pipeline)."
+        )
