@@ -1,0 +1,70 @@
+"""Build the `SIDEPipeline` a command works on: the target, a scheduler swap, an extra classifier."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+
+from .classifier import TimeDependentClassifier
+from .default_model import resolve_pipeline_path
+from .pipeline_side import SIDEPipeline
+
+# Names accepted by --scheduler; each is built with `from_config` from the target's own scheduler, so the
+# noise schedule (betas, abar_t) and prediction type stay those the model was trained with.
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-ancestral": EulerAncestralDiscreteScheduler,
+    "dpm-solver": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+
+def load_classifier(path: str | os.PathLike, allow_pickle: bool = False) -> TimeDependentClassifier:
+    """A classifier from its own folder, or from the ``classifier/`` folder of a saved pipeline."""
+    path = Path(resolve_pipeline_path(path))
+    subfolder = "classifier" if (path / "classifier" / "config.json").exists() else None
+    if not (path / (subfolder or "") / "config.json").exists():
+        raise FileNotFoundError(f"No classifier found at {path} (expected config.json or classifier/config.json).")
+    return TimeDependentClassifier.from_pretrained(path, subfolder=subfolder, use_safetensors=not allow_pickle)
+
+
+def load_pipeline(
+    spec: str | os.PathLike,
+    scheduler: str | None = None,
+    classifier: str | os.PathLike | None = None,
+    allow_pickle: bool = False,
+    device: str | torch.device | None = None,
+) -> SIDEPipeline:
+    """
+    Load the pipeline to audit.
+
+    Args:
+        spec: ``"default"`` (the embedded digits model), a folder, or a Hub repo id.
+        scheduler (`str`, *optional*): one of `SCHEDULERS` to sample with instead of the saved scheduler.
+        classifier (*optional*): a classifier folder (or pipeline folder) replacing the pipeline's own.
+        allow_pickle (`bool`): accept pickled `.bin` weights (only for checkpoints you trust).
+        device (*optional*): where to run.
+
+    Returns:
+        [`SIDEPipeline`]
+    """
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
+    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=not allow_pickle)
+    if scheduler is not None:
+        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+    if classifier is not None:
+        pipe = SIDEPipeline(pipe.unet, pipe.scheduler, load_classifier(classifier, allow_pickle))
+    return pipe.to(device) if device is not None else pipe
