@@ -48,6 +48,18 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
     ```
     """
     source = str(name_or_path)
+    try:
+        dataset = _load(source, split)
+    except (IndexError, ValueError) as error:
+        if "no data" not in str(error) and not isinstance(error, IndexError):
+            raise
+        raise ValueError(f"Image data set {source!r} is empty; it holds no images.") from error
+    if len(dataset) == 0:
+        raise ValueError(f"Image data set {source!r} is empty; it holds no images.")
+    return dataset
+
+
+def _load(source: str, split: str) -> Dataset:
     if source == DEFAULT:
         from .default_model import load_training_subset
 

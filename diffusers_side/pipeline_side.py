@@ -121,6 +121,11 @@ class SIDEPipeline(DiffusionPipeline):
         """
         source = str(pretrained_model_name_or_path)
         if not os.path.isdir(source):
+            if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
+                raise FileNotFoundError(
+                    f"Pipeline folder {source!r} does not exist (or is not a folder); pass a folder written by "
+                    "`save_pretrained` or a Hub repo id such as 'user/repo'."
+                )
             source = snapshot_download(
                 source,
                 revision=kwargs.pop("revision", None),

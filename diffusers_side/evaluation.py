@@ -1,0 +1,427 @@
+"""Score generated images against the training set: the evaluation step of a SIDE audit (step 8).
+
+[`evaluate`] reads one or more generation folders (written by ``side extract`` / ``side synthesize``,
+or any image data set) and a reference (training) set, finds every generation's best training match
+with the chunked search of `diffusers_side.metrics`, computes AMS / UMS per band, the 95th-percentile
+similarity and Gu et al.'s memorization ratio per method, and writes the per-generation matches, the
+report and the figures (see `diffusers_side.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from diffusers.utils import logging
+from tqdm.auto import tqdm
+
+from .data import find_image_column, image_channels, images_to_tensor, load_image_dataset
+from .metrics import (
+    BAND_RATIONALE,
+    CARLINI_ALPHA,
+    CARLINI_NUM_NEIGHBORS,
+    COSINE,
+    DEFAULT_CHUNK_SIZE,
+    Band,
+    Matches,
+    assign_bands,
+    band_interval,
+    default_bands,
+    direction_text,
+    display_order,
+    extraction_metrics,
+    find_best_matches,
+    parse_bands,
+    similarity_kind,
+    smaller_is_more_similar,
+    validate_bands,
+)
+from .report import FIGURES_DIR, atomic_path, figure_name, package_versions, save_match_figure, write_report
+
+logger = logging.get_logger(__name__)
+
+GENERATION_SETTINGS = "generation.json"
+MATCHES_FILE = "matches.parquet"
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_FIGURE_IMAGES = 8
+# Columns of a generation folder (see `diffusers_side.generation`) and their value when absent.
+GENERATION_COLUMNS = {"index": -1, "seed": -1, "method": None, "target": -1, "guidance_scale": float("nan")}
+
+
+class PixelImages:
+    """A data set's images as pixel tensors ``(N, C, H, W)`` in ``[0, 1]``, decoded one slice at a time.
+
+    Slicing returns a tensor (so it can be handed to `diffusers_side.features.embed_images`); every
+    image is converted to ``channels`` and, when ``resolution`` is set, resized to it.
+    """
+
+    def __init__(self, dataset: Dataset, column: str, resolution: int | None, channels: int):
+        self.dataset = dataset
+        self.column = column
+        self.resolution = resolution
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: slice) -> torch.Tensor:
+        return images_to_tensor(self.dataset[item][self.column], self.resolution, self.channels)
+
+
+@dataclass
+class ImageSet:
+    """One loaded image set: its source, data set, image column, (C, H, W) after conversion, settings."""
+
+    source: str
+    dataset: Dataset
+    column: str
+    shape: tuple[int, int, int]
+    settings: dict
+
+    def pixel_images(self, resolution: int | None) -> PixelImages:
+        return PixelImages(self.dataset, self.column, resolution, self.shape[0])
+
+    def image(self, row: int):
+        return self.dataset[row][self.column]
+
+
+def _read_settings(path: str | os.PathLike) -> dict:
+    settings_file = Path(path) / GENERATION_SETTINGS
+    return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+
+
+def _load_set(source: str, resolution: int | None, channels: int | None, role: str) -> ImageSet:
+    """Load a set and read the (C, H, W) of its first image after the requested conversion."""
+    dataset = load_image_dataset(source)
+    if len(dataset) == 0:
+        hint = "generate images first (side extract)" if role == "generated" else "pass a non-empty training set"
+        raise ValueError(f"The {role} set {source!r} is empty; {hint}.")
+    column = find_image_column(dataset)
+    image = dataset[0][column]
+    width, height = image.size if resolution is None else (resolution, resolution)
+    shape = (channels or image_channels(image), height, width)
+    return ImageSet(source, dataset, column, shape, _read_settings(source) if role == "generated" else {})
+
+
+def _describe_shape(shape: tuple[int, int, int]) -> str:
+    return f"{shape[2]}x{shape[1]} with {shape[0]} channel(s)"
+
+
+def _check_same_shape(generated: ImageSet, reference: ImageSet) -> None:
+    if generated.shape == reference.shape:
+        return
+    fixes = []
+    if generated.shape[1:] != reference.shape[1:]:
+        fixes.append(f"--resolution {reference.shape[1]} (resolution=) to resize both to one size")
+    if generated.shape[0] != reference.shape[0]:
+        fixes.append(f"--channels {reference.shape[0]} (channels=) to convert both to one channel count")
+    raise ValueError(
+        f"Generated images in {generated.source!r} are {_describe_shape(generated.shape)} but the reference "
+        f"{reference.source!r} images are {_describe_shape(reference.shape)}; pixel similarities compare images of "
+        f"one shape: pass {' and '.join(fixes)}."
+    )
+
+
+def _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors):
+    if not generated:
+        raise ValueError("No generated sets given; pass at least one --generated DIR.")
+    for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size), ("max_figure_images", max_figure_images)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer.")
+    if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
+        raise ValueError(f"resolution={resolution!r} must be a positive integer.")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels={channels!r} must be 1 or 3.")
+    if alpha <= 0 or num_neighbors < 2:
+        raise ValueError(f"Carlini's normalizer needs alpha > 0 and num_neighbors >= 2; got {alpha} and {num_neighbors}.")
+
+
+def _resolve_bands(bands: Sequence[Band | tuple] | str | None, kind: str) -> tuple[list[Band], str, str]:
+    """The bands, where they come from, and their rationale."""
+    if bands is None:
+        return default_bands(kind), f"default for {kind}", BAND_RATIONALE[kind]
+    bands = parse_bands(bands) if isinstance(bands, str) else validate_bands(bands)
+    return bands, "user", "Edges given by the user (--bands)."
+
+
+def _pixel_rows(images: PixelImages, batch_size: int, expected_shape: tuple, name: str) -> torch.Tensor:
+    """All images of a set as flattened uint8 rows (exact for 8-bit images, 4x smaller than float32)."""
+    rows = []
+    for start in tqdm(range(0, len(images), batch_size), desc=f"Reading {name}", unit="batch"):
+        batch = images[start : start + batch_size]
+        if tuple(batch.shape[1:]) != expected_shape:
+            raise ValueError(
+                f"Images of {name!r} have mixed sizes: {_describe_shape(expected_shape)} at first, "
+                f"{_describe_shape(tuple(batch.shape[1:]))} from image {start}; pass --resolution to resize them."
+            )
+        rows.append((batch * 255).round_().to(torch.uint8).flatten(1))
+    return torch.cat(rows)
+
+
+def _load_extractor(spec: str, pipeline: str | None, generated: list[ImageSet], device: str) -> tuple:
+    """The feature extractor, and the pipeline it was built from (only ``"unet"`` needs one).
+
+    The ``"unet"`` extractor uses ``pipeline`` or, without it, the one every generation folder's
+    ``generation.json`` names.
+    """
+    from .default_model import resolve_pipeline_path
+    from .features import UNET, load_feature_extractor
+
+    if spec != UNET:
+        return load_feature_extractor(spec, device=device), pipeline
+    if pipeline is None:
+        recorded = {str(s.settings["pipeline"]) for s in generated if s.settings.get("pipeline") is not None}
+        if len(recorded) != 1:
+            found = f"they name {sorted(recorded)}" if recorded else "none is recorded in generation.json"
+            raise ValueError(f"The 'unet' similarity needs the audited model's pipeline ({found}): pass --pipeline.")
+        pipeline = recorded.pop()
+    from .pipeline_side import SIDEPipeline
+
+    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(pipeline))
+    return load_feature_extractor(spec, unet=pipe.unet, scheduler=pipe.scheduler, device=device), pipeline
+
+
+def _comparable_rows(reference: ImageSet, generated: list[ImageSet], extractor, resolution, batch_size) -> tuple:
+    """Reference and generated rows to search: uint8 pixels, or L2-normalised embeddings with an extractor."""
+    if extractor is None:
+        reference_rows = _pixel_rows(reference.pixel_images(resolution), batch_size, reference.shape, reference.source)
+        generated_rows = [_pixel_rows(s.pixel_images(resolution), batch_size, s.shape, s.source) for s in generated]
+        return reference_rows, torch.cat(generated_rows)
+    from .features import embed_images
+
+    reference_rows = embed_images(extractor, reference.pixel_images(resolution), batch_size)
+    return reference_rows, torch.cat([embed_images(extractor, s.pixel_images(resolution), batch_size) for s in generated])
+
+
+def _metadata_columns(generated: list[ImageSet]) -> dict[str, np.ndarray]:
+    """Per generation: source set, row, and the generation columns (absent ones get defaults; method: folder name)."""
+    columns = {name: [] for name in (*GENERATION_COLUMNS, "source_id", "row")}
+    for source_id, image_set in enumerate(generated):
+        size = len(image_set.dataset)
+        for name, default in GENERATION_COLUMNS.items():
+            if name in image_set.dataset.column_names:
+                columns[name] += list(image_set.dataset[name])
+            else:
+                columns[name] += [Path(image_set.source).name if name == "method" else default] * size
+        columns["source_id"] += [source_id] * size
+        columns["row"] += list(range(size))
+    columns["method"] = [str(method) for method in columns["method"]]
+    return {name: np.asarray(values, dtype=np.float64 if name == "guidance_scale" else None) for name, values in columns.items()}
+
+
+def _group_labels(methods: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """One group per method; a method seen at several guidance scales is split per scale."""
+    labels = methods.astype(object)
+    for method in np.unique(methods):
+        rows = methods == method
+        distinct = np.unique(scales[rows][~np.isnan(scales[rows])])
+        if len(distinct) > 1:
+            labels[rows] = [f"{method} (guidance {scale:g})" for scale in scales[rows]]
+    return labels
+
+
+def _group_summary(result: dict, columns: dict[str, np.ndarray], rows: np.ndarray, generated: list[ImageSet]) -> dict:
+    seeds, scales, targets = columns["seed"][rows], columns["guidance_scale"][rows], columns["target"][rows]
+    result.update(
+        method=str(columns["method"][rows][0]),
+        sources=sorted({generated[i].source for i in columns["source_id"][rows]}),
+        guidance_scales=sorted({float(s) for s in scales[~np.isnan(scales)]}),
+        seeds={"min": int(seeds.min()), "max": int(seeds.max()), "count": len(seeds), "distinct": len(np.unique(seeds))},
+        num_targets=len(np.unique(targets[targets >= 0])),
+    )
+    return result
+
+
+def _save_matches_table(path: Path, columns, generated: list[ImageSet], matches: Matches, bands, assigned, labels) -> None:
+    table = {
+        "source": [generated[i].source for i in columns["source_id"]],
+        "row": columns["row"],
+        "index": columns["index"],
+        "seed": columns["seed"],
+        "method": columns["method"].tolist(),
+        "group": labels.astype(str).tolist(),
+        "target": columns["target"],
+        "guidance_scale": columns["guidance_scale"].astype(np.float32),
+        "best_match": matches.best_index,
+        "score": matches.score,
+        "second_score": matches.second_score,
+        "nearest_distance": matches.nearest_distance,
+        "second_distance": matches.second_distance,
+        "band": [bands[b].name if b >= 0 else "" for b in assigned],
+    }
+    with atomic_path(path) as tmp:
+        Dataset.from_dict(table).to_parquet(str(tmp))
+
+
+def _figure_sections(matches: Matches, assigned, rows, bands: list[Band], kind: str, fetch_pair, max_images: int) -> list:
+    """Per band (most similar first): its generations sorted most similar first, capped at ``max_images``."""
+    sections = []
+    sign = 1.0 if smaller_is_more_similar(kind) else -1.0
+    for band in reversed(display_order(bands, kind)):
+        members = rows[assigned[rows] == bands.index(band)]
+        members = members[np.argsort(sign * matches.score[members], kind="stable")]
+        pairs = [fetch_pair(int(i)) for i in members[:max_images]]
+        sections.append((f"{band.name} {band_interval(band, bands)}", len(members), pairs))
+    return sections
+
+
+def _similarity_settings(similarity: str, kind: str, alpha: float, matches: Matches) -> dict:
+    descriptions = {
+        "l2": "RMS L2 distance on [0, 1] pixels",
+        "carlini": f"Carlini et al.'s normalized L2 on [0, 1] pixels, alpha={alpha:g}, n={matches.num_neighbors} nearest",
+        COSINE: f"cosine similarity of L2-normalised `{similarity}` embeddings",
+    }
+    smaller = smaller_is_more_similar(kind)
+    return {
+        "name": similarity,
+        "kind": kind,
+        "description": descriptions[kind],
+        "direction": direction_text(kind),
+        "alpha": alpha if kind == "carlini" else None,
+        "num_neighbors": matches.num_neighbors if kind == "carlini" else None,
+        "p95_definition": (
+            "the 5th percentile of the best-match distance (the value only the 5 % most similar generations beat)."
+            if smaller
+            else "the 95th percentile of the best-match cosine similarity."
+        ),
+        "memorization_distance": "the RMS L2 pixel distance" if smaller else "the embedding L2 distance sqrt(2 - 2 cos)",
+    }
+
+
+def evaluate(
+    generated: Sequence[str | os.PathLike],
+    reference: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    similarity: str = "carlini",
+    bands: Sequence[Band | tuple] | str | None = None,
+    resolution: int | None = None,
+    channels: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    alpha: float = CARLINI_ALPHA,
+    num_neighbors: int = CARLINI_NUM_NEIGHBORS,
+    pipeline: str | None = None,
+    max_figure_images: int = DEFAULT_FIGURE_IMAGES,
+) -> dict:
+    """Score generations against a reference set and write the report.
+
+    Args:
+        generated (sequence of paths): generation folders (``DIR/generation.json`` + ``DIR/shards/*.parquet``
+            with columns image, index, seed, method, target, guidance_scale) or any image data set
+            `diffusers_side.data.load_image_dataset` reads. Generations are grouped by their ``method``
+            column (the folder name when absent); a method seen at several guidance scales is split
+            per scale.
+        reference (`str`): the training set, any source `load_image_dataset` accepts (``"default"``:
+            the embedded model's training subset).
+        output_dir: where ``report.json``, ``report.md``, ``matches.parquet`` and ``figures/`` go.
+        similarity (`str`, defaults to ``"carlini"``): ``"l2"`` (RMS L2 on pixels), ``"carlini"``
+            (normalized L2) or a feature-extractor spec (``"unet"``, ``"pixels"``, a transformers model,
+            a TorchScript file such as SSCD) compared with cosine similarity.
+        bands: `Band`s / ``(name, low, high)`` triples, or ``"name:low:high,..."``; defaults to
+            `diffusers_side.metrics.DEFAULT_BANDS` for the similarity.
+        resolution (`int`, *optional*): resize generated and reference images to this square size.
+        channels (`int`, *optional*): convert generated and reference images to 1 or 3 channels.
+        chunk_size (`int`): rows per chunk of the nearest-match search (bounds its memory).
+        batch_size (`int`): images decoded (and embedded) at once.
+        device (`str`, *optional*): where to search and embed; defaults to CUDA when available.
+        alpha (`float`), num_neighbors (`int`): Carlini's normalizer (0.5 and 50).
+        pipeline (`str`, *optional*): the audited pipeline, needed by the ``"unet"`` extractor;
+            defaults to the one recorded in the generation folders.
+        max_figure_images (`int`): at most this many generations are drawn per band and method.
+
+    Returns:
+        `dict`: the report (also written to ``output_dir/report.json``).
+
+    Raises:
+        `ValueError`: before any heavy work, on a bad argument, bad bands, an empty set, or generated
+        and reference images of different size or channels for a pixel similarity.
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.evaluation import evaluate
+    >>> report = evaluate(["runs/side", "runs/uncond"], "default", "runs/eval", similarity="carlini")
+    >>> report["methods"]["side"]["ams"]["high"]
+    0.021
+    ```
+    """
+    similarity = str(similarity)
+    kind = similarity_kind(similarity)
+    bands, bands_source, bands_rationale = _resolve_bands(bands, kind)
+    generated = [str(path) for path in generated]
+    _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reference_set = _load_set(str(reference), resolution, channels, "reference")
+    if len(reference_set.dataset) < 2:
+        raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
+    generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
+    extractor = None
+    if kind == COSINE:
+        extractor, pipeline = _load_extractor(similarity, pipeline, generated_sets, device)
+    else:
+        for image_set in generated_sets:
+            _check_same_shape(image_set, reference_set)
+
+    reference_rows, generated_rows = _comparable_rows(reference_set, generated_sets, extractor, resolution, batch_size)
+    matches = find_best_matches(generated_rows, reference_rows, kind, chunk_size, alpha, num_neighbors, device)
+    columns = _metadata_columns(generated_sets)
+    labels = _group_labels(columns["method"], columns["guidance_scale"])
+    assigned = assign_bands(matches.score, bands)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _save_matches_table(output_dir / MATCHES_FILE, columns, generated_sets, matches, bands, assigned, labels)
+
+    def fetch_pair(i: int) -> tuple:
+        match = int(matches.best_index[i])
+        generated_image = generated_sets[columns["source_id"][i]].image(int(columns["row"][i]))
+        return generated_image, reference_set.image(match), f"{matches.score[i]:.3f} #{match}"
+
+    methods, figures = {}, {}
+    for label in dict.fromkeys(labels.tolist()):
+        rows = np.flatnonzero(labels == label)
+        methods[label] = _group_summary(extraction_metrics(matches.subset(rows), bands, kind), columns, rows, generated_sets)
+        figures[label] = (Path(FIGURES_DIR) / figure_name(label)).as_posix()
+        sections = _figure_sections(matches, assigned, rows, bands, kind, fetch_pair, max_figure_images)
+        save_match_figure(sections, output_dir / figures[label], f"{label}: generated | best training match ({similarity})")
+
+    report = {
+        "similarity": _similarity_settings(similarity, kind, alpha, matches),
+        "bands": [band.to_dict() for band in bands],
+        "bands_source": bands_source,
+        "bands_rationale": bands_rationale,
+        "reference": {
+            "source": reference_set.source,
+            "num_images": len(reference_set.dataset),
+            "image_shape": list(reference_set.shape),
+        },
+        "generated": [
+            {"path": s.source, "num_images": len(s.dataset), "image_shape": list(s.shape), "settings": s.settings}
+            for s in generated_sets
+        ],
+        "methods": methods,
+        "settings": {
+            "similarity": similarity,
+            "bands": [band.to_dict() for band in bands],
+            "resolution": resolution,
+            "channels": channels,
+            "chunk_size": chunk_size,
+            "batch_size": batch_size,
+            "device": str(device),
+            "alpha": alpha,
+            "num_neighbors": num_neighbors,
+            "pipeline": pipeline,
+            "max_figure_images": max_figure_images,
+        },
+        "files": {"matches": MATCHES_FILE, "figures": figures},
+        "versions": package_versions(),
+    }
+    write_report(report, output_dir)
+    logger.info(f"Evaluation of {len(matches.score)} generations written to {output_dir}.")
+    return report
