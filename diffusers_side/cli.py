@@ -183,6 +183,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
 COMMANDS.append(add_evaluate_command)
 
 
+# --- train-classifier: the same script as `python training/train_classifier.py` ---------------------
+
+
+def add_train_classifier_command(subparsers) -> None:
+    from .training.train_classifier import add_arguments
+
+    parser = subparsers.add_parser(
+        "train-classifier",
+        help="train the time-dependent classifier on the surrogate labels and save a SIDEPipeline",
+        description=(
+            "SIDE step 6: train p(y | x_t, t) on the `side label` output, noised with the target's own schedule,\n"
+            "and write a complete SIDEPipeline (target unet + scheduler + classifier) with a model card. The flags\n"
+            "and the training loop are those of training/train_classifier.py (also runnable with accelerate launch)."
+        ),
+        epilog=_example(
+            "side train-classifier --pretrained_model_name_or_path default --train_data_dir side-demo/labels "
+            "--output_dir side-demo/side-pipeline --max_train_steps 2000 --resume_from_checkpoint latest"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run_train_classifier)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    from .training.common import record_command
+    from .training.train_classifier import main as train_classifier
+
+    started = time.perf_counter()
+    script_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "debug", "func")})
+    output = train_classifier(record_command(script_args, sys.argv[1:], "side"))
+    summary("train-classifier", started, str(output))
+    return 0
+
+
+COMMANDS.append(add_train_classifier_command)
+
+
 # --- generation: synthesize and extract --------------------------------------------------------------
 
 
@@ -262,18 +300,21 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def _run_generation(step: str, args: argparse.Namespace, settings):
     """Load the pipeline, generate (split over accelerate processes), summarise on the main process."""
+    import torch
     from accelerate import Accelerator
 
     from .generation import generate
     from .loading import load_pipeline
 
     started = time.perf_counter()
-    accelerator = Accelerator()
+    # Without a GPU, `accelerate launch --multi_gpu` processes must be told to use CPU (gloo) to form one group.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
     settings.validate(accelerator.num_processes)
     pipe = load_pipeline(settings.pipeline, settings.scheduler, settings.classifier, args.allow_pickle, accelerator.device)
     dataset = generate(pipe, args.output, settings, accelerator)
     if accelerator.is_main_process:
-        summary(f"{step} ({len(dataset)} {settings.method} images)", started, args.output)
+        processes = f" on {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
+        summary(f"{step} ({len(dataset)} {settings.method} images{processes})", started, args.output)
         return dataset
     return None
 
@@ -283,6 +324,144 @@ def _command_line() -> str:
 
 
 COMMANDS.extend([add_synthesize_command, add_extract_command])
+
+
+# --- sweep, demo, push -------------------------------------------------------------------------------
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,1,2,5, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one guidance scale")
+    return values
+
+
+def add_sweep_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="extract with SIDE at several guidance scales and plot AMS/UMS against lambda (paper Fig. 10)",
+        description="Run `side extract --method side` at every scale (same seeds), evaluate each, and plot the curves.",
+        epilog=_example("side sweep --pipeline side-demo/classifier-side --guidance-scales 0,1,2,5,10,20 --num-images 500 --output side-sweep"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--guidance-scales", type=_float_list, default=[0, 1, 2, 5, 10, 20], metavar="L1,L2,...", help="lambdas (default: 0,1,2,5,10,20)")
+    parser.add_argument("--num-images", type=int, required=True, metavar="N", help="candidates per scale (N_G)")
+    parser.add_argument("--reference", default="default", metavar="DATASET", help="training set to score against (default: the embedded subset)")
+    parser.add_argument("--similarity", default="carlini", help="l2, carlini or a feature extractor (default: carlini)")
+    parser.add_argument("--classifier", default=None, metavar="PATH", help="time-dependent classifier replacing the pipeline's own")
+    _add_generation_arguments(parser)
+    parser.set_defaults(func=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate
+    from .generation import GenerationSettings, generate, write_json_atomic
+    from .loading import load_pipeline
+    from .report import plot_sweep
+
+    started = time.perf_counter()
+    output = Path(args.output)
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.allow_pickle)
+    results = {}
+    for scale in args.guidance_scales:
+        settings = GenerationSettings(
+            pipeline=args.pipeline, method="side", num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+            num_inference_steps=args.num_inference_steps, guidance_scale=scale, scheduler=args.scheduler, classifier=args.classifier,
+        )
+        settings.validate()
+        generate(pipe, output / f"scale-{scale:g}", settings)
+        report = evaluate([output / f"scale-{scale:g}"], args.reference, output / f"scale-{scale:g}-eval", similarity=args.similarity)
+        results[scale] = report
+        summary(f"sweep lambda={scale:g}", started, str(output / f"scale-{scale:g}-eval"))
+    plot = plot_sweep(results, output / "sweep.png")
+    write_json_atomic(output / "sweep.json", {str(k): v for k, v in results.items()})
+    summary("sweep", started, str(plot))
+    return 0
+
+
+def add_demo_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole audit of the embedded digits model: synthesize, label, train, extract x3, evaluate",
+        description=(
+            "Audit the embedded memorizing DDPM end to end, offline: SIDE against Carlini UnCond and Carlini Cond\n"
+            "at the same N_G and seeds. Writes report.md, report.json and figures into --output. Re-running resumes."
+        ),
+        epilog=_example("side demo --output side-demo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output", default="side-demo", metavar="DIR", help="output directory (default: ./side-demo)")
+    parser.add_argument("--quick", action="store_true", help="tiny N for a smoke test (seconds; numbers are meaningless)")
+    parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded model)")
+    parser.add_argument("--reference", default="default", metavar="DATASET", help="its training set (default: the embedded subset)")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="L", help="lambda for SIDE and Cond")
+    parser.add_argument("--num-images", type=int, default=None, metavar="N", help="N_G per method")
+    parser.add_argument("--seed", type=int, default=None, help="run seed")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as run
+    from .report import format_table
+
+    overrides = {"pipeline": args.pipeline, "reference": args.reference}
+    for name in ("guidance_scale", "num_images", "seed"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    report = run(
+        args.output,
+        quick=args.quick,
+        on_stage_done=lambda stage, seconds, path: print(f"[side] {stage} done in {seconds:.1f}s -> {path}", flush=True),
+        **overrides,
+    )
+    print(format_table(report))
+    print(f"report: {args.output}/report.md")
+    return 0
+
+
+def add_push_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="upload a pipeline folder (with its model card) or extraction candidates to the Hub",
+        description="Upload a folder written by the training scripts or by `side extract` to the Hugging Face Hub.",
+        epilog=_example("side push side-demo/classifier-side --repo your-name/side-digits-audit"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("folder", help="a pipeline folder (model_index.json) or an extraction folder (generation.json)")
+    parser.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/side-digits-audit")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
+    parser.set_defaults(func=run_push)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from . import hub
+    from .data import load_image_dataset
+    from .generation import SETTINGS_FILE, GenerationSettings
+
+    started, folder = time.perf_counter(), Path(args.folder)
+    if (folder / "model_index.json").exists():
+        if not (folder / "README.md").exists():
+            raise CommandError(f"{folder} has no README.md model card; write one (the training scripts do) before pushing.")
+        hub.push_folder(folder, args.repo, token=args.token, private=args.private)
+    elif (folder / SETTINGS_FILE).exists():
+        settings = GenerationSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
+        hub.push_extraction(load_image_dataset(folder), settings, args.repo, _command_line(), token=args.token)
+    else:
+        raise CommandError(f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder ({SETTINGS_FILE}).")
+    summary("push", started, f"https://huggingface.co/{args.repo}")
+    return 0
+
+
+COMMANDS.extend([add_sweep_command, add_demo_command, add_push_command])
 
 
 def main(argv: list[str] | None = None) -> int:

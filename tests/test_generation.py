@@ -1,15 +1,12 @@
 """Sharded generation behind `side synthesize` / `side extract`: seeds, resume, processes, CLI."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_unet
+from conftest import launch_two_processes, make_tiny_unet
 from diffusers import DDIMScheduler
 
 from diffusers_side import SIDEPipeline, TimeDependentClassifier, generation
@@ -139,11 +136,9 @@ def test_accelerate_two_processes_equal_one_process(tmp_path, saved_pipeline):
     args = ["extract", "--pipeline", str(saved_pipeline), "--method", "side", "--num-images", "7", "--batch-size", "2",
             "--num-inference-steps", "2", "--guidance-scale", "1.5"]
     assert side([*args, "--output", str(tmp_path / "one")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "diffusers_side", *args, "--output", str(tmp_path / "two")]
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    result = launch_two_processes("-m", "diffusers_side", *args, "--output", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "(7 side images on 2 processes)" in result.stdout
     one, two = load_image_dataset(tmp_path / "one"), load_image_dataset(tmp_path / "two")
     assert two["seed"] == one["seed"] and two["target"] == one["target"]
     assert np.array_equal(pixels(two), pixels(one))

@@ -1,0 +1,696 @@
+"""What the training scripts share: argument groups, data, the accelerator, the training loop, checkpoints, the Hub.
+
+`train_dpm.py` and `train_classifier.py` differ only in the model they build, the loss of one batch
+and what they save at the end; everything else lives here once. The loop is [`train`]: it takes a
+``compute_loss(model, batch, generator)`` callable and handles accumulation, mixed precision, EMA,
+logging, checkpoints and resuming.
+
+Resuming is exact. The data order comes from accelerate's seedable sampler (a function of the seed and
+the epoch) and skips the batches already seen with `Accelerator.skip_first_batches`; every random draw
+of a batch (noise, timesteps, flips) comes from a generator seeded with the seed, the process and the
+batch's position in the run. A run killed after a checkpoint and resumed therefore replays the lost
+steps with the same data and noise and ends with the same weights as an uninterrupted run.
+
+Checkpoints are written to a temporary folder and renamed into place once complete, so a kill while
+saving never leaves a half-written ``checkpoint-N`` behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from datasets import Dataset
+from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import logging
+from tqdm.auto import tqdm
+
+from diffusers_side.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
+
+logger = logging.get_logger(__name__)
+
+PIXEL_VALUES = "pixel_values"
+RUN_CONFIG_NAME = "run_config.json"
+TRAINING_STATE_NAME = "training_state.json"
+TRAIN_LOG_NAME = "train_log.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+EMA_FOLDER = "ema"
+HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*", "logs/*", "*.tmp"]
+
+# Arguments that say how a run is executed rather than what it trains: they may change on resume.
+RUN_CONTROL_ARGS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "max_train_steps",
+        "num_epochs",
+        "dataloader_num_workers",
+        "logging_steps",
+        "logging_dir",
+        "report_to",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+        "hub_private_repo",
+        "command_line",
+        "eval_batch_size",
+        "ddpm_num_inference_steps",
+    }
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, with_dataset_name: bool = True) -> None:
+    """Add the data set flags (source, image column, resolution, channels, augmentation)."""
+    group = parser.add_argument_group("data")
+    if with_dataset_name:
+        group.add_argument(
+            "--dataset_name",
+            type=str,
+            default=None,
+            help='A Hub data set id, "default" (the embedded digits subset) or a `save_to_disk` directory.',
+        )
+    group.add_argument(
+        "--train_data_dir",
+        type=str,
+        default=None,
+        help="A local directory: an `imagefolder` of image files or a `Dataset.save_to_disk` directory.",
+    )
+    group.add_argument("--image_column", type=str, default=None, help="The image column (default: detected).")
+    group.add_argument(
+        "--resolution", type=int, default=None, help="Square training resolution (default: the first image's size)."
+    )
+    group.add_argument("--center_crop", action="store_true", help="Crop the centre instead of squashing to a square.")
+    group.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
+    group.add_argument(
+        "--channels", type=int, choices=(1, 3), default=None, help="1 (grayscale) or 3 (RGB); default: from the data."
+    )
+    group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    learning_rate: float,
+    adam_weight_decay: float,
+    use_ema: bool,
+    num_epochs: int,
+    lr_scheduler: str = "constant",
+    lr_warmup_steps: int = 0,
+) -> None:
+    """Add the optimisation, checkpointing, logging and Hub flags; defaults differ per script."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--output_dir", type=str, required=True, help="Where the trained pipeline and checkpoints go.")
+    group.add_argument(
+        "--overwrite_output_dir", action="store_true", help="Start over in an output directory that holds a run."
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and noise.")
+    group.add_argument("--train_batch_size", type=int, default=16, help="Batch size per process.")
+    group.add_argument("--num_epochs", type=int, default=num_epochs, help="Epochs (ignored with --max_train_steps).")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Optimisation steps; overrides --num_epochs.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimisation step.")
+    group.add_argument("--learning_rate", type=float, default=learning_rate, help="Peak learning rate.")
+    group.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default=lr_scheduler,
+        choices=[s.value for s in SchedulerType if s is not SchedulerType.PIECEWISE_CONSTANT],
+        help="Learning-rate schedule (diffusers.optimization.get_scheduler).",
+    )
+    group.add_argument("--lr_warmup_steps", type=int, default=lr_warmup_steps, help="Warm-up steps of the schedule.")
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=adam_weight_decay)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
+    group.add_argument(
+        "--use_ema", action=argparse.BooleanOptionalAction, default=use_ema, help="Keep and save EMA weights."
+    )
+    group.add_argument("--ema_max_decay", type=float, default=0.9999)
+    group.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    group.add_argument("--ema_power", type=float, default=3 / 4)
+    group.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=("no", "fp16", "bf16"),
+        help="Mixed precision (default: the accelerate config).",
+    )
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    group.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help='"latest" (the newest checkpoint in --output_dir; starts fresh if none) or a checkpoint directory.',
+    )
+    group.add_argument("--logging_steps", type=int, default=10, help="Average and log the metrics every N steps.")
+    group.add_argument(
+        "--report_to", type=str, default=None, help="accelerate tracker(s), e.g. tensorboard, wandb or all."
+    )
+    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker directory inside --output_dir.")
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub at the end.")
+    hub.add_argument("--hub_model_id", type=str, default=None, help="The Hub repository, e.g. user/ddpm-digits.")
+    hub.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+
+
+def record_command(args: argparse.Namespace, argv: Sequence[str] | None, prefix: str) -> argparse.Namespace:
+    """Store the command line that started the run in ``args.command_line`` (for the model card), token redacted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shown = [
+        "--hub_token=***" if arg.startswith("--hub_token=") else "***" if previous == "--hub_token" else arg
+        for previous, arg in zip([None, *argv], argv)
+    ]
+    args.command_line = shlex.join([*shlex.split(prefix), *shown])
+    return args
+
+
+def command_for_card(args: argparse.Namespace, num_processes: int) -> str:
+    """The recorded command, shown as an ``accelerate launch`` when several processes trained."""
+    command = args.command_line
+    if num_processes > 1 and command.startswith("python "):
+        command = f"accelerate launch --num_processes {num_processes} " + command[len("python ") :]
+    return command
+
+
+def validate_training_args(args: argparse.Namespace) -> None:
+    """Check the shared flags; raise `ValueError` naming the flag and the fix."""
+    positive = ["train_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps"]
+    positive += ["checkpointing_steps", "max_train_steps", "checkpoints_total_limit", "resolution"]
+    for name in positive:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
+    if args.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
+    if args.lr_warmup_steps < 0 or args.dataloader_num_workers < 0:
+        raise ValueError("--lr_warmup_steps and --dataloader_num_workers cannot be negative.")
+    if args.report_to is not None:
+        check_trackers(args.report_to)
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. --hub_model_id your-name/ddpm-digits).")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not (Path(resume) / TRAINING_STATE_NAME).is_file():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume!r} is not a checkpoint directory (no {TRAINING_STATE_NAME}); "
+            "pass a checkpoint-N folder or 'latest'."
+        )
+
+
+def check_trackers(report_to: str) -> list[str]:
+    """The tracker names of ``--report_to`` (comma separated, or ``all``); each must be installed."""
+    from accelerate.tracking import get_available_trackers
+
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    available = [str(tracker) for tracker in get_available_trackers()]
+    missing = [name for name in names if name != "all" and name not in available]
+    if missing:
+        raise ValueError(
+            f"--report_to {','.join(missing)}: not installed (installed trackers: {available or 'none'}); install it "
+            "or drop --report_to (train_log.json records the metrics either way)."
+        )
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output directory and run identity
+
+
+def run_identity(args: argparse.Namespace, script: str) -> dict[str, Any]:
+    """The arguments that define a run (everything but `RUN_CONTROL_ARGS`), JSON-ready."""
+    identity = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_CONTROL_ARGS}
+    return json.loads(json.dumps({"script": script, **identity}, default=str))
+
+
+def _differences(recorded: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    keys = sorted(set(recorded) | set(identity))
+    return [f"{k}: {recorded.get(k)!r} -> {identity.get(k)!r}" for k in keys if recorded.get(k) != identity.get(k)]
+
+
+def check_output_dir(args: argparse.Namespace, identity: dict[str, Any]) -> None:
+    """Refuse an output directory that holds something else, before any work starts.
+
+    An empty or missing directory is fine. A directory holding a run of the same script with the same
+    settings is fine when resuming. ``--overwrite_output_dir`` accepts anything.
+
+    Raises:
+        `FileExistsError`: the directory holds files and the run is not being resumed.
+        `ValueError`: the run being resumed was made with different settings (the message lists them).
+    """
+    output_dir = Path(args.output_dir)
+    if args.overwrite_output_dir or not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    if not output_dir.is_dir():
+        raise FileExistsError(f"--output_dir {output_dir} is a file; choose a directory.")
+    config_path = output_dir / RUN_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileExistsError(
+            f"--output_dir {output_dir} is not empty and holds no training run ({RUN_CONFIG_NAME} is missing); "
+            "choose an empty directory or pass --overwrite_output_dir."
+        )
+    if args.resume_from_checkpoint is None:
+        raise FileExistsError(
+            f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
+            "continue it or --overwrite_output_dir to start over."
+        )
+    differences = _differences(json.loads(config_path.read_text()), identity)
+    if differences:
+        raise ValueError(
+            f"--output_dir {output_dir} holds a different run ({'; '.join(differences)}); use the same settings "
+            "to resume it, another --output_dir, or --overwrite_output_dir."
+        )
+
+
+def start_output_dir(accelerator: Accelerator, args: argparse.Namespace, identity: dict[str, Any]) -> None:
+    """Create the output directory (clearing a previous run with ``--overwrite_output_dir``) and record the run."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir = Path(args.output_dir)
+        if args.overwrite_output_dir and output_dir.is_dir():
+            for path in output_dir.glob(f"*{CHECKPOINT_PREFIX}*"):
+                shutil.rmtree(path)
+            for name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME):
+                (output_dir / name).unlink(missing_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / RUN_CONFIG_NAME, identity)
+    accelerator.wait_for_everyone()
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically (temporary file + rename)."""
+    path = Path(path)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp_path, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class ImageData:
+    """A loaded image data set and how its images become tensors."""
+
+    dataset: Dataset
+    source: str
+    image_column: str
+    channels: int
+    resolution: int
+
+
+def load_training_images(
+    source: str, image_column: str | None = None, resolution: int | None = None, channels: int | None = None
+) -> ImageData:
+    """Load ``source`` and settle the image column, channels and resolution (given values first, else the data).
+
+    Raises:
+        `ValueError`: no image column (the message lists the columns), an empty data set, or a non-square
+            first image without ``resolution``.
+    """
+    dataset = load_image_dataset(source)
+    image_column = find_image_column(dataset, image_column)
+    if len(dataset) == 0:
+        raise ValueError(f"The data set {source!r} is empty.")
+    first = dataset[0][image_column]
+    if resolution is None:
+        if first.size[0] != first.size[1]:
+            raise ValueError(f"The images of {source!r} are not square ({first.size}); pass --resolution.")
+        resolution = first.size[0]
+    return ImageData(dataset, source, image_column, channels or image_channels(first), resolution)
+
+
+def image_dataloader(
+    data: ImageData,
+    batch_size: int,
+    center_crop: bool,
+    num_workers: int = 0,
+    extra_columns: Sequence[str] = (),
+    shuffle: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A data loader of ``{"pixel_values": model-space images in [-1, 1], **extra_columns}``."""
+
+    def transform(batch: dict[str, list]) -> dict[str, torch.Tensor]:
+        pixels = images_to_tensor(batch[data.image_column], data.resolution, data.channels, center_crop)
+        return {PIXEL_VALUES: pixels * 2 - 1, **{c: torch.as_tensor(batch[c]) for c in extra_columns}}
+
+    dataset = data.dataset.select_columns([data.image_column, *extra_columns]).with_transform(transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of a batch left-right with probability 1/2, drawing from ``generator``."""
+    flip = torch.rand(images.shape[0], generator=generator).to(images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def batch_generator(seed: int, process_index: int, batch_index: int) -> torch.Generator:
+    """A CPU generator for one batch, determined by the seed, the process and the batch's place in the run."""
+    state = np.random.SeedSequence([seed, process_index, batch_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Accelerator, checkpoints, resume
+
+
+def create_accelerator(args: argparse.Namespace) -> Accelerator:
+    """An `Accelerator` with the run's precision, accumulation, trackers and a seedable (resumable) data order."""
+    if not torch.distributed.is_initialized():
+        # accelerate keeps one global state per process and refuses a second Accelerator with other settings
+        # (e.g. mixed precision). Runs started in-process one after another (the CLI, the demo, tests) each
+        # need their own, so a leftover single-process state is cleared first.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    accelerator = Accelerator(
+        # Without a GPU (or other accelerator) run on CPU explicitly: under `accelerate launch --multi_gpu` or
+        # `torchrun` this makes the processes form a gloo group instead of training independently.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=check_trackers(args.report_to) if args.report_to else None,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    if not accelerator.is_local_main_process:
+        logging.set_verbosity_error()
+    set_seed(args.seed)
+    return accelerator
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    pattern = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+    candidates = Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
+    found = [(int(m.group(1)), p) for p in candidates if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found) if (p / TRAINING_STATE_NAME).is_file()]
+
+
+def save_checkpoint(
+    accelerator: Accelerator, args: argparse.Namespace, state: dict[str, Any], ema: EMAModel | None
+) -> Path:
+    """Save a resumable state to ``output_dir/checkpoint-N`` atomically and prune old checkpoints."""
+    output_dir = Path(args.output_dir)
+    final = output_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
+    tmp = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.save_pretrained(str(tmp / EMA_FOLDER))
+        write_json(tmp / TRAINING_STATE_NAME, state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if args.checkpoints_total_limit is not None:
+            for old in list_checkpoints(output_dir)[: -args.checkpoints_total_limit]:
+                shutil.rmtree(old)
+        logger.info(f"Saved checkpoint {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` designates (``None`` when starting fresh)."""
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(args.output_dir)
+        if not checkpoints:
+            logger.info(f"No checkpoint in {args.output_dir}; starting a new run.")
+        return checkpoints[-1] if checkpoints else None
+    return Path(args.resume_from_checkpoint)
+
+
+def load_checkpoint(
+    accelerator: Accelerator, checkpoint: Path, identity: dict[str, Any], ema: EMAModel | None, model_cls: type
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and EMA from ``checkpoint``; return its training state.
+
+    Raises:
+        `ValueError`: the checkpoint belongs to a run with different settings.
+    """
+    state = json.loads((checkpoint / TRAINING_STATE_NAME).read_text())
+    differences = _differences(state["run"], identity)
+    if differences:
+        raise ValueError(f"Checkpoint {checkpoint} belongs to a different run ({'; '.join(differences)}).")
+    accelerator.load_state(str(checkpoint))
+    if ema is not None:
+        saved = EMAModel.from_pretrained(str(checkpoint / EMA_FOLDER), model_cls=model_cls)
+        ema.load_state_dict(saved.state_dict())
+        ema.to(accelerator.device)
+    logger.info(f"Resumed from {checkpoint} at step {state['global_step']}")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop
+
+
+@dataclass
+class StepOutput:
+    """What ``compute_loss`` returns for one batch.
+
+    Args:
+        loss: the scalar to minimise (the batch mean); logged as ``loss``, averaged over batches.
+        metrics: name -> (sum, count) over the batch, e.g. per-quartile accuracies; the loop averages
+            them over processes, accumulation and the logging window.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingResult:
+    """The trained model (unwrapped, EMA weights not yet copied in) and its log."""
+
+    model: torch.nn.Module
+    ema: EMAModel | None
+    global_step: int
+    history: list[dict[str, float]]
+    resumed_from: str | None
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The metrics of the last logging window."""
+        return self.history[-1] if self.history else {}
+
+    def use_final_weights(self) -> torch.nn.Module:
+        """Copy the EMA weights into the model (when EMA was used) and return it, in eval mode."""
+        if self.ema is not None:
+            self.ema.copy_to(self.model.parameters())
+        return self.model.eval()
+
+    def log(self) -> dict[str, Any]:
+        """The content of ``train_log.json``."""
+        final = self.final_metrics
+        return {
+            "global_step": self.global_step,
+            "final_loss": final.get("loss"),
+            "final_loss_steps": final.get("steps"),
+            "resumed_from": self.resumed_from,
+            "history": self.history,
+        }
+
+
+class _MetricWindow:
+    """Sums of (value, count) pairs since the last log, reduced over processes when read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, output: StepOutput) -> None:
+        device = output.loss.device
+        pairs = {"loss": (output.loss, torch.ones(())), **output.metrics}
+        for name, (total, count) in pairs.items():
+            value = torch.stack([total.detach().float().reshape(()), count.detach().float().reshape(()).to(device)])
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def read(self, accelerator: Accelerator) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = accelerator.reduce(torch.stack([self.sums[n] for n in names]), "sum").cpu()
+        values = {n: (t[0] / t[1]).item() for n, t in zip(names, totals) if t[1] > 0}
+        values["steps"] = self.steps
+        self.sums, self.steps = {}, 0
+        return values
+
+
+def create_optimizer(
+    args: argparse.Namespace, model: torch.nn.Module, max_train_steps: int, num_processes: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and the ``--lr_scheduler`` schedule, counted in steps of all processes (accelerate steps it on each)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+    )
+    return optimizer, lr_scheduler
+
+
+def create_ema(args: argparse.Namespace, model: torch.nn.Module) -> EMAModel | None:
+    """diffusers' `EMAModel` with warm-up (``--ema_inv_gamma``, ``--ema_power``), or ``None`` without ``--use_ema``."""
+    if not args.use_ema:
+        return None
+    return EMAModel(
+        model.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        model_cls=type(model),
+        model_config=model.config,
+    )
+
+
+def train(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    train_dataloader: torch.utils.data.DataLoader,
+    compute_loss: Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Generator], StepOutput],
+    identity: dict[str, Any],
+) -> TrainingResult:
+    """Train ``model`` with AdamW on ``compute_loss``; resume and checkpoint as the flags say.
+
+    Args:
+        accelerator: from [`create_accelerator`].
+        args: the parsed flags (see [`add_training_arguments`]).
+        model: a diffusers `ModelMixin` (its class reloads the EMA checkpoints).
+        train_dataloader: from [`image_dataloader`] (not yet prepared).
+        compute_loss: ``(prepared model, batch, generator) -> StepOutput``; all randomness of a batch
+            must come from ``generator`` for resuming to be exact.
+        identity: from [`run_identity`]; stored in checkpoints and checked on resume.
+
+    Returns:
+        [`TrainingResult`]
+    """
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    optimizer, lr_scheduler = create_optimizer(args, model, max_train_steps, accelerator.num_processes)
+    ema = create_ema(args, model)
+    model_cls = type(model)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
+    if ema is not None:
+        ema.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers(identity["script"], config={k: str(v) for k, v in identity.items()})
+
+    global_step, history, resumed_from = 0, [], None
+    checkpoint = find_resume_checkpoint(args)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint, identity, ema, model_cls)
+        global_step, history, resumed_from = state["global_step"], state["history"], str(checkpoint)
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"Training on {len(train_dataloader.dataset)} images for {max_train_steps} steps "
+        f"(batch {total_batch}, {steps_per_epoch} steps per epoch), starting at step {global_step}."
+    )
+    progress = tqdm(
+        total=max_train_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    window = _MetricWindow()
+    first_epoch = global_step // steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= max_train_steps:
+            break
+        model.train()
+        train_dataloader.set_epoch(epoch)
+        skipped = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps
+        batches = accelerator.skip_first_batches(train_dataloader, skipped) if skipped else train_dataloader
+        for batch_index, batch in enumerate(batches, start=skipped):
+            position = epoch * len(train_dataloader) + batch_index
+            generator = batch_generator(args.seed, accelerator.process_index, position)
+            with accelerator.accumulate(model):
+                output = compute_loss(model, batch, generator)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.add(output)
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(model.parameters())
+            global_step += 1
+            window.steps += 1
+            progress.update(1)
+            progress.set_postfix(loss=output.loss.item(), lr=lr_scheduler.get_last_lr()[0])
+            checkpoint_due = global_step % args.checkpointing_steps == 0
+            if global_step % args.logging_steps == 0 or checkpoint_due or global_step >= max_train_steps:
+                values = {"step": global_step, "lr": lr_scheduler.get_last_lr()[0], **window.read(accelerator)}
+                history.append(values)
+                accelerator.log(values, step=global_step)
+            if checkpoint_due:
+                state = {"global_step": global_step, "history": history, "run": identity}
+                save_checkpoint(accelerator, args, state, ema)
+            if global_step >= max_train_steps:
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    return TrainingResult(accelerator.unwrap_model(model), ema, global_step, history, resumed_from)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hub
+
+
+def push_to_hub(args: argparse.Namespace, folder: str | os.PathLike, commit_message: str) -> str:
+    """Upload ``folder`` (without checkpoints and logs) to ``--hub_model_id``; return the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo = create_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
+    repo_id = repo.repo_id
+    commit = upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        ignore_patterns=HUB_IGNORE_PATTERNS,
+        token=args.hub_token,
+    )
+    return str(commit)
