@@ -17,6 +17,8 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 from huggingface_hub.repocard import RepoCard
 
+from .atomic_io import write_text_atomic
+
 TEMPLATE_DIRS = (Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards")
 
 
@@ -67,8 +69,4 @@ def render_card(template_name: str, card_data: ModelCardData | DatasetCardData, 
 
 def write_card(card: RepoCard, directory: str | os.PathLike) -> Path:
     """Write ``card`` to ``directory/README.md`` atomically and return the path."""
-    path = Path(directory) / "README.md"
-    tmp_path = path.with_name(f".README.md.{os.getpid()}.tmp")
-    tmp_path.write_text(str(card), encoding="utf-8")
-    os.replace(tmp_path, path)
-    return path
+    return write_text_atomic(Path(directory) / "README.md", str(card))

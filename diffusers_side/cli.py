@@ -359,8 +359,9 @@ def add_sweep_command(subparsers) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .atomic_io import write_json_atomic
     from .evaluation import evaluate
-    from .generation import GenerationSettings, generate, write_json_atomic
+    from .generation import GenerationSettings, generate
     from .loading import load_pipeline
     from .report import plot_sweep
 

@@ -21,6 +21,7 @@ from datasets import Dataset
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
+from .atomic_io import atomic_path
 from .data import find_image_column, image_channels, images_to_tensor, load_image_dataset
 from .metrics import (
     BAND_RATIONALE,
@@ -42,7 +43,7 @@ from .metrics import (
     smaller_is_more_similar,
     validate_bands,
 )
-from .report import FIGURES_DIR, atomic_path, figure_name, package_versions, save_match_figure, write_report
+from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure, write_report
 
 logger = logging.get_logger(__name__)
 

@@ -23,6 +23,7 @@ from datasets import Dataset, Features, Image, Value
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
+from .atomic_io import atomic_path, write_json_atomic
 from .data import SHARDS_DIR, load_image_dataset
 from .pipeline_side import SIDEPipeline
 
@@ -117,12 +118,6 @@ def prepare_output_dir(output_dir: Path, settings: GenerationSettings) -> None:
     write_json_atomic(settings_file, asdict(settings))
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int) -> Dataset:
     """Generate the images of one shard (every image from its own seed)."""
     indices = range(shard * settings.batch_size, min((shard + 1) * settings.batch_size, settings.num_images))
@@ -202,9 +197,8 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
 
 
 def write_shard_atomic(shard: Dataset, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shard.to_parquet(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        shard.to_parquet(str(tmp))
 
 
 def check_pipeline_for_method(pipe: SIDEPipeline, method: str) -> None:

@@ -13,20 +13,19 @@ Every file is written atomically (a temporary file in the same folder, then `os.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import PIL.Image
 import PIL.ImageDraw
 from diffusers.utils import logging
 
+from .atomic_io import atomic_path, write_text_atomic
 from .metrics import Band, band_interval, display_order
 
 logger = logging.get_logger(__name__)
@@ -55,37 +54,6 @@ CAPTION_HEIGHT = 12
 HEADER_HEIGHT = 16
 PADDING = 4
 PAIR_GAP = 16
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
-
-    Example:
-
-    ```py
-    >>> from diffusers_side.report import atomic_path
-    >>> with atomic_path("out.txt") as tmp:
-    ...     tmp.write_text("done")
-    ```
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp_path = Path(tmp_name)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -179,8 +147,8 @@ def render_markdown(report: dict) -> str:
 def write_report(report: dict, output_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.json`` and ``report.md`` into ``output_dir`` (atomically) and return their paths."""
     output_dir = Path(output_dir)
-    json_path = write_text(output_dir / REPORT_JSON, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    markdown_path = write_text(output_dir / REPORT_MD, render_markdown(report))
+    json_path = write_text_atomic(output_dir / REPORT_JSON, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    markdown_path = write_text_atomic(output_dir / REPORT_MD, render_markdown(report))
     return {"json": json_path, "markdown": markdown_path}
 
 

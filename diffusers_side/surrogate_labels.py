@@ -51,6 +51,7 @@ from diffusers.utils import logging
 from safetensors.torch import load_file, save_file
 from sklearn.cluster import KMeans
 
+from .atomic_io import atomic_path, write_json_atomic
 from .data import find_image_column, load_image_dataset, load_images
 from .default_model import resolve_pipeline_path
 from .features import UNET, embed_images, load_feature_extractor
@@ -159,8 +160,9 @@ class SurrogateLabels:
             "centring": "features minus feature_mean, then L2-normalised, before clustering and cosine",
         }
         tensors = {"centroids": self.centroids.contiguous(), "feature_mean": self.feature_mean.contiguous()}
-        _atomic_write(directory / LABELS_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
-        _atomic_write(directory / LABELS_JSON, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
+        with atomic_path(directory / LABELS_TENSORS) as tmp:
+            save_file(tensors, str(tmp))
+        write_json_atomic(directory / LABELS_JSON, metadata)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "SurrogateLabels":
@@ -423,7 +425,8 @@ def write_contact_sheet(
         for column, image in enumerate(load_images(dataset, "image", closest)):
             resample = PIL.Image.NEAREST if image.width < tile else PIL.Image.BICUBIC
             sheet.paste(image.convert("RGB").resize((tile, tile), resample), (margin + column * tile, top))
-    _atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG"))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
 
 
 def _centre(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -505,12 +508,3 @@ def _write_output(output_dir: Path, write) -> None:
         os.replace(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

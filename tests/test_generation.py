@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import launch_two_processes, make_tiny_unet
 from diffusers import DDIMScheduler
 
+from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier, generation
 from diffusers_side.cli import main as side
 from diffusers_side.data import load_image_dataset

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_unet
 from diffusers import (
     DDIMPipeline,
     DDIMScheduler,
@@ -21,6 +20,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
 
 TRAIN_STEPS = 100  # num_train_timesteps of the tiny schedulers

@@ -7,13 +7,14 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import launch_two_processes
 from datasets import Dataset, Features, Image, Value
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from conftest import launch_two_processes
 from diffusers_side import SIDEPipeline, cli
+from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.surrogate_labels import SurrogateLabels
 from diffusers_side.training import common
 from diffusers_side.training.train_classifier import classification_loss, main, parse_args
@@ -217,6 +218,6 @@ def test_data_without_image_column_and_foreign_output_dir(target, labelled, tmp_
 
     output = tmp_path / "dpm-run"
     output.mkdir()
-    common.write_json(output / common.RUN_CONFIG_NAME, {"script": "train_dpm"})
+    write_json_atomic(output / common.RUN_CONFIG_NAME, {"script": "train_dpm"})
     with pytest.raises(ValueError, match="holds a different run"):
         main(parse_args(run_args(target, labelled, output, "--resume_from_checkpoint", "latest")))

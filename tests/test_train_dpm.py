@@ -11,13 +11,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import launch_two_processes, subprocess_env
 from datasets import Dataset, Features, Image, Value
 from diffusers import DDPMPipeline
 from huggingface_hub import ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
+from conftest import launch_two_processes, subprocess_env
 from diffusers_side import SIDEPipeline
 from diffusers_side.training import common
 from diffusers_side.training.train_dpm import main, parse_args

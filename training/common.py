@@ -40,6 +40,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
+from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
 
 logger = logging.get_logger(__name__)
@@ -295,16 +296,8 @@ def start_output_dir(accelerator: Accelerator, args: argparse.Namespace, identit
             for name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME):
                 (output_dir / name).unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_json(output_dir / RUN_CONFIG_NAME, identity)
+        write_json_atomic(output_dir / RUN_CONFIG_NAME, identity)
     accelerator.wait_for_everyone()
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp_path, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,7 +418,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if ema is not None:
             ema.save_pretrained(str(tmp / EMA_FOLDER))
-        write_json(tmp / TRAINING_STATE_NAME, state)
+        write_json_atomic(tmp / TRAINING_STATE_NAME, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

@@ -39,6 +39,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
+from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.cards import render_card, write_card
 from diffusers_side.classifier import RESNET_LAYOUTS, TimeDependentClassifier
 from diffusers_side.default_model import resolve_pipeline_path
@@ -65,7 +66,6 @@ from diffusers_side.training.common import (
     start_output_dir,
     train,
     validate_training_args,
-    write_json,
 )
 
 logger = logging.get_logger(__name__)
@@ -349,7 +349,7 @@ def save_outputs(
     pipeline.save_pretrained(args.output_dir, safe_serialization=True)
     held_out = "training images" if validation is data else f"{len(validation.dataset)} held-out images"
     log = {**result.log(), "evaluated_on": held_out, "evaluation": evaluation}
-    write_json(Path(args.output_dir) / TRAIN_LOG_NAME, log)
+    write_json_atomic(Path(args.output_dir) / TRAIN_LOG_NAME, log)
     write_model_card(args, accelerator, result, data, classifier, evaluation)
     if args.push_to_hub:
         push_to_hub(args, args.output_dir, commit_message=f"SIDE classifier trained for {result.global_step} steps")

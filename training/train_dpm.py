@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +31,7 @@ from diffusers.utils import logging, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCardData
 
+from diffusers_side.atomic_io import atomic_path, write_json_atomic
 from diffusers_side.cards import render_card, write_card
 from diffusers_side.data import DEFAULT
 from diffusers_side.training.common import (
@@ -54,7 +54,6 @@ from diffusers_side.training.common import (
     start_output_dir,
     train,
     validate_training_args,
-    write_json,
 )
 
 logger = logging.get_logger(__name__)
@@ -211,9 +210,8 @@ def save_sample_grid(pipeline: DDPMPipeline, args: argparse.Namespace, path: Pat
     ).images
     rows = max(d for d in range(1, math.isqrt(len(images)) + 1) if len(images) % d == 0)
     grid = make_image_grid([image.convert("RGB") for image in images], rows=rows, cols=len(images) // rows)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    grid.save(tmp_path, format="PNG")
-    os.replace(tmp_path, path)
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
     return path
 
 
@@ -266,7 +264,7 @@ def save_outputs(
     pipeline = DDPMPipeline(unet=result.use_final_weights(), scheduler=noise_scheduler)
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     save_sample_grid(pipeline, args, output_dir / SAMPLE_GRID_NAME)
-    write_json(output_dir / TRAIN_LOG_NAME, result.log())
+    write_json_atomic(output_dir / TRAIN_LOG_NAME, result.log())
     write_model_card(args, accelerator, result, data)
     logger.info(f"Saved the pipeline to {output_dir}")
     if args.push_to_hub:

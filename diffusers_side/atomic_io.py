@@ -1,0 +1,50 @@
+"""Atomic file writes: nothing the plugin writes is ever left half-written by a crash.
+
+Every file goes to a temporary name in the same folder and is moved into place with `os.replace`
+(atomic on POSIX and Windows) only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.atomic_io import atomic_path
+    >>> with atomic_path("grid.png") as tmp:
+    ...     image.save(tmp, format="PNG")
+    ```
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` atomically and return the path."""
+    return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
