@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
+from diffusers_side.hub import push_folder
 
 logger = logging.get_logger(__name__)
 
@@ -51,7 +52,6 @@ TRAINING_STATE_NAME = "training_state.json"
 TRAIN_LOG_NAME = "train_log.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 EMA_FOLDER = "ema"
-HUB_IGNORE_PATTERNS = [f"{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*", "logs/*", "*.tmp"]
 
 # Arguments that say how a run is executed rather than what it trains: they may change on resume.
 RUN_CONTROL_ARGS = frozenset(
@@ -675,15 +675,4 @@ def train(
 
 def push_to_hub(args: argparse.Namespace, folder: str | os.PathLike, commit_message: str) -> str:
     """Upload ``folder`` (without checkpoints and logs) to ``--hub_model_id``; return the commit URL."""
-    from huggingface_hub import create_repo, upload_folder
-
-    repo = create_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, exist_ok=True)
-    repo_id = repo.repo_id
-    commit = upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        ignore_patterns=HUB_IGNORE_PATTERNS,
-        token=args.hub_token,
-    )
-    return str(commit)
+    return push_folder(folder, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, commit_message=commit_message)

@@ -1,0 +1,68 @@
+"""Uploads to the Hugging Face Hub: thin calls into huggingface_hub / datasets with a card we render.
+
+Only the payload (folder layout, card text and metadata) is built here; the network call is a single
+call into the library, so everything but the transfer is tested offline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+from datasets import Dataset
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from .cards import render_card
+from .generation import GenerationSettings
+
+METHOD_DESCRIPTIONS = {
+    "side": "SIDE: time-dependent classifier guidance toward one surrogate condition per image",
+    "cond": "Carlini et al. Cond: guidance by a time-independent classifier",
+    "uncond": "Carlini et al. UnCond: plain unconditional sampling",
+    "synthetic": "unguided samples used to build surrogate labels",
+}
+
+
+def extraction_card(settings: GenerationSettings, command: str) -> DatasetCard:
+    """The dataset card of a set of extraction candidates."""
+    card_data = DatasetCardData(
+        license="other",
+        tags=["diffusers-side", "memorization-audit", "synthetic", settings.method],
+        pretty_name=f"SIDE {settings.method} candidates",
+    )
+    return render_card(
+        "extraction_dataset",
+        card_data,
+        method_description=METHOD_DESCRIPTIONS[settings.method],
+        command=command,
+        **{k: v for k, v in asdict(settings).items() if k != "extra"},
+    )
+
+
+def push_extraction(dataset: Dataset, settings: GenerationSettings, repo_id: str, command: str, token: str | None = None) -> str:
+    """Upload the candidates (parquet shards via `Dataset.push_to_hub`) and then their card."""
+    dataset.push_to_hub(repo_id, token=token)
+    extraction_card(settings, command).push_to_hub(repo_id, repo_type="dataset", token=token)
+    return repo_id
+
+
+# Never uploaded from a pipeline folder: resumable training state, tracker logs, unfinished writes.
+HUB_IGNORE_PATTERNS = ["checkpoint-*", ".checkpoint-*", "logs/*", "*.tmp", ".*.tmp"]
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload with diffusers-side",
+) -> str:
+    """Upload a pipeline folder (weights, configs and its README.md card) to a model repo; return the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo = create_repo(repo_id, token=token, private=private, exist_ok=True)
+    commit = upload_folder(
+        repo_id=repo.repo_id, folder_path=str(folder), commit_message=commit_message,
+        ignore_patterns=HUB_IGNORE_PATTERNS, token=token,
+    )
+    return str(commit)
