@@ -22,7 +22,7 @@ SUBSET_FILE = "training_subset.json"
 # How the subset is drawn (recorded in `training_subset.json` next to the weights, which is the
 # authority once the model is trained): `SUBSET_SIZE` images of the 1,797 digits, chosen with
 # `numpy.random.default_rng(SUBSET_SEED)`, upsampled from 8x8 to `RESOLUTION` with bicubic interpolation.
-SUBSET_SIZE = 500
+SUBSET_SIZE = 200
 SUBSET_SEED = 0
 RESOLUTION = 16
 
@@ -32,13 +32,18 @@ def resolve_pipeline_path(spec: str | os.PathLike) -> str:
     return str(DEFAULT_PIPELINE_DIR) if str(spec) == DEFAULT else str(spec)
 
 
+def draw_subset_indices(size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> list[int]:
+    """`size` distinct indices into the 1,797 digits, drawn with `numpy.random.default_rng(seed)`, sorted."""
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(1797, size=size, replace=False))
+
+
 def subset_indices() -> list[int]:
-    """Indices into `load_digits()` of the embedded model's training images."""
+    """Indices into `load_digits()` of the embedded model's training images (as recorded beside its weights)."""
     recorded = DEFAULT_PIPELINE_DIR / SUBSET_FILE
     if recorded.exists():
         return json.loads(recorded.read_text())["indices"]
-    rng = np.random.default_rng(SUBSET_SEED)
-    return sorted(int(i) for i in rng.choice(1797, size=SUBSET_SIZE, replace=False))
+    return draw_subset_indices()
 
 
 def digit_images(indices: list[int], resolution: int = RESOLUTION) -> tuple[list[PIL.Image.Image], list[int]]:
@@ -61,10 +66,65 @@ def load_training_subset() -> Dataset:
     ```py
     >>> from diffusers_side.default_model import load_training_subset
     >>> len(load_training_subset())
-    500
+    200
     ```
     """
     indices = subset_indices()
     images, classes = digit_images(indices)
     features = Features({"image": Image(), "digit": Value("int64"), "source_index": Value("int64")})
     return Dataset.from_dict({"image": images, "digit": classes, "source_index": indices}, features=features)
+
+
+def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.PathLike = DEFAULT_PIPELINE_DIR) -> Path:
+    """
+    Copy a `training/train_dpm.py` output folder into the package as the embedded default.
+
+    The UNet, its model card, sample grid and training log are copied as they are; the scheduler is
+    stored as a `DDIMScheduler` built from the training `DDPMScheduler`'s config (same betas and abar_t),
+    so that 50-step sampling is the default; and ``training_subset.json`` records the training images.
+
+    Args:
+        train_dir: the ``--output_dir`` of the training run.
+        target_dir: where to write (defaults to the package's ``default_model/``).
+
+    Returns:
+        `Path`: the written folder.
+
+    Example:
+
+    ```bash
+    python -m diffusers_side.default_model outputs/embedded-train
+    ```
+    """
+    import shutil
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from .atomic_io import write_json_atomic
+
+    train_dir, target_dir = Path(train_dir), Path(target_dir)
+    staging = target_dir.with_name(f".{target_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copytree(train_dir / "unet", staging / "unet")
+    for name in ("model_index.json", "README.md", "samples.png", "train_log.json"):
+        shutil.copy2(train_dir / name, staging / name)
+    training_scheduler = DDPMScheduler.from_pretrained(train_dir, subfolder="scheduler")
+    DDIMScheduler.from_config(training_scheduler.config).save_pretrained(staging / "scheduler")
+    index = json.loads((staging / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    write_json_atomic(staging / "model_index.json", index)
+    write_json_atomic(
+        staging / SUBSET_FILE,
+        {"source": "sklearn.datasets.load_digits", "seed": SUBSET_SEED, "size": SUBSET_SIZE, "resolution": RESOLUTION,
+         "upsampling": "PIL bicubic from 8x8, pixel values x 255/16", "indices": draw_subset_indices()},
+    )
+    shutil.rmtree(target_dir, ignore_errors=True)
+    os.replace(staging, target_dir)
+    return target_dir
+
+
+if __name__ == "__main__":
+    import sys
+
+    export_default_model(sys.argv[1])

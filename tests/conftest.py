@@ -9,9 +9,17 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
 import pytest
 import torch
+from datasets import Dataset
 from diffusers import UNet2DModel
+
+from diffusers_side.generation import RECORD_FEATURES
 
 
 def make_tiny_unet(in_channels: int = 1, sample_size: int = 16, seed: int = 0) -> UNet2DModel:
@@ -52,3 +60,29 @@ def launch_two_processes(*command: str, timeout: int = 300) -> subprocess.Comple
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
     return subprocess.run([*launch, *command], env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def write_generation_dir(path: Path, images: list, method: str = "synthetic", guidance_scale: float = 0.0,
+                         pipeline: str | None = None, first_seed: int = 100) -> Path:
+    """A folder laid out as `side synthesize` / `side extract` write it: generation.json + one parquet shard.
+
+    `images` are PIL images or uint8 arrays (H, W) / (H, W, 3); guided methods get targets 0, 1, 2, 0, ...
+    """
+    images = [PIL.Image.fromarray(np.asarray(i)) if isinstance(i, np.ndarray) else i for i in images]
+    count, guided = len(images), guidance_scale > 0
+    (path / "shards").mkdir(parents=True)
+    Dataset.from_dict(
+        {
+            "image": images,
+            "index": list(range(count)),
+            "seed": list(range(first_seed, first_seed + count)),
+            "method": [method] * count,
+            "target": [i % 3 if guided else -1 for i in range(count)],
+            "guidance_scale": [guidance_scale] * count,
+        },
+        features=RECORD_FEATURES,
+    ).to_parquet(str(path / "shards" / "shard-00000.parquet"))
+    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "seed": first_seed,
+                "num_inference_steps": 10, **({"pipeline": pipeline} if pipeline else {})}
+    (path / "generation.json").write_text(json.dumps(settings))
+    return path

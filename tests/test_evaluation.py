@@ -5,49 +5,19 @@ import json
 import numpy as np
 import PIL.Image
 import pytest
-from datasets import Dataset, Features, Image, Value, load_dataset
+from datasets import Dataset, Features, Image, load_dataset
 
-from conftest import make_tiny_unet
+from conftest import make_tiny_unet, write_generation_dir
 from diffusers_side import evaluation
 from diffusers_side.cli import main
 from diffusers_side.default_model import load_training_subset
 from diffusers_side.evaluation import evaluate
+from diffusers_side.generation import RECORD_FEATURES
 from diffusers_side.report import format_table, plot_sweep
-
-GENERATION_FEATURES = Features(
-    {
-        "image": Image(),
-        "index": Value("int64"),
-        "seed": Value("int64"),
-        "method": Value("string"),
-        "target": Value("int64"),
-        "guidance_scale": Value("float32"),
-    }
-)
 
 
 def to_pil(array: np.ndarray) -> PIL.Image.Image:
     return PIL.Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
-
-
-def write_generation_dir(path, arrays, method, guidance_scale=0.0, first_seed=100):
-    """A folder in the layout of `side extract`: generation.json + shards/shard-00000.parquet."""
-    (path / "shards").mkdir(parents=True)
-    count = len(arrays)
-    Dataset.from_dict(
-        {
-            "image": [to_pil(a) for a in arrays],
-            "index": list(range(count)),
-            "seed": list(range(first_seed, first_seed + count)),
-            "method": [method] * count,
-            "target": [i % 3 for i in range(count)],
-            "guidance_scale": [guidance_scale] * count,
-        },
-        features=GENERATION_FEATURES,
-    ).to_parquet(str(path / "shards" / "shard-00000.parquet"))
-    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "seed": first_seed}
-    (path / "generation.json").write_text(json.dumps(settings))
-    return path
 
 
 def write_reference(path, arrays):
@@ -178,7 +148,7 @@ def test_size_and_channel_mismatch_name_the_sizes_and_the_flag(audit):
 def test_empty_sets_raise(audit, monkeypatch):
     # `datasets` itself cannot write-and-reload an empty image set, so the empty set is served in memory.
     real_loader = evaluation.load_image_dataset
-    empty = Dataset.from_dict({k: [] for k in GENERATION_FEATURES}, features=GENERATION_FEATURES)
+    empty = Dataset.from_dict({k: [] for k in RECORD_FEATURES}, features=RECORD_FEATURES)
     monkeypatch.setattr(evaluation, "load_image_dataset", lambda source: empty if source == "empty" else real_loader(source))
     with pytest.raises(ValueError, match="generated set 'empty' is empty"):
         evaluate([audit["side"], "empty"], audit["reference"], audit["tmp"] / "eval")

@@ -3,8 +3,9 @@
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 
+from conftest import make_tiny_unet
 from diffusers_side.data import tensor_to_pil
 from diffusers_side.features import (
     FeatureExtractor,
@@ -15,20 +16,6 @@ from diffusers_side.features import (
     embed_images,
     load_feature_extractor,
 )
-
-
-def tiny_unet(in_channels: int = 1) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=16,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
 
 
 def smooth_images(count: int, channels: int = 1, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -47,7 +34,7 @@ def assert_unit_rows(features: torch.Tensor) -> None:
 
 @pytest.fixture(scope="module")
 def unet_extractor() -> FeatureExtractor:
-    return load_feature_extractor("unet", unet=tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    return load_feature_extractor("unet", unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000))
 
 
 def test_unet_features_shape_norm_and_noise_level(unet_extractor):
@@ -78,7 +65,7 @@ def test_unet_features_put_near_duplicates_closer_than_other_images(unet_extract
 
 
 def test_unet_features_skip_the_up_blocks_and_remove_their_hooks():
-    unet = tiny_unet()
+    unet = make_tiny_unet()
     extractor = UNetFeatureExtractor(unet, DDPMScheduler(num_train_timesteps=100), timestep=7)
     up_calls = []
     unet.up_blocks[0].register_forward_hook(lambda *args: up_calls.append(1))
@@ -96,7 +83,7 @@ def test_unet_features_reject_bad_input(unet_extractor):
     with pytest.raises(ValueError, match="unet and scheduler"):
         load_feature_extractor("unet")
     with pytest.raises(ValueError, match="outside"):
-        UNetFeatureExtractor(tiny_unet(), DDPMScheduler(num_train_timesteps=100), timestep=100)
+        UNetFeatureExtractor(make_tiny_unet(), DDPMScheduler(num_train_timesteps=100), timestep=100)
 
 
 def test_pixel_features_keep_coarse_layout_only():

@@ -6,11 +6,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from datasets import Dataset, Features, Image, Value, load_from_disk
+from datasets import Dataset, Features, Image, load_from_disk
 from diffusers import DDPMScheduler
 from sklearn.metrics import adjusted_rand_score
-from test_features import BrokenExtractor, smooth_images, tiny_unet
+from test_features import BrokenExtractor, smooth_images
 
+from conftest import make_tiny_unet, write_generation_dir
 from diffusers_side import surrogate_labels
 from diffusers_side.cli import main
 from diffusers_side.data import tensor_to_pil
@@ -153,45 +154,17 @@ def test_label_table_reports_kept_and_dropped():
 # End to end, from a generation directory written the way `side synthesize` writes it.
 
 PROTOTYPES, COPIES, DIFFUSE_IMAGES = 3, 12, 12
-SHARD_FEATURES = Features(
-    {
-        "image": Image(),
-        "index": Value("int64"),
-        "seed": Value("int64"),
-        "method": Value("string"),
-        "target": Value("int64"),
-        "guidance_scale": Value("float32"),
-    }
-)
-
-
-def write_generation_dir(path, images: list, pipeline: str) -> None:
-    count = len(images)
-    (path / "shards").mkdir(parents=True)
-    columns = {
-        "image": images,
-        "index": list(range(count)),
-        "seed": [1000 + i for i in range(count)],
-        "method": ["synthetic"] * count,
-        "target": [-1] * count,
-        "guidance_scale": [0.0] * count,
-    }
-    Dataset.from_dict(columns, features=SHARD_FEATURES).to_parquet(str(path / "shards" / "shard-00000.parquet"))
-    settings = {"pipeline": pipeline, "num_images": count, "seed": 1000, "method": "synthetic", "guidance_scale": 0.0, "num_inference_steps": 10}
-    (path / "generation.json").write_text(json.dumps(settings))
-
-
 @pytest.fixture(scope="module")
 def generation_dir(tmp_path_factory):
     """Near-copies of 3 prototype images (the memorized modes) plus 12 unrelated images."""
     root = tmp_path_factory.mktemp("e2e")
-    tiny_unet().save_pretrained(root / "pipeline" / "unet")
+    make_tiny_unet().save_pretrained(root / "pipeline" / "unet")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "pipeline" / "scheduler")
     generator = torch.Generator().manual_seed(3)
     prototypes = smooth_images(PROTOTYPES, seed=5)
     copies = [(p + 0.03 * torch.randn(COPIES, 1, 16, 16, generator=generator)).clamp(0, 1) for p in prototypes]
     images = tensor_to_pil(torch.cat(copies + [smooth_images(DIFFUSE_IMAGES, seed=9)]))
-    write_generation_dir(root / "synthetic", images, str(root / "pipeline"))
+    write_generation_dir(root / "synthetic", images, pipeline=str(root / "pipeline"), first_seed=1000)
     return root / "synthetic"
 
 
@@ -251,7 +224,7 @@ def test_label_synthetic_rejects_bad_input_before_embedding(generation_dir, tmp_
 
     mixed = tmp_path / "mixed"
     images = tensor_to_pil(smooth_images(3)) + tensor_to_pil(smooth_images(1, size=8))
-    write_generation_dir(mixed, images, "unused")
+    write_generation_dir(mixed, images)
     with pytest.raises(ValueError, match="mixed sizes"):
         label_synthetic(mixed, tmp_path / "out", num_clusters=2, features="pixels")
 
