@@ -22,7 +22,7 @@ SUBSET_FILE = "training_subset.json"
 # How the subset is drawn (recorded in `training_subset.json` next to the weights, which is the
 # authority once the model is trained): `SUBSET_SIZE` images of the 1,797 digits, chosen with
 # `numpy.random.default_rng(SUBSET_SEED)`, upsampled from 8x8 to `RESOLUTION` with bicubic interpolation.
-SUBSET_SIZE = 200
+SUBSET_SIZE = 100
 SUBSET_SEED = 0
 RESOLUTION = 16
 
@@ -66,7 +66,7 @@ def load_training_subset() -> Dataset:
     ```py
     >>> from diffusers_side.default_model import load_training_subset
     >>> len(load_training_subset())
-    200
+    100
     ```
     """
     indices = subset_indices()

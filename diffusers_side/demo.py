@@ -1,0 +1,205 @@
+"""`side demo`: the whole SIDE audit of the embedded digits model, end to end, offline.
+
+Stages (each one a library call the individual commands also use):
+
+1. synthesize N_syn unguided samples from the target;
+2. label them (embed with the target's own UNet, KMeans, cohesion filter, relabel);
+3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
+   ``training/train_classifier.py``'s own loop;
+4. extract N_G candidates with SIDE, Carlini UnCond and Carlini Cond at the same seeds;
+5. evaluate all three against the training subset and write ``report.md``, ``report.json`` and figures.
+
+Every stage writes into its own folder under the output directory and is skipped when its result is
+already there, so an interrupted demo picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from diffusers.utils import logging
+
+from .atomic_io import write_json_atomic
+from .default_model import DEFAULT
+from .evaluation import evaluate
+from .generation import GenerationSettings, generate
+from .loading import load_pipeline
+from .surrogate_labels import label_synthetic
+
+logger = logging.get_logger(__name__)
+
+TIMINGS_FILE = "timings.json"
+EXTRACTION_METHODS = ("side", "uncond", "cond")
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings. The defaults are the documented full run; `QUICK` is a smoke test.
+
+    Args:
+        num_synthetic: N_syn, unguided samples used to build the surrogate labels.
+        num_clusters: K of KMeans.
+        cohesion: tau, or ``"auto"`` (Otsu's split of the cohesion values, see `surrogate_labels`).
+        features: feature extractor for the labels (``"unet"``: the target's own encoder).
+        classifier_steps, classifier_batch_size, classifier_base_channels, classifier_learning_rate: classifier training.
+        num_images: N_G, candidates per extraction method (all methods share the same seeds).
+        guidance_scale: lambda for SIDE and Carlini Cond.
+        num_inference_steps, scheduler: the sampler used for every generation.
+        batch_size: images per generation shard.
+        seed: run seed of every stage.
+    """
+
+    pipeline: str = DEFAULT
+    reference: str = DEFAULT
+    num_synthetic: int = 2000
+    num_clusters: int = 100
+    cohesion: float | str = "auto"
+    features: str = "unet"
+    classifier_steps: int = 1000
+    classifier_batch_size: int = 128
+    classifier_base_channels: int = 16
+    classifier_learning_rate: float = 1e-3
+    num_images: int = 1000
+    guidance_scale: float = 1.0
+    num_inference_steps: int = 50
+    scheduler: str | None = "ddim"
+    batch_size: int = 250
+    seed: int = 0
+
+
+QUICK = DemoConfig(
+    num_synthetic=48,
+    num_clusters=4,
+    classifier_steps=8,
+    classifier_batch_size=16,
+    classifier_base_channels=8,
+    num_images=12,
+    num_inference_steps=4,
+    batch_size=16,
+)
+
+
+StageCallback = Callable[[str, float, str], None]
+
+
+class Demo:
+    """Runs the stages of a demo into ``output_dir`` and records how long each took."""
+
+    def __init__(self, output_dir: str | os.PathLike, config: DemoConfig, on_stage_done: StageCallback | None = None):
+        self.output_dir = Path(output_dir)
+        self.config = config
+        self.on_stage_done = on_stage_done or (lambda stage, seconds, path: None)
+        self.timings: dict[str, float] = {}
+
+    def path(self, name: str) -> Path:
+        return self.output_dir / name
+
+    def stage(self, name: str, output: Path, run: Callable[[], object]) -> None:
+        started = time.perf_counter()
+        run()
+        self.timings[name] = round(time.perf_counter() - started, 2)
+        self.on_stage_done(name, self.timings[name], str(output))
+
+    def synthesize(self) -> None:
+        c = self.config
+        settings = GenerationSettings(
+            pipeline=c.pipeline, method="synthetic", num_images=c.num_synthetic, batch_size=c.batch_size,
+            seed=c.seed, num_inference_steps=c.num_inference_steps, scheduler=c.scheduler,
+        )
+        generate(load_pipeline(c.pipeline, c.scheduler), self.path("synthetic"), settings)
+
+    def label(self) -> None:
+        c = self.config
+        label_synthetic(
+            self.path("synthetic"), self.path("labels"), num_clusters=c.num_clusters, cohesion=c.cohesion,
+            features=c.features, seed=c.seed,
+        )
+
+    def train_classifier(self, name: str, time_independent: bool) -> None:
+        from .training.train_classifier import main, parse_args
+
+        c = self.config
+        argv = [
+            "--pretrained_model_name_or_path", c.pipeline,
+            "--train_data_dir", str(self.path("labels")),
+            "--output_dir", str(self.path(name)),
+            "--max_train_steps", str(c.classifier_steps),
+            "--train_batch_size", str(c.classifier_batch_size),
+            "--base_channels", str(c.classifier_base_channels),
+            "--learning_rate", str(c.classifier_learning_rate),
+            "--seed", str(c.seed),
+            "--resume_from_checkpoint", "latest",
+        ]
+        main(parse_args(argv + (["--time_independent"] if time_independent else [])))
+
+    def extract(self, method: str) -> None:
+        c = self.config
+        classifier = {"side": self.path("classifier-side"), "cond": self.path("classifier-cond")}.get(method)
+        settings = GenerationSettings(
+            pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
+            num_inference_steps=c.num_inference_steps, guidance_scale=0.0 if method == "uncond" else c.guidance_scale,
+            scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
+        )
+        pipe = load_pipeline(c.pipeline, c.scheduler, settings.classifier)
+        generate(pipe, self.path(f"extract-{method}"), settings)
+
+    def evaluate(self) -> dict:
+        generated = [self.path(f"extract-{method}") for method in EXTRACTION_METHODS]
+        return evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
+
+    def run(self) -> dict:
+        """Run every stage not yet done and return the report (also written to ``report.json``)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path("demo_config.json"), asdict(self.config))
+        self.stage("synthesize", self.path("synthetic"), self.synthesize)
+        if not (self.path("labels") / "surrogate_labels.json").exists():
+            self.stage("label", self.path("labels"), self.label)
+        for name, time_independent in (("classifier-side", False), ("classifier-cond", True)):
+            if not (self.path(name) / "model_index.json").exists():
+                self.stage(f"train {name}", self.path(name), lambda: self.train_classifier(name, time_independent))
+        for method in EXTRACTION_METHODS:
+            self.stage(f"extract {method}", self.path(f"extract-{method}"), lambda: self.extract(method))
+        report = {}
+        self.stage("evaluate", self.output_dir, lambda: report.update(self.evaluate()))
+        self.timings["total"] = round(sum(self.timings.values()), 2)
+        write_json_atomic(self.path(TIMINGS_FILE), self.timings)
+        return report
+
+
+def run_demo(
+    output_dir: str | os.PathLike = "side-demo",
+    quick: bool = False,
+    on_stage_done: StageCallback | None = None,
+    **overrides,
+) -> dict:
+    """
+    Run the SIDE audit of the embedded model (or of ``pipeline=...``) end to end.
+
+    Args:
+        output_dir: where every stage writes (re-running resumes).
+        quick (`bool`): a seconds-long smoke run with tiny N (for tests), not a measurement.
+        on_stage_done (`Callable`, *optional*): called as ``(stage, seconds, output_path)`` after each stage.
+        overrides: any `DemoConfig` field.
+
+    Returns:
+        `dict`: the evaluation report (see `diffusers_side.evaluation.evaluate`).
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.demo import run_demo
+    >>> report = run_demo("side-demo")
+    >>> report["methods"]["side"]["ams"]
+    ```
+    """
+    config = replace(QUICK if quick else DemoConfig(), **overrides)
+    return Demo(output_dir, config, on_stage_done).run()
+
+
+def read_timings(output_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(output_dir) / TIMINGS_FILE).read_text())
