@@ -56,18 +56,18 @@ class DemoConfig:
 
     pipeline: str = DEFAULT
     reference: str = DEFAULT
-    num_synthetic: int = 2000
+    num_synthetic: int = 1000
     num_clusters: int = 100
     cohesion: float | str = "auto"
     features: str = "unet"
-    classifier_steps: int = 1000
+    classifier_steps: int = 600
     classifier_batch_size: int = 128
     classifier_base_channels: int = 16
     classifier_learning_rate: float = 1e-3
-    num_images: int = 1000
+    num_images: int = 500
     guidance_scale: float = 1.0
     num_inference_steps: int = 50
-    scheduler: str | None = "ddim"
+    scheduler: str | None = None
     batch_size: int = 250
     seed: int = 0
 

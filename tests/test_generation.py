@@ -4,11 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from conftest import launch_two_processes, make_tiny_unet
+from conftest import launch_two_processes, make_tiny_unet, write_generation_dir
 from diffusers_side import SIDEPipeline, TimeDependentClassifier, generation
 from diffusers_side.cli import main as side
 from diffusers_side.data import load_image_dataset
@@ -142,3 +143,16 @@ def test_accelerate_two_processes_equal_one_process(tmp_path, saved_pipeline):
     one, two = load_image_dataset(tmp_path / "one"), load_image_dataset(tmp_path / "two")
     assert two["seed"] == one["seed"] and two["target"] == one["target"]
     assert np.array_equal(pixels(two), pixels(one))
+
+
+def test_cli_sweep_writes_curves_per_scale(tmp_path, saved_pipeline, capsys):
+    reference = write_generation_dir(tmp_path / "reference", [np.full((16, 16), v, np.uint8) for v in (0, 80, 160, 240)])
+    argv = ["sweep", "--pipeline", str(saved_pipeline), "--guidance-scales", "0,2", "--num-images", "4", "--batch-size", "4",
+            "--num-inference-steps", "2", "--reference", str(reference), "--similarity", "l2", "--output", str(tmp_path / "sweep")]
+    assert side(argv) == 0
+    results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert set(results) == {"0", "2"}
+    assert {0.0, 2.0} == {r["generated"][0]["settings"]["guidance_scale"] for r in results.values()}
+    with PIL.Image.open(tmp_path / "sweep" / "sweep.png") as plot:
+        assert plot.format == "PNG"
+    assert "sweep done" in capsys.readouterr().out
