@@ -380,7 +380,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         results[scale] = report
         summary(f"sweep lambda={scale:g}", started, str(output / f"scale-{scale:g}-eval"))
     plot = plot_sweep(results, output / "sweep.png")
-    write_json_atomic(output / "sweep.json", {str(k): v for k, v in results.items()})
+    write_json_atomic(output / "sweep.json", {f"{k:g}": v for k, v in results.items()})
     summary("sweep", started, str(plot))
     return 0
 

@@ -42,6 +42,16 @@ def tiny_unet() -> UNet2DModel:
     return make_tiny_unet()
 
 
+@pytest.fixture
+def single_thread():
+    """Run torch single-threaded, like the child processes (`subprocess_env`): bit-identical comparisons
+    between an in-process run and a child process need the same reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def subprocess_env() -> dict:
     """The environment for child processes: one thread each, no GPU."""
     return dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")

@@ -133,7 +133,7 @@ def test_cli_synthesize_and_extract(tmp_path, saved_pipeline, capsys):
     assert "drop --guidance-scale 2.0" in capsys.readouterr().err
 
 
-def test_accelerate_two_processes_equal_one_process(tmp_path, saved_pipeline):
+def test_accelerate_two_processes_equal_one_process(tmp_path, saved_pipeline, single_thread):
     args = ["extract", "--pipeline", str(saved_pipeline), "--method", "side", "--num-images", "7", "--batch-size", "2",
             "--num-inference-steps", "2", "--guidance-scale", "1.5"]
     assert side([*args, "--output", str(tmp_path / "one")]) == 0

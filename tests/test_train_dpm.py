@@ -86,7 +86,7 @@ def test_rgb_data_bf16_and_channel_override(tmp_path):
     assert DDPMPipeline.from_pretrained(tmp_path / "gray-out").unet.config.in_channels == 1
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(gray_data, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(gray_data, tmp_path, single_thread):
     """Kill a run with SIGKILL after its first checkpoint; resuming must end with the same weights."""
     # Constant lr: the schedule does not depend on the total step count, so the killed run can be
     # started with a large --max_train_steps and finished with the one the reference uses.
