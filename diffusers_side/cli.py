@@ -31,17 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in COMMANDS:
+    for add_command in (
+        add_synthesize_command,
+        add_label_command,
+        add_train_classifier_command,
+        add_extract_command,
+        add_evaluate_command,
+        add_sweep_command,
+        add_demo_command,
+        add_push_command,
+    ):  # each registers one subcommand and sets `func` to the function that runs it
         add_command(subparsers)
     return parser
 
 
 def _example(text: str) -> str:
     return f"example:\n  {text}"
-
-
-# Each `add_*` registers one subcommand and sets `func` to the function that runs it.
-COMMANDS: list = []
 
 
 def _cohesion_threshold(value: str) -> float | str:
@@ -114,9 +119,6 @@ def run_label(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.append(add_label_command)
-
-
 def add_evaluate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -180,9 +182,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.append(add_evaluate_command)
-
-
 # --- train-classifier: the same script as `python training/train_classifier.py` ---------------------
 
 
@@ -216,9 +215,6 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     output = train_classifier(record_command(script_args, sys.argv[1:], "side"))
     summary("train-classifier", started, str(output))
     return 0
-
-
-COMMANDS.append(add_train_classifier_command)
 
 
 # --- generation: synthesize and extract --------------------------------------------------------------
@@ -321,9 +317,6 @@ def _run_generation(step: str, args: argparse.Namespace, settings):
 
 def _command_line() -> str:
     return " ".join(["side", *sys.argv[1:]])
-
-
-COMMANDS.extend([add_synthesize_command, add_extract_command])
 
 
 # --- sweep, demo, push -------------------------------------------------------------------------------
@@ -460,9 +453,6 @@ def run_push(args: argparse.Namespace) -> int:
         raise CommandError(f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder ({SETTINGS_FILE}).")
     summary("push", started, f"https://huggingface.co/{args.repo}")
     return 0
-
-
-COMMANDS.extend([add_sweep_command, add_demo_command, add_push_command])
 
 
 def main(argv: list[str] | None = None) -> int:
