@@ -25,6 +25,7 @@ SUBSET_FILE = "training_subset.json"
 SUBSET_SIZE = 100
 SUBSET_SEED = 0
 RESOLUTION = 16
+EMA_CONFIG_KEYS = ("decay", "inv_gamma", "min_decay", "optimization_step", "power", "update_after_step", "use_ema_warmup")
 
 
 def resolve_pipeline_path(spec: str | os.PathLike) -> str:
@@ -107,6 +108,10 @@ def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.Path
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copytree(train_dir / "unet", staging / "unet")
+    unet_config = json.loads((staging / "unet" / "config.json").read_text())
+    for key in EMA_CONFIG_KEYS:  # EMAModel.save_pretrained adds these; UNet2DModel warns about them
+        unet_config.pop(key, None)
+    write_json_atomic(staging / "unet" / "config.json", unet_config)
     for name in ("model_index.json", "README.md", "samples.png", "train_log.json"):
         shutil.copy2(train_dir / name, staging / name)
     training_scheduler = DDPMScheduler.from_pretrained(train_dir, subfolder="scheduler")

@@ -313,7 +313,7 @@ class SIDEPipeline(DiffusionPipeline):
 
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).numpy()
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()  # float(): numpy has no bfloat16
             if output_type == "pil":
                 image = self.numpy_to_pil(image)
         self.maybe_free_model_hooks()
