@@ -50,6 +50,7 @@ MEMORIZATION_RATIO = 1.0 / 3.0
 DEFAULT_CHUNK_SIZE = 1024
 # How many nearest neighbours get their score recomputed exactly in float64 (best and second best).
 EXACT_NEIGHBORS = 2
+MAX_INT32_SQUARED_SUM_DIM = (2**31 - 1) // 255**2
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,70 @@ def _check_search_inputs(queries: torch.Tensor, keys: torch.Tensor, k: int, metr
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
 
 
-def _candidate_costs(query: torch.Tensor, query_norms: torch.Tensor, key: torch.Tensor, key_norms: torch.Tensor, metric: str):
-    """Float32 costs (smaller = nearer) of a query chunk against a key chunk."""
-    if metric == COSINE:
-        return -(query @ key.T)
-    return torch.addmm(query_norms[:, None] + key_norms[None, :], query, key.T, alpha=-2.0).clamp_min_(0.0)
+def _prepare_key_chunks(keys: torch.Tensor, chunk_size: int, metric: str, device: torch.device) -> list[tuple]:
+    """Float32 key chunks, pre-scaled so that one matmul plus one addition gives a block of selection costs.
+
+    For l2 the chunk holds ``-2 k`` and its squared norms ``||k||^2``; for cosine it holds ``-k`` (no norms).
+    """
+    chunks = []
+    for start in range(0, len(keys), chunk_size):
+        raw = keys[start : start + chunk_size]
+        key = _to_float(raw, device, torch.float32)
+        owned = key.data_ptr() != raw.data_ptr()  # else `key` is the caller's own rows: never scale in place
+        norms = None if metric == COSINE else key.pow(2).sum(dim=1)
+        factor = -1.0 if metric == COSINE else -2.0
+        chunks.append((start, key.mul_(factor) if owned else key * factor, norms))
+    return chunks
+
+
+def _block_costs(query: torch.Tensor, scaled_key: torch.Tensor, key_norms: torch.Tensor | None) -> torch.Tensor:
+    """Selection costs of a query chunk against a key chunk (smaller = nearer).
+
+    l2: ``||k||^2 - 2 q.k``, the squared distance minus ``||q||^2`` (constant per row, so the order of a row
+    is that of the distances; it is added back to the kept candidates only). Cosine: ``-q.k``.
+    """
+    costs = query @ scaled_key.T
+    return costs if key_norms is None else costs.add_(key_norms)
+
+
+def _merge_top_k(
+    best_costs: torch.Tensor, best_indices: torch.Tensor, costs: torch.Tensor, key_start: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold one block of costs into the running top-k of every row (ascending).
+
+    Until a row holds k candidates, the block's own top-k is merged in. After that only the entries
+    below the row's k-th best can enter, and few do: they are gathered (one comparison pass over the
+    block) into a narrow block padded with ``inf``, and only the rows that have any are merged. This
+    keeps the selection cheap next to the matmul even for Carlini's 50 neighbours.
+    """
+    if best_costs.shape[1] < k:
+        block_costs, block_positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
+        return _merge_rows(best_costs, best_indices, block_costs, block_positions + key_start, k)
+    thresholds = best_costs[:, -1]
+    rows = (costs.amin(dim=1) < thresholds).nonzero().squeeze(1)  # a cheap reduction skips most rows
+    if len(rows) == 0:
+        return best_costs, best_indices
+    block = costs.index_select(0, rows)
+    row_of, column_of = (block < thresholds.index_select(0, rows)[:, None]).nonzero(as_tuple=True)  # row-major
+    counts = torch.bincount(row_of, minlength=len(rows))
+    slot = torch.arange(len(row_of), device=costs.device) - (counts.cumsum(0) - counts).index_select(0, row_of)
+    new_costs = costs.new_full((len(rows), int(counts.max())), float("inf"))
+    new_indices = torch.zeros_like(new_costs, dtype=best_indices.dtype)
+    new_costs[row_of, slot] = block[row_of, column_of]
+    new_indices[row_of, slot] = column_of + key_start
+    merged_costs, merged_indices = _merge_rows(
+        best_costs.index_select(0, rows), best_indices.index_select(0, rows), new_costs, new_indices, k
+    )
+    best_costs[rows], best_indices[rows] = merged_costs, merged_indices
+    return best_costs, best_indices
+
+
+def _merge_rows(costs_a, indices_a, costs_b, indices_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest costs of each row of two candidate lists, with their indices."""
+    costs = torch.cat([costs_a, costs_b], dim=1)
+    indices = torch.cat([indices_a, indices_b], dim=1)
+    kept_costs, positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
+    return kept_costs, indices.gather(1, positions)
 
 
 def _exact_scores(query: torch.Tensor, keys: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
@@ -269,11 +329,13 @@ def _exact_scores(query: torch.Tensor, keys: torch.Tensor, candidates: torch.Ten
     device = candidates.device
     scores = torch.empty(candidates.shape, dtype=torch.float64, device=device)
     integer = metric == "l2" and query.dtype == torch.uint8 and keys.dtype == torch.uint8
+    # A sum of D squared uint8 differences fits in int32 up to D = 33,025 (255^2 * 33,025 < 2^31).
+    sum_dtype = torch.int32 if query.shape[1] <= MAX_INT32_SQUARED_SUM_DIM else torch.int64
     query = query.to(device, torch.int32) if integer else _to_float(query, device, torch.float64)
     for column in range(candidates.shape[1]):
-        key = keys[candidates[:, column]]
+        key = keys.index_select(0, candidates[:, column])
         if integer:
-            squared = (query - key.to(torch.int32)).square_().sum(dim=1, dtype=torch.int64)
+            squared = (query - key.to(torch.int32)).square_().sum(dim=1, dtype=sum_dtype)
             scores[:, column] = (squared.double() / (255.0**2 * query.shape[1])).sqrt()
         elif metric == COSINE:
             scores[:, column] = (query * _to_float(key, device, torch.float64)).sum(dim=1).clamp(-1.0, 1.0)
@@ -332,24 +394,21 @@ def nearest_neighbors(
     _check_search_inputs(queries, keys, k, metric, chunk_size)
     device = torch.device(device or "cpu")
     keys = keys.to(device)
-    key_chunks = []
-    for start in range(0, len(keys), chunk_size):
-        key = _to_float(keys[start : start + chunk_size], device, torch.float32)
-        key_chunks.append((start, key, key.pow(2).sum(dim=1)))
+    key_chunks = _prepare_key_chunks(keys, chunk_size, metric, device)
     all_scores, all_indices = [], []
     for start in tqdm(range(0, len(queries), chunk_size), desc="nearest-match search", disable=not show_progress):
         raw_query = queries[start : start + chunk_size]
         query = _to_float(raw_query, device, torch.float32)
-        query_norms = query.pow(2).sum(dim=1)
         best_costs = torch.empty(len(query), 0, device=device)
         best_indices = torch.empty(len(query), 0, dtype=torch.int64, device=device)
-        for key_start, key, key_norms in key_chunks:
-            costs = torch.cat([best_costs, _candidate_costs(query, query_norms, key, key_norms, metric)], dim=1)
-            indices = torch.arange(key_start, key_start + len(key), device=device).expand(len(query), -1)
-            indices = torch.cat([best_indices, indices], dim=1)
-            best_costs, positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
-            best_indices = indices.gather(1, positions)
-        scores = best_costs.double().neg() if metric == COSINE else (best_costs.double() / keys.shape[1]).sqrt()
+        for key_start, scaled_key, key_norms in key_chunks:
+            costs = _block_costs(query, scaled_key, key_norms)
+            best_costs, best_indices = _merge_top_k(best_costs, best_indices, costs, key_start, k)
+        if metric == COSINE:
+            scores = best_costs.double().neg()
+        else:  # add back ||q||^2; rounding can make a near-copy's squared distance slightly negative
+            squared = best_costs.double() + query.double().pow(2).sum(dim=1, keepdim=True)
+            scores = (squared.clamp_min(0.0) / keys.shape[1]).sqrt()
         exact = min(EXACT_NEIGHBORS, k)
         exact_scores = _exact_scores(raw_query, keys, best_indices[:, :exact], metric)
         scores[:, :exact], best_indices[:, :exact] = _sort_candidates(exact_scores, best_indices[:, :exact], metric)

@@ -49,6 +49,16 @@ def test_chunked_search_equals_full_search(chunk_size, metric):
     torch.testing.assert_close(scores[:, 2:], expected_scores[:, 2:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_search_leaves_its_inputs_unchanged(metric):
+    generator = torch.Generator().manual_seed(3)
+    queries = torch.nn.functional.normalize(torch.rand(20, 12, generator=generator), dim=1)
+    keys = torch.nn.functional.normalize(torch.rand(30, 12, generator=generator), dim=1)
+    queries_before, keys_before = queries.clone(), keys.clone()
+    nearest_neighbors(queries, keys, 4, metric, chunk_size=8, show_progress=False)
+    assert torch.equal(queries, queries_before) and torch.equal(keys, keys_before)
+
+
 def test_uint8_rows_are_pixels_over_255():
     generator = torch.Generator().manual_seed(1)
     pixels = torch.randint(0, 256, (40, 48), dtype=torch.uint8, generator=generator)
