@@ -6,12 +6,15 @@ with alternating rounds, it times:
 - ``ddim``: ``DDIMPipeline(unet, scheduler)``, the unguided reference;
 - ``side_unguided``: ``SIDEPipeline`` with ``guidance_scale=0`` (must equal ``ddim``, checked);
 - ``side_guided``: ``SIDEPipeline`` with ``guidance_scale=1`` and fixed targets;
-- ``unet_forward``: one UNet forward pass on the batch (no gradient);
-- ``classifier_grad``: one classifier forward + backward w.r.t. the input only (frozen classifier).
+- ``unet_forwards``: one UNet forward pass on the batch per step (no gradient);
+- ``classifier_grads``: one classifier forward + backward w.r.t. the input only per step (frozen classifier).
 
 Guidance adds one classifier forward+backward per UNet forward, so guided sampling cannot cost less
-than ``bound = 1 + classifier_grad / unet_forward`` times unguided sampling. The goal is
-``side_guided / (ddim * bound) <= 1.15``: SIDE adds at most 15 % on top of that floor.
+than ``bound = 1 + classifier_grads / unet_forwards`` times unguided sampling. The goal is
+``side_guided / (ddim * bound) <= 1.15``: SIDE adds at most 15 % on top of that floor. Each ratio is
+taken within a round (its measurements ran back to back) and the median over rounds is reported, on
+process CPU time for single-threaded CPU runs (wall time otherwise). ``--dtype bf16|fp16`` runs under
+``torch.autocast`` with fp32 weights.
 
 Configurations:
 

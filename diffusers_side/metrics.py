@@ -13,8 +13,8 @@ Three similarities score a generated image against the training (reference) set:
 The nearest-match search ([`nearest_neighbors`]) never holds the full ``N_G x N_train`` matrix: the
 generations are processed in chunks of ``chunk_size`` rows and, for each chunk, the training images
 in chunks of ``chunk_size`` columns, keeping a running top-k. Candidates are selected in float32 with
-the matmul expansion ``||a||^2 + ||b||^2 - 2 a.b`` (clamped at 0, since rounding can make it
-slightly negative for near-copies). The best and second-best scores, the ones reported, used for the
+the matmul expansion ``||b||^2 - 2 a.b`` (the squared distance minus ``||a||^2``, which is constant per
+row and added back, then clamped at 0, only for the kept candidates). The best and second-best scores, the ones reported, used for the
 bands and for Gu et al.'s ratio, are then recomputed directly in float64 (an exact copy scores exactly
 0, or cosine 1) and ordered with ties broken by the lower training index, so they do not depend on the
 chunking. Further neighbours (only averaged by Carlini's normalizer) keep their float32 values, whose
