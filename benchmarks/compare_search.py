@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 from bench_common import machine_info, write_results
+from bench_nearest_match import DIMENSIONS
 
 import diffusers_side.metrics as after_metrics
-
-DIMENSIONS = {"gray16": 16 * 16, "rgb64": 64 * 64 * 3}
 
 
 def load_module(path: Path, name: str):
