@@ -1,7 +1,7 @@
 """Before/after: this checkout's nearest-match search against another checkout's, interleaved in one process.
 
 Separate processes on a shared VM drift by tens of percent (the matmul ceiling itself moved from 114 to
-143 GFLOP/s between runs), so a code change to `diffusers_side.metrics.nearest_neighbors` is judged
+143 GFLOP/s between runs), so a code change to `diffusers_side.nearest_match.nearest_neighbors` is judged
 here: both versions search the same random 8-bit images, alternating, in the same process, and the
 fastest of ``--repeats`` process-CPU times of each counts. It also checks that both return the same
 neighbours.
@@ -24,11 +24,11 @@ import torch
 from bench_common import machine_info, write_results
 from bench_nearest_match import DIMENSIONS
 
-import diffusers_side.metrics as after_metrics
+import diffusers_side.nearest_match as after_search
 
 
 def load_module(path: Path, name: str):
-    """Import a metrics.py from another checkout under its own module name."""
+    """Import the search module of another checkout under its own module name."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -50,7 +50,7 @@ def compare(before, shape: str, num_queries: int, num_keys: int, k: int, repeats
     for _ in range(repeats):
         seconds, before_scores, before_indices = timed(before, queries, keys, k)
         times["before"].append(seconds)
-        seconds, after_scores, after_indices = timed(after_metrics, queries, keys, k)
+        seconds, after_scores, after_indices = timed(after_search, queries, keys, k)
         times["after"].append(seconds)
     gflop = 2 * num_queries * num_keys * DIMENSIONS[shape] / 1e9
     best = {name: min(values) for name, values in times.items()}
@@ -71,7 +71,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", help="results JSON (default: benchmarks/results/compare_search.json)")
     args = parser.parse_args()
-    before = load_module(args.before / "diffusers_side" / "metrics.py", "metrics_before")
+    # The search lives in nearest_match.py since the metrics split; older checkouts have it in metrics.py.
+    search_file = args.before / "diffusers_side" / "nearest_match.py"
+    if not search_file.exists():
+        search_file = args.before / "diffusers_side" / "metrics.py"
+    before = load_module(search_file, "metrics_before")
     print("| shape | N_G x N_train | k | before s | after s | speed-up | GFLOP/s before -> after | same best two | same all k |")
     print("|---|---|---:|---:|---:|---:|---|---:|---:|")
     rows = []

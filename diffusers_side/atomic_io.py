@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, staging_name: str | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    Args:
+        path: the folder to (re)write as a whole.
+        staging_name: the staging folder's name (default ``.NAME.tmp-PID``); a leftover one is cleared first.
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.atomic_io import atomic_directory
+    >>> with atomic_directory("labels") as tmp:
+    ...     dataset.save_to_disk(str(tmp))
+    ```
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / (staging_name or f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

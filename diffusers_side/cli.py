@@ -159,6 +159,13 @@ def add_evaluate_command(subparsers) -> None:
     parser.set_defaults(func=run_evaluate)
 
 
+def similarity_arguments(value: str) -> dict:
+    """Map ``--similarity l2|carlini|EXTRACTOR`` to `evaluate`'s ``similarity`` or ``feature_extractor``."""
+    from .similarity import PIXEL_SIMILARITIES
+
+    return {"similarity": value} if value in PIXEL_SIMILARITIES else {"feature_extractor": value}
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .report import REPORT_MD, format_table
@@ -168,7 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.generated,
         args.reference,
         args.output,
-        similarity=args.similarity,
+        **similarity_arguments(args.similarity),
         bands=args.bands,
         resolution=args.resolution,
         channels=args.channels,
@@ -182,11 +189,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- train-classifier: the same script as `python training/train_classifier.py` ---------------------
+# --- train-classifier: the same flags and function as `python training/train_classifier.py` ----------
 
 
 def add_train_classifier_command(subparsers) -> None:
-    from .training.train_classifier import add_arguments
+    from .training.classifier import add_arguments
 
     parser = subparsers.add_parser(
         "train-classifier",
@@ -207,8 +214,8 @@ def add_train_classifier_command(subparsers) -> None:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
+    from .training.classifier import train_classifier
     from .training.common import record_command
-    from .training.train_classifier import main as train_classifier
 
     started = time.perf_counter()
     script_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "debug", "func")})
@@ -255,6 +262,8 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 
 def add_extract_command(subparsers) -> None:
+    from .methods import extraction_method_names
+
     parser = subparsers.add_parser(
         "extract",
         help="SIDE step 7 and its baselines: generate extraction candidates (resumable, accelerate-aware)",
@@ -266,9 +275,9 @@ def add_extract_command(subparsers) -> None:
         epilog=_example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--method", choices=("side", "uncond", "cond"), required=True, help="extraction method")
+    parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method")
     parser.add_argument("--num-images", type=int, required=True, metavar="N", help="number of candidates (N_G)")
-    parser.add_argument("--guidance-scale", type=float, default=None, metavar="L", help="lambda for side/cond (default: 1.0, the Bayes-exact conditional score)")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a Hub data set with a card")
     _add_generation_arguments(parser)
@@ -277,10 +286,14 @@ def add_extract_command(subparsers) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     from .generation import GenerationSettings
+    from .methods import get_method
 
-    guidance_scale = 0.0 if args.method == "uncond" else (1.0 if args.guidance_scale is None else args.guidance_scale)
-    if args.method == "uncond" and args.guidance_scale:
-        raise CommandError(f"--method uncond samples without guidance; drop --guidance-scale {args.guidance_scale}.")
+    method = get_method(args.method)
+    if not method.needs_classifier and args.guidance_scale:
+        raise CommandError(f"--method {args.method} samples without guidance; drop --guidance-scale {args.guidance_scale}.")
+    guidance_scale = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    if not method.needs_classifier:
+        guidance_scale = 0.0
     settings = GenerationSettings(
         pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
@@ -295,24 +308,15 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_generation(step: str, args: argparse.Namespace, settings):
-    """Load the pipeline, generate (split over accelerate processes), summarise on the main process."""
-    import torch
-    from accelerate import Accelerator
-
-    from .generation import generate
-    from .loading import load_pipeline
+    """Generate (split over accelerate processes) and summarise on the main process."""
+    from .workflows import run_generation
 
     started = time.perf_counter()
-    # Without a GPU, `accelerate launch --multi_gpu` processes must be told to use CPU (gloo) to form one group.
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-    settings.validate(accelerator.num_processes)
-    pipe = load_pipeline(settings.pipeline, settings.scheduler, settings.classifier, args.allow_pickle, accelerator.device)
-    dataset = generate(pipe, args.output, settings, accelerator)
-    if accelerator.is_main_process:
+    dataset, accelerator = run_generation(settings, args.output, args.allow_pickle)
+    if dataset is not None:
         processes = f" on {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
         summary(f"{step} ({len(dataset)} {settings.method} images{processes})", started, args.output)
-        return dataset
-    return None
+    return dataset
 
 
 def _command_line() -> str:
@@ -350,30 +354,19 @@ def add_sweep_command(subparsers) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .atomic_io import write_json_atomic
-    from .evaluation import evaluate
-    from .generation import GenerationSettings, generate
-    from .loading import load_pipeline
-    from .report import plot_sweep
+    from .generation_folder import GenerationSettings
+    from .workflows import run_sweep as sweep
 
     started = time.perf_counter()
-    output = Path(args.output)
-    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.allow_pickle)
-    results = {}
-    for scale in args.guidance_scales:
-        settings = GenerationSettings(
-            pipeline=args.pipeline, method="side", num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
-            num_inference_steps=args.num_inference_steps, guidance_scale=scale, scheduler=args.scheduler, classifier=args.classifier,
-        )
-        settings.validate()
-        generate(pipe, output / f"scale-{scale:g}", settings)
-        report = evaluate([output / f"scale-{scale:g}"], args.reference, output / f"scale-{scale:g}-eval", similarity=args.similarity)
-        results[scale] = report
-        summary(f"sweep lambda={scale:g}", started, str(output / f"scale-{scale:g}-eval"))
-    plot = plot_sweep(results, output / "sweep.png")
-    write_json_atomic(output / "sweep.json", {f"{k:g}": v for k, v in results.items()})
+    base = GenerationSettings(
+        pipeline=args.pipeline, method="side", num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+        num_inference_steps=args.num_inference_steps, scheduler=args.scheduler, classifier=args.classifier,
+    )
+    plot = sweep(
+        base, args.guidance_scales, args.output, args.reference, allow_pickle=args.allow_pickle,
+        on_scale_done=lambda scale, path: summary(f"sweep lambda={scale:g}", started, str(path)),
+        **similarity_arguments(args.similarity),
+    )
     summary("sweep", started, str(plot))
     return 0
 
@@ -434,23 +427,10 @@ def add_push_command(subparsers) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+    from .workflows import push
 
-    from . import hub
-    from .data import load_image_dataset
-    from .generation import SETTINGS_FILE, GenerationSettings
-
-    started, folder = time.perf_counter(), Path(args.folder)
-    if (folder / "model_index.json").exists():
-        if not (folder / "README.md").exists():
-            raise CommandError(f"{folder} has no README.md model card; write one (the training scripts do) before pushing.")
-        hub.push_folder(folder, args.repo, token=args.token, private=args.private)
-    elif (folder / SETTINGS_FILE).exists():
-        settings = GenerationSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
-        hub.push_extraction(load_image_dataset(folder), settings, args.repo, _command_line(), token=args.token)
-    else:
-        raise CommandError(f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder ({SETTINGS_FILE}).")
+    started = time.perf_counter()
+    push(args.folder, args.repo, _command_line(), token=args.token, private=args.private)
     summary("push", started, f"https://huggingface.co/{args.repo}")
     return 0
 

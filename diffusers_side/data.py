@@ -20,8 +20,7 @@ import PIL.Image
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-DEFAULT = "default"
-SHARDS_DIR = "shards"
+from .default_model import DEFAULT
 
 
 def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") -> Dataset:
@@ -68,7 +67,9 @@ def _load(source: str, split: str) -> Dataset:
     if path.is_dir():
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return _pick_split(load_from_disk(str(path)), split, source)
-        shards = sorted((path / SHARDS_DIR).glob("*.parquet"))
+        from .generation_folder import shard_files
+
+        shards = shard_files(path)
         if shards:
             return Dataset.from_parquet([str(s) for s in shards])
         return _pick_split(load_dataset("imagefolder", data_dir=str(path)), split, source)

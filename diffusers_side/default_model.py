@@ -97,16 +97,22 @@ def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.Path
     python -m diffusers_side.default_model outputs/embedded-train
     ```
     """
+    from .atomic_io import atomic_directory
+
+    train_dir, target_dir = Path(train_dir), Path(target_dir)
+    with atomic_directory(target_dir) as staging:
+        _write_default_model(train_dir, staging)
+    return target_dir
+
+
+def _write_default_model(train_dir: Path, staging: Path) -> None:
+    """Copy the trained pipeline into ``staging`` in the embedded layout (DDIM scheduler, no EMA keys, subset)."""
     import shutil
 
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from .atomic_io import write_json_atomic
 
-    train_dir, target_dir = Path(train_dir), Path(target_dir)
-    staging = target_dir.with_name(f".{target_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     shutil.copytree(train_dir / "unet", staging / "unet")
     unet_config = json.loads((staging / "unet" / "config.json").read_text())
     for key in EMA_CONFIG_KEYS:  # EMAModel.save_pretrained adds these; UNet2DModel warns about them
@@ -124,9 +130,6 @@ def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.Path
         {"source": "sklearn.datasets.load_digits", "seed": SUBSET_SEED, "size": SUBSET_SIZE, "resolution": RESOLUTION,
          "upsampling": "PIL bicubic from 8x8, pixel values x 255/16", "indices": draw_subset_indices()},
     )
-    shutil.rmtree(target_dir, ignore_errors=True)
-    os.replace(staging, target_dir)
-    return target_dir
 
 
 if __name__ == "__main__":

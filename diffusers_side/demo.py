@@ -5,7 +5,7 @@ Stages (each one a library call the individual commands also use):
 1. synthesize N_syn unguided samples from the target;
 2. label them (embed with the target's own UNet, KMeans, cohesion filter, relabel);
 3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
-   ``training/train_classifier.py``'s own loop;
+   `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
 4. extract N_G candidates with SIDE, Carlini UnCond and Carlini Cond at the same seeds;
 5. evaluate all three against the training subset and write ``report.md``, ``report.json`` and figures.
 
@@ -15,7 +15,6 @@ already there, so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,12 +28,13 @@ from .default_model import DEFAULT
 from .evaluation import evaluate
 from .generation import GenerationSettings, generate
 from .loading import load_pipeline
+from .methods import extraction_method_names, get_method
 from .surrogate_labels import label_synthetic
+from .training.classifier import classifier_training_args, train_classifier
 
 logger = logging.get_logger(__name__)
 
 TIMINGS_FILE = "timings.json"
-EXTRACTION_METHODS = ("side", "uncond", "cond")
 
 
 @dataclass
@@ -121,35 +121,37 @@ class Demo:
         )
 
     def train_classifier(self, name: str, time_independent: bool) -> None:
-        from .training.train_classifier import main, parse_args
-
         c = self.config
-        argv = [
-            "--pretrained_model_name_or_path", c.pipeline,
-            "--train_data_dir", str(self.path("labels")),
-            "--output_dir", str(self.path(name)),
-            "--max_train_steps", str(c.classifier_steps),
-            "--train_batch_size", str(c.classifier_batch_size),
-            "--base_channels", str(c.classifier_base_channels),
-            "--learning_rate", str(c.classifier_learning_rate),
-            "--seed", str(c.seed),
-            "--resume_from_checkpoint", "latest",
-        ]
-        main(parse_args(argv + (["--time_independent"] if time_independent else [])))
+        args = classifier_training_args(
+            pretrained_model_name_or_path=c.pipeline,
+            train_data_dir=str(self.path("labels")),
+            output_dir=str(self.path(name)),
+            max_train_steps=c.classifier_steps,
+            train_batch_size=c.classifier_batch_size,
+            base_channels=c.classifier_base_channels,
+            learning_rate=c.classifier_learning_rate,
+            seed=c.seed,
+            resume_from_checkpoint="latest",
+            time_independent=time_independent,
+        )
+        train_classifier(args)
 
     def extract(self, method: str) -> None:
         c = self.config
-        classifier = {"side": self.path("classifier-side"), "cond": self.path("classifier-cond")}.get(method)
+        record = get_method(method)
+        classifier = None
+        if record.needs_classifier:
+            classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
         settings = GenerationSettings(
             pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
-            num_inference_steps=c.num_inference_steps, guidance_scale=0.0 if method == "uncond" else c.guidance_scale,
+            num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale if record.needs_classifier else 0.0,
             scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
         )
         pipe = load_pipeline(c.pipeline, c.scheduler, settings.classifier)
         generate(pipe, self.path(f"extract-{method}"), settings)
 
     def evaluate(self) -> dict:
-        generated = [self.path(f"extract-{method}") for method in EXTRACTION_METHODS]
+        generated = [self.path(f"extract-{method}") for method in extraction_method_names()]
         return evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
 
     def run(self) -> dict:
@@ -162,7 +164,7 @@ class Demo:
         for name, time_independent in (("classifier-side", False), ("classifier-cond", True)):
             if not (self.path(name) / "model_index.json").exists():
                 self.stage(f"train {name}", self.path(name), lambda: self.train_classifier(name, time_independent))
-        for method in EXTRACTION_METHODS:
+        for method in extraction_method_names():
             self.stage(f"extract {method}", self.path(f"extract-{method}"), lambda: self.extract(method))
         report = {}
         self.stage("evaluate", self.output_dir, lambda: report.update(self.evaluate()))
@@ -200,6 +202,3 @@ def run_demo(
     config = replace(QUICK if quick else DemoConfig(), **overrides)
     return Demo(output_dir, config, on_stage_done).run()
 
-
-def read_timings(output_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(output_dir) / TIMINGS_FILE).read_text())

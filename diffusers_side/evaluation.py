@@ -9,7 +9,6 @@ report and the figures (see `diffusers_side.report`).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,37 +21,28 @@ from diffusers.utils import logging
 from tqdm.auto import tqdm
 
 from .atomic_io import atomic_path
+from .bands import BAND_RATIONALE, Band, assign_bands, band_interval, default_bands, display_order, parse_bands, validate_bands
 from .data import find_image_column, image_channels, images_to_tensor, load_image_dataset
-from .metrics import (
-    BAND_RATIONALE,
+from .generation_folder import RECORD_DEFAULTS, read_settings
+from .metrics import extraction_metrics
+from .nearest_match import DEFAULT_CHUNK_SIZE
+from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure, write_report
+from .similarity import (
     CARLINI_ALPHA,
     CARLINI_NUM_NEIGHBORS,
     COSINE,
-    DEFAULT_CHUNK_SIZE,
-    Band,
     Matches,
-    assign_bands,
-    band_interval,
-    default_bands,
+    check_similarity,
     direction_text,
-    display_order,
-    extraction_metrics,
     find_best_matches,
-    parse_bands,
-    similarity_kind,
     smaller_is_more_similar,
-    validate_bands,
 )
-from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure, write_report
 
 logger = logging.get_logger(__name__)
 
-GENERATION_SETTINGS = "generation.json"
 MATCHES_FILE = "matches.parquet"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_FIGURE_IMAGES = 8
-# Columns of a generation folder (see `diffusers_side.generation`) and their value when absent.
-GENERATION_COLUMNS = {"index": -1, "seed": -1, "method": None, "target": -1, "guidance_scale": float("nan")}
 
 
 class PixelImages:
@@ -92,11 +82,6 @@ class ImageSet:
         return self.dataset[row][self.column]
 
 
-def _read_settings(path: str | os.PathLike) -> dict:
-    settings_file = Path(path) / GENERATION_SETTINGS
-    return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-
-
 def _load_set(source: str, resolution: int | None, channels: int | None, role: str) -> ImageSet:
     """Load a set and read the (C, H, W) of its first image after the requested conversion."""
     dataset = load_image_dataset(source)
@@ -107,7 +92,7 @@ def _load_set(source: str, resolution: int | None, channels: int | None, role: s
     image = dataset[0][column]
     width, height = image.size if resolution is None else (resolution, resolution)
     shape = (channels or image_channels(image), height, width)
-    return ImageSet(source, dataset, column, shape, _read_settings(source) if role == "generated" else {})
+    return ImageSet(source, dataset, column, shape, read_settings(source) if role == "generated" else {})
 
 
 def _describe_shape(shape: tuple[int, int, int]) -> str:
@@ -171,8 +156,8 @@ def _load_extractor(spec: str, pipeline: str | None, generated: list[ImageSet], 
     The ``"unet"`` extractor uses ``pipeline`` or, without it, the one every generation folder's
     ``generation.json`` names.
     """
-    from .default_model import resolve_pipeline_path
     from .features import UNET, load_feature_extractor
+    from .loading import load_pipeline
 
     if spec != UNET:
         return load_feature_extractor(spec, device=device), pipeline
@@ -182,9 +167,7 @@ def _load_extractor(spec: str, pipeline: str | None, generated: list[ImageSet], 
             found = f"they name {sorted(recorded)}" if recorded else "none is recorded in generation.json"
             raise ValueError(f"The 'unet' similarity needs the audited model's pipeline ({found}): pass --pipeline.")
         pipeline = recorded.pop()
-    from .pipeline_side import SIDEPipeline
-
-    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(pipeline))
+    pipe = load_pipeline(pipeline)
     return load_feature_extractor(spec, unet=pipe.unet, scheduler=pipe.scheduler, device=device), pipeline
 
 
@@ -202,10 +185,10 @@ def _comparable_rows(reference: ImageSet, generated: list[ImageSet], extractor, 
 
 def _metadata_columns(generated: list[ImageSet]) -> dict[str, np.ndarray]:
     """Per generation: source set, row, and the generation columns (absent ones get defaults; method: folder name)."""
-    columns = {name: [] for name in (*GENERATION_COLUMNS, "source_id", "row")}
+    columns = {name: [] for name in (*RECORD_DEFAULTS, "source_id", "row")}
     for source_id, image_set in enumerate(generated):
         size = len(image_set.dataset)
-        for name, default in GENERATION_COLUMNS.items():
+        for name, default in RECORD_DEFAULTS.items():
             if name in image_set.dataset.column_names:
                 columns[name] += list(image_set.dataset[name])
             else:
@@ -295,11 +278,108 @@ def _similarity_settings(similarity: str, kind: str, alpha: float, matches: Matc
     }
 
 
+def _resolve_similarity(similarity: str | None, feature_extractor: str | None) -> str:
+    """The similarity kind: ``"cosine"`` with a feature extractor, else ``similarity`` (``"carlini"`` by default).
+
+    Raises:
+        `ValueError`: an unknown similarity, a feature extractor with a pixel similarity, or ``"cosine"``
+            without a feature extractor.
+    """
+    if similarity is None:
+        return COSINE if feature_extractor is not None else "carlini"
+    check_similarity(similarity)
+    if feature_extractor is not None and similarity != COSINE:
+        raise ValueError(
+            f"feature_extractor={feature_extractor!r} embeds images for the 'cosine' similarity, but similarity="
+            f"{similarity!r} compares pixels; drop one of them or pass similarity='cosine'."
+        )
+    if similarity == COSINE and feature_extractor is None:
+        raise ValueError("similarity='cosine' compares embeddings: pass feature_extractor= (unet, pixels, a model id or a file).")
+    return similarity
+
+
+@dataclass
+class MatchedSets:
+    """The loaded sets, every generation's best training match and how the generations are grouped."""
+
+    reference: ImageSet
+    generated: list[ImageSet]
+    matches: Matches
+    columns: dict[str, np.ndarray]
+    labels: np.ndarray
+    assigned: np.ndarray
+    pipeline: str | None
+
+    def fetch_pair(self, i: int) -> tuple:
+        """Generation ``i``, its best training match and a caption with the score and training index."""
+        match = int(self.matches.best_index[i])
+        generated_image = self.generated[self.columns["source_id"][i]].image(int(self.columns["row"][i]))
+        return generated_image, self.reference.image(match), f"{self.matches.score[i]:.3f} #{match}"
+
+
+def match_generations(
+    generated: Sequence[str],
+    reference: str,
+    kind: str,
+    bands: list[Band],
+    feature_extractor: str | None = None,
+    resolution: int | None = None,
+    channels: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "cpu",
+    alpha: float = CARLINI_ALPHA,
+    num_neighbors: int = CARLINI_NUM_NEIGHBORS,
+    pipeline: str | None = None,
+) -> MatchedSets:
+    """Load the sets, embed them when a feature extractor is given, and find every generation's best match.
+
+    Returns:
+        [`MatchedSets`] (``pipeline`` is the one the ``"unet"`` extractor used, else the argument).
+    """
+    reference_set = _load_set(str(reference), resolution, channels, "reference")
+    if len(reference_set.dataset) < 2:
+        raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
+    generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
+    extractor = None
+    if feature_extractor is not None:
+        extractor, pipeline = _load_extractor(feature_extractor, pipeline, generated_sets, device)
+    else:
+        for image_set in generated_sets:
+            _check_same_shape(image_set, reference_set)
+    reference_rows, generated_rows = _comparable_rows(reference_set, generated_sets, extractor, resolution, batch_size)
+    matches = find_best_matches(generated_rows, reference_rows, kind, chunk_size, alpha, num_neighbors, device)
+    columns = _metadata_columns(generated_sets)
+    labels = _group_labels(columns["method"], columns["guidance_scale"])
+    return MatchedSets(reference_set, generated_sets, matches, columns, labels, assign_bands(matches.score, bands), pipeline)
+
+
+def write_figures(matched: MatchedSets, bands: list[Band], kind: str, name: str, output_dir: Path, max_images: int) -> dict[str, str]:
+    """One figure per group (generated | best match, per band); returns group -> path relative to ``output_dir``."""
+    figures = {}
+    for label in dict.fromkeys(matched.labels.tolist()):
+        rows = np.flatnonzero(matched.labels == label)
+        figures[label] = (Path(FIGURES_DIR) / figure_name(label)).as_posix()
+        sections = _figure_sections(matched.matches, matched.assigned, rows, bands, kind, matched.fetch_pair, max_images)
+        save_match_figure(sections, output_dir / figures[label], f"{label}: generated | best training match ({name})")
+    return figures
+
+
+def group_metrics(matched: MatchedSets, bands: list[Band], kind: str) -> dict[str, dict]:
+    """AMS, UMS and the summary statistics per group (method, or method and scale)."""
+    methods = {}
+    for label in dict.fromkeys(matched.labels.tolist()):
+        rows = np.flatnonzero(matched.labels == label)
+        summary = extraction_metrics(matched.matches.subset(rows), bands, kind)
+        methods[label] = _group_summary(summary, matched.columns, rows, matched.generated)
+    return methods
+
+
 def evaluate(
     generated: Sequence[str | os.PathLike],
     reference: str | os.PathLike,
     output_dir: str | os.PathLike,
-    similarity: str = "carlini",
+    similarity: str | None = None,
     bands: Sequence[Band | tuple] | str | None = None,
     resolution: int | None = None,
     channels: int | None = None,
@@ -310,6 +390,7 @@ def evaluate(
     num_neighbors: int = CARLINI_NUM_NEIGHBORS,
     pipeline: str | None = None,
     max_figure_images: int = DEFAULT_FIGURE_IMAGES,
+    feature_extractor: str | None = None,
 ) -> dict:
     """Score generations against a reference set and write the report.
 
@@ -322,11 +403,11 @@ def evaluate(
         reference (`str`): the training set, any source `load_image_dataset` accepts (``"default"``:
             the embedded model's training subset).
         output_dir: where ``report.json``, ``report.md``, ``matches.parquet`` and ``figures/`` go.
-        similarity (`str`, defaults to ``"carlini"``): ``"l2"`` (RMS L2 on pixels), ``"carlini"``
-            (normalized L2) or a feature-extractor spec (``"unet"``, ``"pixels"``, a transformers model,
-            a TorchScript file such as SSCD) compared with cosine similarity.
+        similarity (`str`, *optional*): ``"l2"`` (RMS L2 on pixels), ``"carlini"`` (normalized L2) or
+            ``"cosine"`` (of ``feature_extractor`` embeddings). Default: ``"cosine"`` with a feature
+            extractor, else ``"carlini"``. Any other value is an error.
         bands: `Band`s / ``(name, low, high)`` triples, or ``"name:low:high,..."``; defaults to
-            `diffusers_side.metrics.DEFAULT_BANDS` for the similarity.
+            `diffusers_side.bands.DEFAULT_BANDS` for the similarity.
         resolution (`int`, *optional*): resize generated and reference images to this square size.
         channels (`int`, *optional*): convert generated and reference images to 1 or 3 channels.
         chunk_size (`int`): rows per chunk of the nearest-match search (bounds its memory).
@@ -336,12 +417,15 @@ def evaluate(
         pipeline (`str`, *optional*): the audited pipeline, needed by the ``"unet"`` extractor;
             defaults to the one recorded in the generation folders.
         max_figure_images (`int`): at most this many generations are drawn per band and method.
+        feature_extractor (`str`, *optional*): embed the images with this extractor and compare them by
+            cosine: ``"unet"``, ``"pixels"``, a transformers model id or folder (CLIP, DINOv2), or a
+            TorchScript file such as SSCD (see `diffusers_side.features.load_feature_extractor`).
 
     Returns:
         `dict`: the report (also written to ``output_dir/report.json``).
 
     Raises:
-        `ValueError`: before any heavy work, on a bad argument, bad bands, an empty set, or generated
+        `ValueError`: before any heavy work, on an unknown similarity, a bad argument, bad bands, an empty set, or generated
         and reference images of different size or channels for a pixel similarity.
 
     Example:
@@ -353,76 +437,53 @@ def evaluate(
     0.021
     ```
     """
-    similarity = str(similarity)
-    kind = similarity_kind(similarity)
+    kind = _resolve_similarity(similarity, feature_extractor)
+    name = feature_extractor if feature_extractor is not None else kind
     bands, bands_source, bands_rationale = _resolve_bands(bands, kind)
     generated = [str(path) for path in generated]
     _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    reference_set = _load_set(str(reference), resolution, channels, "reference")
-    if len(reference_set.dataset) < 2:
-        raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
-    generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
-    extractor = None
-    if kind == COSINE:
-        extractor, pipeline = _load_extractor(similarity, pipeline, generated_sets, device)
-    else:
-        for image_set in generated_sets:
-            _check_same_shape(image_set, reference_set)
-
-    reference_rows, generated_rows = _comparable_rows(reference_set, generated_sets, extractor, resolution, batch_size)
-    matches = find_best_matches(generated_rows, reference_rows, kind, chunk_size, alpha, num_neighbors, device)
-    columns = _metadata_columns(generated_sets)
-    labels = _group_labels(columns["method"], columns["guidance_scale"])
-    assigned = assign_bands(matches.score, bands)
+    matched = match_generations(
+        generated, str(reference), kind, bands, feature_extractor, resolution, channels, chunk_size, batch_size, device,
+        alpha, num_neighbors, pipeline,
+    )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _save_matches_table(output_dir / MATCHES_FILE, columns, generated_sets, matches, bands, assigned, labels)
+    _save_matches_table(output_dir / MATCHES_FILE, matched.columns, matched.generated, matched.matches, bands, matched.assigned, matched.labels)
+    methods = group_metrics(matched, bands, kind)
+    figures = write_figures(matched, bands, kind, name, output_dir, max_figure_images)
+    settings = {
+        "similarity": name, "bands": [band.to_dict() for band in bands], "resolution": resolution, "channels": channels,
+        "chunk_size": chunk_size, "batch_size": batch_size, "device": str(device), "alpha": alpha,
+        "num_neighbors": num_neighbors, "pipeline": matched.pipeline, "max_figure_images": max_figure_images,
+    }
+    report = build_report(matched, name, kind, alpha, (bands, bands_source, bands_rationale), methods, figures, settings)
+    write_report(report, output_dir)
+    logger.info(f"Evaluation of {len(matched.matches.score)} generations written to {output_dir}.")
+    return report
 
-    def fetch_pair(i: int) -> tuple:
-        match = int(matches.best_index[i])
-        generated_image = generated_sets[columns["source_id"][i]].image(int(columns["row"][i]))
-        return generated_image, reference_set.image(match), f"{matches.score[i]:.3f} #{match}"
 
-    methods, figures = {}, {}
-    for label in dict.fromkeys(labels.tolist()):
-        rows = np.flatnonzero(labels == label)
-        methods[label] = _group_summary(extraction_metrics(matches.subset(rows), bands, kind), columns, rows, generated_sets)
-        figures[label] = (Path(FIGURES_DIR) / figure_name(label)).as_posix()
-        sections = _figure_sections(matches, assigned, rows, bands, kind, fetch_pair, max_figure_images)
-        save_match_figure(sections, output_dir / figures[label], f"{label}: generated | best training match ({similarity})")
-
-    report = {
-        "similarity": _similarity_settings(similarity, kind, alpha, matches),
+def build_report(
+    matched: MatchedSets, name: str, kind: str, alpha: float, band_info: tuple, methods: dict, figures: dict, settings: dict
+) -> dict:
+    """The content of ``report.json``: similarity, bands, the sets, per-group metrics, settings, files, versions."""
+    bands, bands_source, bands_rationale = band_info
+    return {
+        "similarity": _similarity_settings(name, kind, alpha, matched.matches),
         "bands": [band.to_dict() for band in bands],
         "bands_source": bands_source,
         "bands_rationale": bands_rationale,
         "reference": {
-            "source": reference_set.source,
-            "num_images": len(reference_set.dataset),
-            "image_shape": list(reference_set.shape),
+            "source": matched.reference.source,
+            "num_images": len(matched.reference.dataset),
+            "image_shape": list(matched.reference.shape),
         },
         "generated": [
             {"path": s.source, "num_images": len(s.dataset), "image_shape": list(s.shape), "settings": s.settings}
-            for s in generated_sets
+            for s in matched.generated
         ],
         "methods": methods,
-        "settings": {
-            "similarity": similarity,
-            "bands": [band.to_dict() for band in bands],
-            "resolution": resolution,
-            "channels": channels,
-            "chunk_size": chunk_size,
-            "batch_size": batch_size,
-            "device": str(device),
-            "alpha": alpha,
-            "num_neighbors": num_neighbors,
-            "pipeline": pipeline,
-            "max_figure_images": max_figure_images,
-        },
+        "settings": settings,
         "files": {"matches": MATCHES_FILE, "figures": figures},
         "versions": package_versions(),
     }
-    write_report(report, output_dir)
-    logger.info(f"Evaluation of {len(matches.score)} generations written to {output_dir}.")
-    return report

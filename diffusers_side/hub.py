@@ -13,14 +13,8 @@ from datasets import Dataset
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from .cards import render_card
-from .generation import GenerationSettings
-
-METHOD_DESCRIPTIONS = {
-    "side": "SIDE: time-dependent classifier guidance toward one surrogate condition per image",
-    "cond": "Carlini et al. Cond: guidance by a time-independent classifier",
-    "uncond": "Carlini et al. UnCond: plain unconditional sampling",
-    "synthetic": "unguided samples used to build surrogate labels",
-}
+from .generation_folder import GenerationSettings
+from .methods import get_method
 
 
 def extraction_card(settings: GenerationSettings, command: str) -> DatasetCard:
@@ -33,9 +27,9 @@ def extraction_card(settings: GenerationSettings, command: str) -> DatasetCard:
     return render_card(
         "extraction_dataset",
         card_data,
-        method_description=METHOD_DESCRIPTIONS[settings.method],
+        method_description=get_method(settings.method).description,
         command=command,
-        **{k: v for k, v in asdict(settings).items() if k != "extra"},
+        **asdict(settings),
     )
 
 

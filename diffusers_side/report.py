@@ -26,7 +26,7 @@ import PIL.ImageDraw
 from diffusers.utils import logging
 
 from .atomic_io import atomic_path, write_text_atomic
-from .metrics import Band, band_interval, display_order
+from .bands import Band, band_interval, display_order
 
 logger = logging.get_logger(__name__)
 
@@ -83,12 +83,12 @@ def format_table(report: dict) -> str:
 
     Args:
         report (`dict`): the report returned by `diffusers_side.evaluation.evaluate` (it reads
-            ``report["similarity"]["name"]``, ``report["bands"]`` and ``report["methods"]``).
+            ``report["similarity"]["kind"]``, ``report["bands"]`` and ``report["methods"]``).
 
     Returns:
         `str`: the table, one line per row.
     """
-    bands = display_order(_bands(report), report["similarity"]["name"])
+    bands = display_order(_bands(report), report["similarity"]["kind"])
     header = ["Method", "N_G"]
     header += [f"AMS {band.name} (%)" for band in bands] + [f"UMS {band.name} (%)" for band in bands]
     header += ["p95 similarity", "Mem. ratio (%)"]
@@ -253,7 +253,7 @@ def plot_sweep(results_by_scale: dict[float, dict], path: str | os.PathLike) -> 
                 f"The report at guidance scale {scale:g} uses different bands or similarity from the one at {scales[0]:g}; "
                 "evaluate every scale with the same --similarity and --bands."
             )
-    bands = display_order(_bands(first), first["similarity"]["name"])
+    bands = display_order(_bands(first), first["similarity"]["kind"])
     methods = list(dict.fromkeys(method for scale in scales for method in results_by_scale[scale]["methods"]))
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     styles = ["-", "--", ":", "-."]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -46,15 +45,17 @@ import PIL.ImageDraw
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, Image, Value, load_from_disk
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from safetensors.torch import load_file, save_file
 from sklearn.cluster import KMeans
 
-from .atomic_io import atomic_path, write_json_atomic
+from .atomic_io import atomic_directory, atomic_path, write_json_atomic
 from .data import find_image_column, load_image_dataset, load_images
-from .default_model import resolve_pipeline_path
 from .features import UNET, embed_images, load_feature_extractor
+from .generation_folder import SETTINGS_FILE, read_settings
+from .loading import load_pipeline
 
 logger = logging.get_logger(__name__)
 
@@ -66,7 +67,6 @@ LABELS_JSON = "surrogate_labels.json"
 LABELS_TENSORS = "surrogate_labels.safetensors"
 CONTACT_SHEET = "contact_sheet.png"
 CONTACT_SHEET_GAP = 4
-GENERATION_JSON = "generation.json"
 FORMAT_VERSION = 1
 OUTPUT_FEATURES = Features({"image": Image(), "label": Value("int64"), "distance": Value("float32"), "seed": Value("int64")})
 
@@ -363,7 +363,8 @@ def label_synthetic(
     assigned, distances = labels.assign(embedded)
 
     output = _labelled_dataset(source, image_column, assigned, distances)
-    _write_output(output_dir, lambda tmp: _write_all(tmp, output, labels, assigned, distances))
+    with atomic_directory(output_dir) as staging:
+        _write_all(staging, output, labels, assigned, distances)
     return load_from_disk(str(output_dir)), labels
 
 
@@ -456,24 +457,22 @@ def _check_one_image_size(dataset: Dataset, image_column: str) -> None:
 
 def _generation_settings(synthetic_dir: Path, num_images: int) -> dict:
     """The settings ``side synthesize`` recorded (empty for other sources); warns on an unfinished set."""
-    path = synthetic_dir / GENERATION_JSON
-    settings = json.loads(path.read_text()) if path.is_file() else {}
+    settings = read_settings(synthetic_dir)
     expected = settings.get("num_images")
     if expected is not None and expected != num_images:
         logger.warning(f"{synthetic_dir} holds {num_images} of the {expected} images asked for; is synthesis unfinished?")
     return settings
 
 
-def _load_target(pipeline: str | None, synthetic_dir: Path) -> tuple[UNet2DModel, DDPMScheduler]:
-    """The target's UNet and noise scheduler (safetensors only), for the ``unet`` feature extractor."""
+def _load_target(pipeline: str | None, synthetic_dir: Path) -> tuple[UNet2DModel, SchedulerMixin]:
+    """The target's UNet and scheduler (safetensors only), for the ``unet`` feature extractor."""
     if pipeline is None:
         raise ValueError(
-            f"{synthetic_dir} has no {GENERATION_JSON} naming the target pipeline; pass --pipeline for "
+            f"{synthetic_dir} has no {SETTINGS_FILE} naming the target pipeline; pass --pipeline for "
             "--features unet, or choose other --features."
         )
-    path = resolve_pipeline_path(pipeline)
-    unet = UNet2DModel.from_pretrained(path, subfolder="unet", use_safetensors=True)
-    return unet, DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    target = load_pipeline(pipeline)
+    return target.unet, target.scheduler
 
 
 def _labelled_dataset(source: Dataset, image_column: str, assigned: torch.Tensor, distances: torch.Tensor) -> Dataset:
@@ -494,17 +493,3 @@ def _write_all(directory: Path, output: Dataset, labels: SurrogateLabels, assign
     output.save_to_disk(str(directory))
     labels.save(directory)
     write_contact_sheet(output, labels, assigned, distances, directory / CONTACT_SHEET)
-
-
-def _write_output(output_dir: Path, write) -> None:
-    """Write into a temporary sibling directory, then swap it in place of ``output_dir``."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        write(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

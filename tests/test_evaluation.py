@@ -94,7 +94,7 @@ def test_evaluate_carlini_with_user_bands_and_a_capped_normalizer(audit):
 
 
 def test_evaluate_with_a_feature_extractor_uses_cosine(audit):
-    report = evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", similarity="pixels")
+    report = evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", feature_extractor="pixels")
     assert report["similarity"]["kind"] == "cosine" and report["similarity"]["direction"] == "larger is more similar"
     assert report["bands"][-1] == {"name": "high", "low": 0.6, "high": 1.0}
     assert report["methods"]["side"]["counts"]["high"] >= 3
@@ -106,12 +106,12 @@ def test_unet_extractor_loads_the_pipeline_named_in_generation_json(audit):
     from diffusers_side.pipeline_side import SIDEPipeline
 
     with pytest.raises(ValueError, match="pass --pipeline"):
-        evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", similarity="unet")
+        evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", feature_extractor="unet")
     pipeline_dir = audit["tmp"] / "pipeline"
     SIDEPipeline(make_tiny_unet(in_channels=1, sample_size=8), DDPMScheduler(num_train_timesteps=100)).save_pretrained(pipeline_dir)
     settings_file = audit["tmp"] / "side" / "generation.json"
     settings_file.write_text(json.dumps(dict(json.loads(settings_file.read_text()), pipeline=str(pipeline_dir))))
-    report = evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", similarity="unet")
+    report = evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", feature_extractor="unet")
     assert report["settings"]["pipeline"] == str(pipeline_dir) and report["similarity"]["kind"] == "cosine"
     side = report["methods"]["side"]
     assert side["counts"]["high"] >= 3  # the exact copies embed identically: cosine 1
@@ -194,3 +194,18 @@ def test_plot_sweep_writes_a_png_and_checks_the_bands(audit):
         plot_sweep(reports, audit["tmp"] / "bad.png")
     with pytest.raises(ValueError, match="empty"):
         plot_sweep({}, audit["tmp"] / "bad.png")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"similarity": "carlni"}, r"similarity='carlni' is not one of \('l2', 'carlini', 'cosine'\)"),
+        ({"similarity": "pixels"}, r"similarity='pixels' is not one of .*feature_extractor="),
+        ({"similarity": "l2", "feature_extractor": "pixels"}, "similarity='l2' compares pixels"),
+        ({"similarity": "cosine"}, "pass feature_extractor="),
+    ],
+)
+def test_bad_similarity_is_refused_before_any_work(audit, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate([audit["side"]], audit["reference"], audit["tmp"] / "bad-eval", **arguments)
+    assert not (audit["tmp"] / "bad-eval").exists()

@@ -1,4 +1,4 @@
-"""Metrics on hand-built cases with known answers: search, normalized L2, bands, AMS / UMS, Gu's ratio."""
+"""Hand-built cases with known answers: the search (nearest_match), normalized L2 (similarity), bands, AMS / UMS, Gu's ratio (metrics)."""
 
 import math
 
@@ -6,22 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_side.metrics import (
-    DEFAULT_BANDS,
-    Band,
-    Matches,
-    assign_bands,
-    carlini_normalized_l2,
-    default_bands,
-    extraction_metrics,
-    find_best_matches,
-    memorization_ratio,
-    nearest_neighbors,
-    parse_bands,
-    rms_l2,
-    similarity_percentile,
-    validate_bands,
-)
+from diffusers_side.bands import DEFAULT_BANDS, Band, assign_bands, default_bands, parse_bands, validate_bands
+from diffusers_side.metrics import extraction_metrics, memorization_ratio, similarity_percentile
+from diffusers_side.nearest_match import nearest_neighbors
+from diffusers_side.similarity import Matches, carlini_normalized_l2, find_best_matches, rms_l2
 
 
 def brute_force(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str):
@@ -178,9 +166,9 @@ def test_cosine_bands_count_larger_as_more_similar():
     for row, cosine in enumerate(cosines):
         generated[row, row % 4] = cosine
         generated[row, 7] = math.sqrt(1 - cosine**2)
-    matches = find_best_matches(generated, reference, "my-extractor", show_progress=False)
+    matches = find_best_matches(generated, reference, "cosine", show_progress=False)
     np.testing.assert_allclose(matches.score, cosines, atol=1e-12)
-    result = extraction_metrics(matches, default_bands("my-extractor"), "my-extractor")
+    result = extraction_metrics(matches, default_bands("cosine"), "cosine")
     assert result["counts"] == {"low": 1, "mid": 1, "high": 2}
     assert result["p95_similarity"] == pytest.approx(np.percentile(cosines, 95))
     np.testing.assert_allclose(matches.nearest_distance, np.sqrt(2 - 2 * np.array(cosines)), atol=1e-9)
@@ -233,3 +221,14 @@ def test_extraction_metrics_rejects_an_empty_group():
     empty = Matches(*(np.zeros(0) for _ in range(5)))
     with pytest.raises(ValueError, match="empty"):
         extraction_metrics(empty, default_bands("l2"), "l2")
+
+
+@pytest.mark.parametrize("name", ["carlni", "L2", "unet", ""])
+def test_unknown_similarity_is_an_error_naming_the_choices(name):
+    message = rf"similarity={name!r} is not one of \('l2', 'carlini', 'cosine'\)"
+    with pytest.raises(ValueError, match=message):
+        find_best_matches(torch.rand(3, 4), torch.rand(4, 4), name, show_progress=False)
+    with pytest.raises(ValueError, match=message):
+        default_bands(name)
+    with pytest.raises(ValueError, match=message):
+        similarity_percentile(np.zeros(3), name)

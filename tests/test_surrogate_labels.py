@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from test_features import BrokenExtractor, smooth_images
 
 from conftest import make_tiny_unet, write_generation_dir
-from diffusers_side import surrogate_labels
+from diffusers_side import SIDEPipeline, surrogate_labels
 from diffusers_side.cli import main
 from diffusers_side.data import tensor_to_pil
 from diffusers_side.surrogate_labels import (
@@ -158,8 +158,7 @@ PROTOTYPES, COPIES, DIFFUSE_IMAGES = 3, 12, 12
 def generation_dir(tmp_path_factory):
     """Near-copies of 3 prototype images (the memorized modes) plus 12 unrelated images."""
     root = tmp_path_factory.mktemp("e2e")
-    make_tiny_unet().save_pretrained(root / "pipeline" / "unet")
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(root / "pipeline" / "scheduler")
+    SIDEPipeline(make_tiny_unet(), DDPMScheduler(num_train_timesteps=1000)).save_pretrained(root / "pipeline")
     generator = torch.Generator().manual_seed(3)
     prototypes = smooth_images(PROTOTYPES, seed=5)
     copies = [(p + 0.03 * torch.randn(COPIES, 1, 16, 16, generator=generator)).clamp(0, 1) for p in prototypes]

@@ -17,7 +17,7 @@ from diffusers_side import SIDEPipeline, cli
 from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.surrogate_labels import SurrogateLabels
 from diffusers_side.training import common
-from diffusers_side.training.train_classifier import classification_loss, main, parse_args
+from diffusers_side.training.classifier import classification_loss, classifier_training_args, parse_args, train_classifier
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train_classifier.py"
 CLASSIFIER_WEIGHTS = "classifier/diffusion_pytorch_model.safetensors"
@@ -104,7 +104,7 @@ def labelled(tmp_path_factory) -> Path:
 def test_learns_an_easy_task_and_saves_a_side_pipeline(target, labelled, tmp_path):
     output = tmp_path / "side"
     argv = run_args(target, labelled, output, "--max_train_steps", "40", "--validation_split", "0.25")
-    main(parse_args(argv))
+    train_classifier(parse_args(argv))
 
     log = json.loads((output / "train_log.json").read_text())
     assert log["evaluated_on"] == "12 held-out images"
@@ -147,7 +147,7 @@ def test_time_independent_classifier_sees_clean_images_only(target, labelled, tm
     assert timesteps.shape == (4,) and not torch.allclose(noisy, batch[common.PIXEL_VALUES])
 
     output = tmp_path / "cond"
-    main(parse_args(run_args(target, labelled, output, "--max_train_steps", "2", "--time_independent")))
+    train_classifier(parse_args(run_args(target, labelled, output, "--max_train_steps", "2", "--time_independent")))
     pipeline = SIDEPipeline.from_pretrained(output)
     assert not pipeline.classifier.config.time_dependent
     card = ModelCard.load(output / "README.md")
@@ -156,10 +156,10 @@ def test_time_independent_classifier_sees_clean_images_only(target, labelled, tm
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(target, labelled, tmp_path):
     shared = ["--checkpointing_steps", "2", "--random_flip"]
-    main(parse_args(run_args(target, labelled, tmp_path / "split", *shared, "--max_train_steps", "4")))
+    train_classifier(parse_args(run_args(target, labelled, tmp_path / "split", *shared, "--max_train_steps", "4")))
     resume = ["--max_train_steps", "7", "--resume_from_checkpoint", "latest"]
-    main(parse_args(run_args(target, labelled, tmp_path / "split", *shared, *resume)))
-    main(parse_args(run_args(target, labelled, tmp_path / "whole", *shared, "--max_train_steps", "7")))
+    train_classifier(parse_args(run_args(target, labelled, tmp_path / "split", *shared, *resume)))
+    train_classifier(parse_args(run_args(target, labelled, tmp_path / "whole", *shared, "--max_train_steps", "7")))
 
     resumed = load_file(str(tmp_path / "split" / CLASSIFIER_WEIGHTS))
     whole = load_file(str(tmp_path / "whole" / CLASSIFIER_WEIGHTS))
@@ -207,17 +207,25 @@ def test_cli_subcommand_runs_the_script(target, labelled, tmp_path, capsys):
 def test_bad_labels_and_flags_fail_before_training(target, tmp_path, labels, sidecar, extra, message):
     data = make_labelled_data(tmp_path / "data", labels=labels, sidecar=sidecar)
     with pytest.raises(ValueError, match=message):
-        main(parse_args(run_args(target, data, tmp_path / "out", *extra)))
+        train_classifier(parse_args(run_args(target, data, tmp_path / "out", *extra)))
     assert not (tmp_path / "out").exists()
 
 
 def test_data_without_image_column_and_foreign_output_dir(target, labelled, tmp_path):
     Dataset.from_dict({"pixels": [[0]], "label": [0]}).save_to_disk(str(tmp_path / "no-image"))
     with pytest.raises(ValueError, match=r"no image column; it has columns \['pixels', 'label'\]"):
-        main(parse_args(run_args(target, tmp_path / "no-image", tmp_path / "out")))
+        train_classifier(parse_args(run_args(target, tmp_path / "no-image", tmp_path / "out")))
 
     output = tmp_path / "dpm-run"
     output.mkdir()
     write_json_atomic(output / common.RUN_CONFIG_NAME, {"script": "train_dpm"})
     with pytest.raises(ValueError, match="holds a different run"):
-        main(parse_args(run_args(target, labelled, output, "--resume_from_checkpoint", "latest")))
+        train_classifier(parse_args(run_args(target, labelled, output, "--resume_from_checkpoint", "latest")))
+
+
+def test_keyword_flags_equal_the_parsed_command_line(tmp_path):
+    argv = ["--train_data_dir", "labels", "--output_dir", str(tmp_path), "--max_train_steps", "3", "--time_independent"]
+    built = classifier_training_args(train_data_dir="labels", output_dir=str(tmp_path), max_train_steps=3, time_independent=True)
+    assert vars(built) == vars(parse_args(argv))
+    with pytest.raises(ValueError, match=r"Unknown training flag\(s\) \['max_steps'\]; choose from \[.*'max_train_steps'"):
+        classifier_training_args(output_dir=str(tmp_path), max_steps=3)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from conftest import launch_two_processes, subprocess_env
 from diffusers_side import SIDEPipeline
 from diffusers_side.training import common
-from diffusers_side.training.train_dpm import main, parse_args
+from diffusers_side.training.dpm import parse_args, train_dpm
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train_dpm.py"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -56,7 +56,7 @@ def test_trains_and_writes_a_loadable_pipeline_with_card(gray_data, tmp_path):
     output = tmp_path / "ddpm"
     argv = run_args(gray_data, output, "--max_train_steps", "5", "--checkpointing_steps", "2", "--random_flip")
     argv += ["--checkpoints_total_limit", "1"]
-    main(parse_args(argv))
+    train_dpm(parse_args(argv))
 
     log = json.loads((output / "train_log.json").read_text())
     assert log["global_step"] == 5 and np.isfinite(log["final_loss"])
@@ -79,10 +79,10 @@ def test_trains_and_writes_a_loadable_pipeline_with_card(gray_data, tmp_path):
 def test_rgb_data_bf16_and_channel_override(tmp_path):
     data = make_dataset(tmp_path / "rgb", num_images=4, mode="RGB")
     bf16 = ["--max_train_steps", "1", "--no-use_ema", "--mixed_precision", "bf16"]
-    main(parse_args(run_args(data, tmp_path / "rgb-out", *bf16)))
+    train_dpm(parse_args(run_args(data, tmp_path / "rgb-out", *bf16)))
     assert DDPMPipeline.from_pretrained(tmp_path / "rgb-out").unet.config.in_channels == 3
     assert "mixed precision `bf16`" in (tmp_path / "rgb-out" / "README.md").read_text()
-    main(parse_args(run_args(data, tmp_path / "gray-out", "--max_train_steps", "1", "--channels", "1")))
+    train_dpm(parse_args(run_args(data, tmp_path / "gray-out", "--max_train_steps", "1", "--channels", "1")))
     assert DDPMPipeline.from_pretrained(tmp_path / "gray-out").unet.config.in_channels == 1
 
 
@@ -110,7 +110,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(gray_data, tmp_path, s
 
     resume = run_args(gray_data, killed, *shared, "--max_train_steps", total, "--resume_from_checkpoint", "latest")
     subprocess.run([sys.executable, str(SCRIPT), *resume], env=subprocess_env(), check=True, capture_output=True)
-    main(parse_args(run_args(gray_data, tmp_path / "reference", *shared, "--max_train_steps", total)))
+    train_dpm(parse_args(run_args(gray_data, tmp_path / "reference", *shared, "--max_train_steps", total)))
 
     resumed_log = json.loads((killed / "train_log.json").read_text())
     reference_log = json.loads((tmp_path / "reference" / "train_log.json").read_text())
@@ -159,7 +159,7 @@ def test_push_to_hub_uploads_the_folder_without_checkpoints(gray_data, tmp_path,
     monkeypatch.setattr("huggingface_hub.upload_folder", fake_upload_folder)
     output = tmp_path / "pushed"
     hub = ["--push_to_hub", "--hub_model_id", "someone/tiny-ddpm", "--hub_token", "hf_secret"]
-    main(parse_args(run_args(gray_data, output, "--max_train_steps", "2", "--checkpointing_steps", "1", *hub)))
+    train_dpm(parse_args(run_args(gray_data, output, "--max_train_steps", "2", "--checkpointing_steps", "1", *hub)))
 
     assert calls["create"][0] == "someone/tiny-ddpm"
     assert calls["upload"]["repo_id"] == "someone/tiny-ddpm" and Path(calls["upload"]["folder_path"]) == output
@@ -173,28 +173,28 @@ def test_push_to_hub_uploads_the_folder_without_checkpoints(gray_data, tmp_path,
 
 def test_output_dir_holding_another_run_is_refused_before_training(gray_data, tmp_path):
     output = tmp_path / "run"
-    main(parse_args(run_args(gray_data, output, "--max_train_steps", "2", "--checkpointing_steps", "1")))
+    train_dpm(parse_args(run_args(gray_data, output, "--max_train_steps", "2", "--checkpointing_steps", "1")))
     before = unet_weights(output)
 
     with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
-        main(parse_args(run_args(gray_data, output, "--max_train_steps", "2")))
+        train_dpm(parse_args(run_args(gray_data, output, "--max_train_steps", "2")))
     with pytest.raises(ValueError, match=r"different run \(learning_rate: 0.0001 -> 0.001"):
-        main(parse_args(run_args(gray_data, output, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest")))
+        train_dpm(parse_args(run_args(gray_data, output, "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest")))
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="holds no training run"):
-        main(parse_args(run_args(gray_data, stranger, "--max_train_steps", "1")))
+        train_dpm(parse_args(run_args(gray_data, stranger, "--max_train_steps", "1")))
     assert all(torch.equal(before[k], v) for k, v in unet_weights(output).items())
 
-    main(parse_args(run_args(gray_data, output, "--max_train_steps", "1", "--overwrite_output_dir")))
+    train_dpm(parse_args(run_args(gray_data, output, "--max_train_steps", "1", "--overwrite_output_dir")))
     assert [p.name for p in common.list_checkpoints(output)] == []
     assert json.loads((output / "train_log.json").read_text())["global_step"] == 1
 
 
 def test_resume_latest_without_checkpoints_starts_fresh(gray_data, tmp_path):
     resume = ["--max_train_steps", "1", "--resume_from_checkpoint", "latest"]
-    main(parse_args(run_args(gray_data, tmp_path / "fresh", *resume)))
+    train_dpm(parse_args(run_args(gray_data, tmp_path / "fresh", *resume)))
     assert json.loads((tmp_path / "fresh" / "train_log.json").read_text())["resumed_from"] is None
 
 
@@ -213,16 +213,16 @@ def test_resume_latest_without_checkpoints_starts_fresh(gray_data, tmp_path):
 )
 def test_bad_flags_fail_before_training(gray_data, tmp_path, extra, error, message):
     with pytest.raises(error, match=message):
-        main(parse_args(run_args(gray_data, tmp_path / "out", *extra)))
+        train_dpm(parse_args(run_args(gray_data, tmp_path / "out", *extra)))
     assert not (tmp_path / "out").exists()
 
 
 def test_data_without_image_column_lists_its_columns(tmp_path):
     Dataset.from_dict({"pixels": [[0, 1]], "caption": ["x"]}).save_to_disk(str(tmp_path / "no-image"))
     with pytest.raises(ValueError, match=r"no image column; it has columns \['pixels', 'caption'\]"):
-        main(parse_args(run_args(tmp_path / "no-image", tmp_path / "out")))
+        train_dpm(parse_args(run_args(tmp_path / "no-image", tmp_path / "out")))
     with pytest.raises(ValueError, match="exactly one of --dataset_name"):
-        main(parse_args(["--dataset_name", "default", *run_args(tmp_path / "no-image", tmp_path / "out")]))
+        train_dpm(parse_args(["--dataset_name", "default", *run_args(tmp_path / "no-image", tmp_path / "out")]))
 
 
 def test_card_templates_resolve_and_unknown_names_list_the_available_ones():

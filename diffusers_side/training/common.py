@@ -1,4 +1,4 @@
-"""What the training scripts share: argument groups, data, the accelerator, the training loop, checkpoints, the Hub.
+"""What the training library shares: argument groups, data, the accelerator, the training loop, checkpoints, the Hub.
 
 `train_dpm.py` and `train_classifier.py` differ only in the model they build, the loss of one batch
 and what they save at the end; everything else lives here once. The loop is [`train`]: it takes a
@@ -40,9 +40,9 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
-from diffusers_side.atomic_io import write_json_atomic
-from diffusers_side.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
-from diffusers_side.hub import push_folder
+from ..atomic_io import write_json_atomic
+from ..data import find_image_column, image_channels, images_to_tensor, load_image_dataset
+from ..hub import push_folder
 
 logger = logging.get_logger(__name__)
 
@@ -187,6 +187,33 @@ def record_command(args: argparse.Namespace, argv: Sequence[str] | None, prefix:
     ]
     args.command_line = shlex.join([*shlex.split(prefix), *shown])
     return args
+
+
+def namespace_from_flags(parser: argparse.ArgumentParser, flags: dict[str, Any], prog: str) -> argparse.Namespace:
+    """Parse ``flags`` (flag name -> value) with ``parser`` as if given on the command line.
+
+    Going through the parser keeps one source for defaults and checks (choices, types); the equivalent
+    command line is recorded for the model card.
+
+    Raises:
+        `ValueError`: a name that is not one of the parser's flags (the message lists them).
+    """
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    unknown = sorted(set(flags) - set(actions))
+    if unknown:
+        raise ValueError(f"Unknown training flag(s) {unknown}; choose from {sorted(actions)}.")
+    argv = []
+    for name, value in flags.items():
+        option = actions[name].option_strings[0]
+        if isinstance(actions[name], argparse.BooleanOptionalAction):
+            argv.append(option if value else f"--no-{option[2:]}")
+        elif actions[name].nargs == 0:
+            argv += [option] if value else []
+        elif isinstance(value, (list, tuple)):
+            argv += [option, ",".join(str(item) for item in value)]
+        else:
+            argv += [option, str(value)]
+    return record_command(parser.parse_args(argv), argv, prog)
 
 
 def command_for_card(args: argparse.Namespace, num_processes: int) -> str:

@@ -1,0 +1,149 @@
+"""The extraction methods: one record per method, read by the CLI, validation, cards, the demo and the engine.
+
+Adding a method is one [`register_method`] call with its record (name, whether and which classifier it
+needs, default guidance scale, card description) and, when it samples differently from the plain
+`SIDEPipeline` call, its own ``sample`` function.
+
+Example:
+
+```py
+>>> from diffusers_side.methods import get_method
+>>> get_method("side").default_guidance_scale
+1.0
+>>> get_method("sidee")
+Traceback (most recent call last):
+ValueError: method='sidee' is not one of ('synthetic', 'uncond', 'cond', 'side'); ...
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import PIL.Image
+import torch
+
+from .pipeline_side import SIDEPipeline
+
+
+@dataclass
+class ShardRequest:
+    """What the generation engine asks a method to sample: one shard of images.
+
+    Args:
+        seeds: one seed per image.
+        generators: one `torch.Generator` per image, seeded with its seed.
+        targets: one surrogate condition per image for methods that need a classifier, else ``None``.
+        guidance_scale: lambda (0 for unguided methods).
+        num_inference_steps: denoising steps.
+    """
+
+    seeds: list[int]
+    generators: list[torch.Generator]
+    targets: list[int] | None
+    guidance_scale: float
+    num_inference_steps: int
+
+
+SampleFn = Callable[[SIDEPipeline, ShardRequest], list[PIL.Image.Image]]
+
+
+def sample_with_pipeline(pipe: SIDEPipeline, request: ShardRequest) -> list[PIL.Image.Image]:
+    """Sample one shard with the `SIDEPipeline` call (classifier guidance when ``request.targets`` is set)."""
+    return pipe(
+        batch_size=len(request.seeds),
+        target=request.targets,
+        guidance_scale=request.guidance_scale,
+        num_inference_steps=request.num_inference_steps,
+        generator=request.generators,
+        output_type="pil",
+    ).images
+
+
+@dataclass(frozen=True)
+class ExtractionMethod:
+    """One way of generating candidates.
+
+    Args:
+        name: the ``--method`` value, stored in ``generation.json`` and the ``method`` column.
+        description: one line for dataset cards.
+        needs_classifier: whether it samples with classifier guidance (and draws a target per image).
+        time_dependent: the kind of classifier it needs (``True``: p(y | x_t, t), ``False``: p(y | x));
+            ``None`` when it needs none.
+        default_guidance_scale: lambda when none is given (0 for unguided methods).
+        extractable: offered by ``side extract`` and the demo (``False`` for the synthetic set).
+        sample: samples one shard; see [`sample_with_pipeline`].
+    """
+
+    name: str
+    description: str
+    needs_classifier: bool = False
+    time_dependent: bool | None = None
+    default_guidance_scale: float = 0.0
+    extractable: bool = True
+    sample: SampleFn = sample_with_pipeline
+
+    def check_pipeline(self, pipe: SIDEPipeline) -> None:
+        """Raise `ValueError` when ``pipe`` lacks the classifier this method needs, or has the other kind."""
+        if not self.needs_classifier:
+            return
+        if pipe.classifier is None:
+            raise ValueError(f"method={self.name!r} needs a classifier but the pipeline has none; pass --classifier PATH.")
+        if pipe.classifier.config.time_dependent != self.time_dependent:
+            wanted, found = ("time-dependent", "time-independent")[:: 1 if self.time_dependent else -1]
+            hint = "" if self.time_dependent else (
+                "; train one with `training/train_classifier.py --time_independent` and pass it with --classifier"
+            )
+            raise ValueError(f"method={self.name!r} needs a {wanted} classifier, but this one is {found}{hint}.")
+
+
+METHODS: dict[str, ExtractionMethod] = {}
+
+
+def register_method(method: ExtractionMethod) -> ExtractionMethod:
+    """Add ``method`` to [`METHODS`]; a name can be registered once."""
+    if method.name in METHODS:
+        raise ValueError(f"An extraction method named {method.name!r} is already registered.")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> ExtractionMethod:
+    """The record of method ``name``.
+
+    Raises:
+        `ValueError`: an unknown name (the message lists the registered ones).
+    """
+    if name not in METHODS:
+        raise ValueError(f"method={name!r} is not one of {tuple(METHODS)}; choose one of them.")
+    return METHODS[name]
+
+
+def extraction_method_names() -> tuple[str, ...]:
+    """The methods ``side extract`` offers and the demo compares, in registration order."""
+    return tuple(name for name, method in METHODS.items() if method.extractable)
+
+
+register_method(
+    ExtractionMethod("synthetic", "unguided samples used to build surrogate labels", extractable=False)
+)
+register_method(
+    ExtractionMethod(
+        "side",
+        "SIDE: time-dependent classifier guidance toward one surrogate condition per image",
+        needs_classifier=True,
+        time_dependent=True,
+        default_guidance_scale=1.0,
+    )
+)
+register_method(ExtractionMethod("uncond", "Carlini et al. UnCond: plain unconditional sampling"))
+register_method(
+    ExtractionMethod(
+        "cond",
+        "Carlini et al. Cond: guidance by a time-independent classifier",
+        needs_classifier=True,
+        time_dependent=False,
+        default_guidance_scale=1.0,
+    )
+)

@@ -1,0 +1,217 @@
+"""The chunked nearest-match search: the top-k training rows of every generation, in bounded memory.
+
+The nearest-match search ([`nearest_neighbors`]) never holds the full ``N_G x N_train`` matrix: the
+generations are processed in chunks of ``chunk_size`` rows and, for each chunk, the training images
+in chunks of ``chunk_size`` columns, keeping a running top-k. Candidates are selected in float32 with
+the matmul expansion ``||b||^2 - 2 a.b`` (the squared distance minus ``||a||^2``, which is constant per
+row and added back, then clamped at 0, only for the kept candidates). The best and second-best scores, the ones reported, used for the
+bands and for Gu et al.'s ratio, are then recomputed directly in float64 (an exact copy scores exactly
+0, or cosine 1) and ordered with ties broken by the lower training index, so they do not depend on the
+chunking. Further neighbours (only averaged by Carlini's normalizer) keep their float32 values, whose
+relative error is about 1e-6. Memory: about ``chunk_size * (chunk_size + k)`` floats for the search,
+one chunk of generations, and the reference held once as float32 (``N_train * D * 4`` bytes); the
+generations may stay uint8.
+
+Self-contained (no package imports), so benchmarks/compare_search.py can load another checkout's copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.utils import logging
+from tqdm.auto import tqdm
+
+logger = logging.get_logger(__name__)
+
+L2 = "l2"
+COSINE = "cosine"
+DEFAULT_CHUNK_SIZE = 1024
+# How many nearest neighbours get their score recomputed exactly in float64 (best and second best).
+EXACT_NEIGHBORS = 2
+MAX_INT32_SQUARED_SUM_DIM = (2**31 - 1) // 255**2
+
+
+
+def _to_float(block: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A block of rows as floats; uint8 rows are pixels and are read as ``value / 255``."""
+    block = block.to(device)
+    if block.dtype == torch.uint8:
+        return block.to(dtype) / 255.0
+    return block.to(dtype)
+
+
+def _check_search_inputs(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str, chunk_size: int) -> None:
+    if metric not in (L2, COSINE):
+        raise ValueError(f"Unknown metric {metric!r}; use 'l2' or 'cosine'.")
+    if queries.ndim != 2 or keys.ndim != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(
+            f"Queries {tuple(queries.shape)} and keys {tuple(keys.shape)} must be 2-D with the same number of columns."
+        )
+    if len(queries) == 0 or len(keys) == 0:
+        raise ValueError(f"Nothing to search: {len(queries)} queries against {len(keys)} keys.")
+    if not 1 <= k <= len(keys):
+        raise ValueError(f"k={k} must be between 1 and the number of keys ({len(keys)}).")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
+
+
+def _prepare_key_chunks(keys: torch.Tensor, chunk_size: int, metric: str, device: torch.device) -> list[tuple]:
+    """Float32 key chunks, pre-scaled so that one matmul plus one addition gives a block of selection costs.
+
+    For l2 the chunk holds ``-2 k`` and its squared norms ``||k||^2``; for cosine it holds ``-k`` (no norms).
+    """
+    chunks = []
+    for start in range(0, len(keys), chunk_size):
+        raw = keys[start : start + chunk_size]
+        key = _to_float(raw, device, torch.float32)
+        owned = key.data_ptr() != raw.data_ptr()  # else `key` is the caller's own rows: never scale in place
+        norms = None if metric == COSINE else key.pow(2).sum(dim=1)
+        factor = -1.0 if metric == COSINE else -2.0
+        chunks.append((start, key.mul_(factor) if owned else key * factor, norms))
+    return chunks
+
+
+def _block_costs(query: torch.Tensor, scaled_key: torch.Tensor, key_norms: torch.Tensor | None) -> torch.Tensor:
+    """Selection costs of a query chunk against a key chunk (smaller = nearer).
+
+    l2: ``||k||^2 - 2 q.k``, the squared distance minus ``||q||^2`` (constant per row, so the order of a row
+    is that of the distances; it is added back to the kept candidates only). Cosine: ``-q.k``.
+    """
+    costs = query @ scaled_key.T
+    return costs if key_norms is None else costs.add_(key_norms)
+
+
+def _merge_top_k(
+    best_costs: torch.Tensor, best_indices: torch.Tensor, costs: torch.Tensor, key_start: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold one block of costs into the running top-k of every row (ascending).
+
+    Until a row holds k candidates, the block's own top-k is merged in. After that only the entries
+    below the row's k-th best can enter, and few do: they are gathered (one comparison pass over the
+    block) into a narrow block padded with ``inf``, and only the rows that have any are merged. This
+    keeps the selection cheap next to the matmul even for Carlini's 50 neighbours.
+    """
+    if best_costs.shape[1] < k:
+        block_costs, block_positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
+        return _merge_rows(best_costs, best_indices, block_costs, block_positions + key_start, k)
+    thresholds = best_costs[:, -1]
+    rows = (costs.amin(dim=1) < thresholds).nonzero().squeeze(1)  # a cheap reduction skips most rows
+    if len(rows) == 0:
+        return best_costs, best_indices
+    block = costs.index_select(0, rows)
+    row_of, column_of = (block < thresholds.index_select(0, rows)[:, None]).nonzero(as_tuple=True)  # row-major
+    counts = torch.bincount(row_of, minlength=len(rows))
+    slot = torch.arange(len(row_of), device=costs.device) - (counts.cumsum(0) - counts).index_select(0, row_of)
+    new_costs = costs.new_full((len(rows), int(counts.max())), float("inf"))
+    new_indices = torch.zeros_like(new_costs, dtype=best_indices.dtype)
+    new_costs[row_of, slot] = block[row_of, column_of]
+    new_indices[row_of, slot] = column_of + key_start
+    merged_costs, merged_indices = _merge_rows(
+        best_costs.index_select(0, rows), best_indices.index_select(0, rows), new_costs, new_indices, k
+    )
+    best_costs[rows], best_indices[rows] = merged_costs, merged_indices
+    return best_costs, best_indices
+
+
+def _merge_rows(costs_a, indices_a, costs_b, indices_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest costs of each row of two candidate lists, with their indices."""
+    costs = torch.cat([costs_a, costs_b], dim=1)
+    indices = torch.cat([indices_a, indices_b], dim=1)
+    kept_costs, positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
+    return kept_costs, indices.gather(1, positions)
+
+
+def _exact_scores(query: torch.Tensor, keys: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
+    """Float64 scores of each raw query row against its candidate keys: RMS L2 or cosine (clamped to [-1, 1]).
+
+    uint8 pixels are compared in integer arithmetic (exact, and cheaper than float64 differences).
+    """
+    device = candidates.device
+    scores = torch.empty(candidates.shape, dtype=torch.float64, device=device)
+    integer = metric == "l2" and query.dtype == torch.uint8 and keys.dtype == torch.uint8
+    # A sum of D squared uint8 differences fits in int32 up to D = 33,025 (255^2 * 33,025 < 2^31).
+    sum_dtype = torch.int32 if query.shape[1] <= MAX_INT32_SQUARED_SUM_DIM else torch.int64
+    query = query.to(device, torch.int32) if integer else _to_float(query, device, torch.float64)
+    for column in range(candidates.shape[1]):
+        key = keys.index_select(0, candidates[:, column])
+        if integer:
+            squared = (query - key.to(torch.int32)).square_().sum(dim=1, dtype=sum_dtype)
+            scores[:, column] = (squared.double() / (255.0**2 * query.shape[1])).sqrt()
+        elif metric == COSINE:
+            scores[:, column] = (query * _to_float(key, device, torch.float64)).sum(dim=1).clamp(-1.0, 1.0)
+        else:
+            scores[:, column] = (query - _to_float(key, device, torch.float64)).pow(2).mean(dim=1).sqrt()
+    return scores
+
+
+def _sort_candidates(scores: torch.Tensor, candidates: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row nearest first, ties by the lower key index."""
+    candidates, order = candidates.sort(dim=1)
+    scores = scores.gather(1, order)
+    scores, order = scores.sort(dim=1, descending=metric == COSINE, stable=True)
+    return scores, candidates.gather(1, order)
+
+
+def nearest_neighbors(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    metric: str = "l2",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str | torch.device | None = None,
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest keys of every query, found chunk by chunk with a running top-k.
+
+    Args:
+        queries (`torch.Tensor`): ``(N_q, D)`` rows, float or uint8 (uint8 is read as pixels ``/ 255``,
+            so large image sets can stay four times smaller in memory).
+        keys (`torch.Tensor`): ``(N_k, D)`` rows, same conventions.
+        k (`int`): how many neighbours to keep, ``1 <= k <= N_k``.
+        metric (`str`, defaults to `"l2"`): ``"l2"`` (RMS L2 distance, ascending) or ``"cosine"``
+            (dot product of L2-normalised rows, descending).
+        chunk_size (`int`): rows of queries and of keys handled at once; memory is bounded by about
+            ``chunk_size * (chunk_size + k)`` floats, whatever ``N_q`` and ``N_k`` are.
+        device: where to compute (defaults to the CPU).
+        show_progress (`bool`): show a progress bar over the query chunks.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: float64 scores ``(N_q, k)``, nearest first, and the int64
+        key indices ``(N_q, k)``, on the CPU. The first two columns are exact (float64); the others
+        carry float32 rounding (see the module docstring).
+
+    Example:
+
+    ```py
+    >>> import torch
+    >>> from diffusers_side.metrics import nearest_neighbors
+    >>> keys = torch.rand(100, 48)
+    >>> scores, indices = nearest_neighbors(keys[:5] + 0.01, keys, k=2, chunk_size=32)
+    >>> indices[:, 0].tolist()
+    [0, 1, 2, 3, 4]
+    ```
+    """
+    _check_search_inputs(queries, keys, k, metric, chunk_size)
+    device = torch.device(device or "cpu")
+    keys = keys.to(device)
+    key_chunks = _prepare_key_chunks(keys, chunk_size, metric, device)
+    all_scores, all_indices = [], []
+    for start in tqdm(range(0, len(queries), chunk_size), desc="nearest-match search", disable=not show_progress):
+        raw_query = queries[start : start + chunk_size]
+        query = _to_float(raw_query, device, torch.float32)
+        best_costs = torch.empty(len(query), 0, device=device)
+        best_indices = torch.empty(len(query), 0, dtype=torch.int64, device=device)
+        for key_start, scaled_key, key_norms in key_chunks:
+            costs = _block_costs(query, scaled_key, key_norms)
+            best_costs, best_indices = _merge_top_k(best_costs, best_indices, costs, key_start, k)
+        if metric == COSINE:
+            scores = best_costs.double().neg()
+        else:  # add back ||q||^2; rounding can make a near-copy's squared distance slightly negative
+            squared = best_costs.double() + query.double().pow(2).sum(dim=1, keepdim=True)
+            scores = (squared.clamp_min(0.0) / keys.shape[1]).sqrt()
+        exact = min(EXACT_NEIGHBORS, k)
+        exact_scores = _exact_scores(raw_query, keys, best_indices[:, :exact], metric)
+        scores[:, :exact], best_indices[:, :exact] = _sort_candidates(exact_scores, best_indices[:, :exact], metric)
+        all_scores.append(scores.cpu())
+        all_indices.append(best_indices.cpu())
+    return torch.cat(all_scores), torch.cat(all_indices)

@@ -1,0 +1,133 @@
+"""Multi-step workflows behind the CLI: generation under accelerate, the guidance sweep, and pushing a folder.
+
+`diffusers_side.cli` only parses arguments and prints; each command that chains library calls runs one
+of these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+
+from .atomic_io import write_json_atomic
+from .data import load_image_dataset
+from .evaluation import evaluate
+from .generation import generate
+from .generation_folder import GenerationSettings, is_generation_folder, read_settings
+from .hub import push_extraction, push_folder
+from .loading import load_pipeline
+from .report import plot_sweep
+
+SWEEP_PLOT = "sweep.png"
+SWEEP_JSON = "sweep.json"
+
+
+def create_accelerator() -> Accelerator:
+    """An `Accelerator` on the available accelerator, or on CPU explicitly.
+
+    Without a GPU, the processes of ``accelerate launch --multi_gpu`` must be told to use the CPU (gloo)
+    to form one group.
+    """
+    return Accelerator(cpu=not torch.accelerator.is_available())
+
+
+def run_generation(
+    settings: GenerationSettings, output_dir: str | os.PathLike, allow_pickle: bool = False
+) -> tuple[Dataset | None, Accelerator]:
+    """Load the pipeline and generate ``settings`` into ``output_dir``, split over the accelerate processes.
+
+    Args:
+        settings ([`GenerationSettings`]): what to generate (validated before the pipeline is loaded).
+        output_dir: the generation folder (a new one, or the same one to resume).
+        allow_pickle (`bool`): accept pickled ``.bin`` weights.
+
+    Returns:
+        `tuple`: the generated data set (``None`` on processes other than the main one) and the accelerator.
+    """
+    accelerator = create_accelerator()
+    settings.validate(accelerator.num_processes)
+    pipe = load_pipeline(settings.pipeline, settings.scheduler, settings.classifier, allow_pickle, accelerator.device)
+    dataset = generate(pipe, output_dir, settings, accelerator)
+    return (dataset if accelerator.is_main_process else None), accelerator
+
+
+def run_sweep(
+    base: GenerationSettings,
+    guidance_scales: Sequence[float],
+    output_dir: str | os.PathLike,
+    reference: str,
+    similarity: str | None = None,
+    feature_extractor: str | None = None,
+    allow_pickle: bool = False,
+    on_scale_done: Callable[[float, Path], None] | None = None,
+) -> Path:
+    """Generate with ``base`` at every guidance scale (same seeds), evaluate each, and plot AMS/UMS against lambda.
+
+    Args:
+        base ([`GenerationSettings`]): the settings shared by every scale (its ``guidance_scale`` is replaced).
+        guidance_scales: the lambdas.
+        output_dir: gets ``scale-L/`` and ``scale-L-eval/`` per scale, ``sweep.json`` and ``sweep.png``.
+        reference: the training set to score against.
+        similarity, feature_extractor: as in [`~diffusers_side.evaluation.evaluate`].
+        allow_pickle (`bool`): accept pickled ``.bin`` weights.
+        on_scale_done (`Callable`, *optional*): called as ``(scale, evaluation folder)`` after each scale.
+
+    Returns:
+        `Path`: the plot.
+    """
+    output_dir = Path(output_dir)
+    settings_per_scale = {scale: _with_scale(base, scale) for scale in guidance_scales}
+    for settings in settings_per_scale.values():
+        settings.validate()
+    accelerator = create_accelerator()
+    pipe = load_pipeline(base.pipeline, base.scheduler, base.classifier, allow_pickle, accelerator.device)
+    results = {}
+    for scale, settings in settings_per_scale.items():
+        generate(pipe, output_dir / f"scale-{scale:g}", settings)
+        evaluation_dir = output_dir / f"scale-{scale:g}-eval"
+        results[scale] = evaluate(
+            [output_dir / f"scale-{scale:g}"], reference, evaluation_dir, similarity=similarity,
+            feature_extractor=feature_extractor, device=str(accelerator.device),
+        )
+        if on_scale_done is not None:
+            on_scale_done(scale, evaluation_dir)
+    plot = plot_sweep(results, output_dir / SWEEP_PLOT)
+    write_json_atomic(output_dir / SWEEP_JSON, {f"{k:g}": v for k, v in results.items()})
+    return plot
+
+
+def _with_scale(base: GenerationSettings, scale: float) -> GenerationSettings:
+    return GenerationSettings.from_dict({**vars(base), "guidance_scale": scale})
+
+
+def push(folder: str | os.PathLike, repo_id: str, command: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a pipeline folder (with its README.md card) or a generation folder (as a data set with a card).
+
+    Args:
+        folder: a folder with ``model_index.json`` (written by the training scripts) or ``generation.json``.
+        repo_id: the Hub repository.
+        command: the command line shown on a data set card.
+        token, private: as in `huggingface_hub.create_repo`.
+
+    Returns:
+        `str`: the repository id or the commit URL.
+
+    Raises:
+        `FileNotFoundError`: a pipeline folder without its card, or a folder of neither kind.
+    """
+    folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        if not (folder / "README.md").exists():
+            raise FileNotFoundError(f"{folder} has no README.md model card; write one (the training scripts do) before pushing.")
+        return push_folder(folder, repo_id, token=token, private=private)
+    if is_generation_folder(folder):
+        settings = GenerationSettings.from_dict(read_settings(folder))
+        return push_extraction(load_image_dataset(folder), settings, repo_id, command, token=token)
+    raise FileNotFoundError(
+        f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder (generation.json)."
+    )

@@ -1,0 +1,61 @@
+"""The method registry: one record per method feeds validation, the CLI, cards, the demo and the engine."""
+
+import dataclasses
+import json
+
+import pytest
+from test_generation import settings, tiny_pipeline
+
+from diffusers_side import methods
+from diffusers_side.cli import build_parser
+from diffusers_side.generation import generate
+from diffusers_side.generation_folder import SETTINGS_FILE, GenerationSettings, prepare_output_dir
+from diffusers_side.hub import extraction_card
+from diffusers_side.methods import ExtractionMethod, ShardRequest, get_method, register_method
+
+
+def test_records_of_the_builtin_methods():
+    assert methods.extraction_method_names() == ("side", "uncond", "cond")
+    assert get_method("side").time_dependent is True and get_method("cond").time_dependent is False
+    assert [get_method(name).default_guidance_scale for name in ("side", "cond", "uncond")] == [1.0, 1.0, 0.0]
+    assert not get_method("synthetic").extractable and not get_method("uncond").needs_classifier
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ValueError, match=r"method='sidee' is not one of \('synthetic', 'side', 'uncond', 'cond'\)"):
+        get_method("sidee")
+    with pytest.raises(ValueError, match="method='sidee' is not one of"):
+        settings(method="sidee").validate()
+
+
+def test_a_registered_method_reaches_the_cli_the_card_and_the_engine(tmp_path, monkeypatch):
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    calls = []
+
+    def sample(pipe, request: ShardRequest):
+        calls.append(request)
+        return methods.sample_with_pipeline(pipe, request)
+
+    register_method(
+        ExtractionMethod("side-twice", "SIDE at twice the scale", needs_classifier=True, time_dependent=True,
+                         default_guidance_scale=2.0, sample=sample)
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(get_method("side"))
+    extract = build_parser().parse_args(["extract", "--method", "side-twice", "--num-images", "1", "--output", "x"])
+    assert extract.method == "side-twice"
+    new_settings = settings(method="side-twice", num_images=2, batch_size=2)
+    assert "SIDE at twice the scale" in str(extraction_card(new_settings, "side extract --method side-twice"))
+    dataset = generate(tiny_pipeline(), tmp_path / "run", new_settings)
+    assert dataset["method"] == ["side-twice"] * 2 and len(calls) == 1 and calls[0].targets is not None
+    with pytest.raises(ValueError, match="needs a time-dependent classifier"):
+        generate(tiny_pipeline(time_dependent=False), tmp_path / "other", new_settings)
+
+
+def test_generation_folder_of_an_older_version_resumes(tmp_path):
+    run = settings()
+    prepare_output_dir(tmp_path / "run", run)
+    settings_file = tmp_path / "run" / SETTINGS_FILE
+    settings_file.write_text(json.dumps({**dataclasses.asdict(run), "extra": {}}))  # written before `extra` was dropped
+    prepare_output_dir(tmp_path / "run", run)
+    assert GenerationSettings.from_dict(json.loads(settings_file.read_text())) == run
