@@ -25,6 +25,7 @@ class Band:
     high: float
 
     def to_dict(self) -> dict:
+        """The band as ``{"name", "low", "high"}`` (as stored in reports)."""
         return asdict(self)
 
 

@@ -25,6 +25,7 @@ def summary(step: str, started: float, output: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `side` parser with one subcommand per audit step."""
     parser = argparse.ArgumentParser(
         prog="side",
         description="SIDE: extract training images from an unconditional diffusion model, to audit it for memorization.",
@@ -59,6 +60,7 @@ def _cohesion_threshold(value: str) -> float | str:
 
 
 def add_label_command(subparsers) -> None:
+    """Register ``side label`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "label",
         help="turn synthetic images into surrogate labels (embed, cluster, filter by cohesion, relabel)",
@@ -98,6 +100,7 @@ def add_label_command(subparsers) -> None:
 
 
 def run_label(args: argparse.Namespace) -> int:
+    """Run ``side label`` with the parsed arguments; return the exit code."""
     from .surrogate_labels import CONTACT_SHEET, format_label_table, label_synthetic
 
     started = time.perf_counter()
@@ -120,6 +123,7 @@ def run_label(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_command(subparsers) -> None:
+    """Register ``side evaluate`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "evaluate",
         help="score generated images against the training set (AMS, UMS, memorization ratio) and write the report",
@@ -167,6 +171,7 @@ def similarity_arguments(value: str) -> dict:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``side evaluate`` with the parsed arguments; return the exit code."""
     from .evaluation import evaluate
     from .report import REPORT_MD, format_table
 
@@ -193,6 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_train_classifier_command(subparsers) -> None:
+    """Register ``side train-classifier`` on ``subparsers``."""
     from .training.classifier import add_arguments
 
     parser = subparsers.add_parser(
@@ -214,6 +220,7 @@ def add_train_classifier_command(subparsers) -> None:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
+    """Run ``side train-classifier`` with the parsed arguments; return the exit code."""
     from .training.classifier import train_classifier
     from .training.common import record_command
 
@@ -238,6 +245,7 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, default_batch: in
 
 
 def add_synthesize_command(subparsers) -> None:
+    """Register ``side synthesize`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "synthesize",
         help="SIDE step 1: sample the target without guidance (resumable)",
@@ -251,6 +259,7 @@ def add_synthesize_command(subparsers) -> None:
 
 
 def run_synthesize(args: argparse.Namespace) -> int:
+    """Run ``side synthesize`` with the parsed arguments; return the exit code."""
     from .generation import GenerationSettings
 
     settings = GenerationSettings(
@@ -262,6 +271,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 
 def add_extract_command(subparsers) -> None:
+    """Register ``side extract`` on ``subparsers``."""
     from .methods import extraction_method_names
 
     parser = subparsers.add_parser(
@@ -285,6 +295,7 @@ def add_extract_command(subparsers) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    """Run ``side extract`` with the parsed arguments; return the exit code."""
     from .generation import GenerationSettings
     from .methods import get_method
 
@@ -337,6 +348,7 @@ def _float_list(text: str) -> list[float]:
 
 
 def add_sweep_command(subparsers) -> None:
+    """Register ``side sweep`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "sweep",
         help="extract with SIDE at several guidance scales and plot AMS/UMS against lambda (paper Fig. 10)",
@@ -354,6 +366,7 @@ def add_sweep_command(subparsers) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    """Run ``side sweep`` with the parsed arguments; return the exit code."""
     from .generation_folder import GenerationSettings
     from .workflows import run_sweep as sweep
 
@@ -372,6 +385,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def add_demo_command(subparsers) -> None:
+    """Register ``side demo`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "demo",
         help="the whole audit of the embedded digits model: synthesize, label, train, extract x3, evaluate",
@@ -393,6 +407,7 @@ def add_demo_command(subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Run ``side demo`` with the parsed arguments; return the exit code."""
     from .demo import run_demo as run
     from .report import format_table
 
@@ -412,6 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_push_command(subparsers) -> None:
+    """Register ``side push`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "push",
         help="upload a pipeline folder (with its model card) or extraction candidates to the Hub",
@@ -427,6 +443,7 @@ def add_push_command(subparsers) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    """Run ``side push`` with the parsed arguments; return the exit code."""
     from .workflows import push
 
     started = time.perf_counter()
@@ -436,6 +453,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``side ARGV``; bad input prints a one-line error and returns 2 (the traceback only with ``--debug``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -97,15 +97,18 @@ class Demo:
         self.timings: dict[str, float] = {}
 
     def path(self, name: str) -> Path:
+        """The folder of stage ``name`` under the output directory."""
         return self.output_dir / name
 
     def stage(self, name: str, output: Path, run: Callable[[], object]) -> None:
+        """Run one stage, record its time and report it to ``on_stage_done``."""
         started = time.perf_counter()
         run()
         self.timings[name] = round(time.perf_counter() - started, 2)
         self.on_stage_done(name, self.timings[name], str(output))
 
     def synthesize(self) -> None:
+        """Stage 1: N_syn unguided samples of the target."""
         c = self.config
         settings = GenerationSettings(
             pipeline=c.pipeline, method="synthetic", num_images=c.num_synthetic, batch_size=c.batch_size,
@@ -114,6 +117,7 @@ class Demo:
         generate(load_pipeline(c.pipeline, c.scheduler), self.path("synthetic"), settings)
 
     def label(self) -> None:
+        """Stage 2: surrogate labels from the synthetic samples."""
         c = self.config
         label_synthetic(
             self.path("synthetic"), self.path("labels"), num_clusters=c.num_clusters, cohesion=c.cohesion,
@@ -121,6 +125,7 @@ class Demo:
         )
 
     def train_classifier(self, name: str, time_independent: bool) -> None:
+        """Stage 3: train one classifier (time-dependent for SIDE, time-independent for Cond) into ``name``."""
         c = self.config
         args = classifier_training_args(
             pretrained_model_name_or_path=c.pipeline,
@@ -137,6 +142,7 @@ class Demo:
         train_classifier(args)
 
     def extract(self, method: str) -> None:
+        """Stage 4: N_G candidates with ``method``, with the classifier its record asks for."""
         c = self.config
         record = get_method(method)
         classifier = None
@@ -151,6 +157,7 @@ class Demo:
         generate(pipe, self.path(f"extract-{method}"), settings)
 
     def evaluate(self) -> dict:
+        """Stage 5: score every extraction method against the reference and write the report."""
         generated = [self.path(f"extract-{method}") for method in extraction_method_names()]
         return evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
 

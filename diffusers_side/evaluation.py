@@ -76,9 +76,11 @@ class ImageSet:
     settings: dict
 
     def pixel_images(self, resolution: int | None) -> PixelImages:
+        """The images as pixel tensors, optionally resized to ``resolution``."""
         return PixelImages(self.dataset, self.column, resolution, self.shape[0])
 
     def image(self, row: int):
+        """The PIL image of row ``row``."""
         return self.dataset[row][self.column]
 
 

@@ -355,7 +355,7 @@ def embed_images(
     >>> dataset = load_image_dataset("default")
     >>> features = embed_images(load_feature_extractor("pixels"), dataset["image"])
     >>> features.shape
-    torch.Size([500, 64])
+    torch.Size([100, 64])
     ```
     """
     if batch_size < 1:

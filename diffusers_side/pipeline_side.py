@@ -154,6 +154,7 @@ class SIDEPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
     ) -> None:
+        """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
         if output_type not in OUTPUT_TYPES:

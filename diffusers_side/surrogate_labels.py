@@ -341,7 +341,7 @@ def label_synthetic(
     Example:
 
     ```py
-    >>> from diffusers_side.surrogate_labels import label_synthetic
+    >>> from diffusers_side.surrogate_labels import format_label_table, label_synthetic
     >>> dataset, labels = label_synthetic("side-demo/synthetic", "side-demo/labels", num_clusters=20)
     >>> dataset.column_names
     ['image', 'label', 'distance', 'seed']
