@@ -164,10 +164,27 @@ def add_evaluate_command(subparsers) -> None:
 
 
 def similarity_arguments(value: str) -> dict:
-    """Map ``--similarity l2|carlini|EXTRACTOR`` to `evaluate`'s ``similarity`` or ``feature_extractor``."""
-    from .similarity import PIXEL_SIMILARITIES
+    """Map ``--similarity l2|carlini|EXTRACTOR`` to `evaluate`'s ``similarity`` or ``feature_extractor``.
 
-    return {"similarity": value} if value in PIXEL_SIMILARITIES else {"feature_extractor": value}
+    A value one typo away from a similarity name (``carlni``) is refused instead of being looked up as a model.
+    """
+    import difflib
+
+    from .similarity import PIXEL_SIMILARITIES, SIMILARITIES
+
+    if value in PIXEL_SIMILARITIES:
+        return {"similarity": value}
+    if value in SIMILARITIES:
+        raise CommandError(
+            f"--similarity {value}: name the feature extractor whose embeddings are compared instead "
+            "(unet, pixels, a transformers model id or folder, or a TorchScript file)."
+        )
+    close = difflib.get_close_matches(value, SIMILARITIES, n=1, cutoff=0.8)
+    if close:
+        raise CommandError(
+            f"--similarity {value!r} is not one of {PIXEL_SIMILARITIES} nor a feature extractor; did you mean {close[0]!r}?"
+        )
+    return {"feature_extractor": value}
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from .similarity import (
     COSINE,
     Matches,
     check_similarity,
+    describe_similarity,
     direction_text,
     find_best_matches,
     smaller_is_more_similar,
@@ -258,16 +259,11 @@ def _figure_sections(matches: Matches, assigned, rows, bands: list[Band], kind: 
 
 
 def _similarity_settings(similarity: str, kind: str, alpha: float, matches: Matches) -> dict:
-    descriptions = {
-        "l2": "RMS L2 distance on [0, 1] pixels",
-        "carlini": f"Carlini et al.'s normalized L2 on [0, 1] pixels, alpha={alpha:g}, n={matches.num_neighbors} nearest",
-        COSINE: f"cosine similarity of L2-normalised `{similarity}` embeddings",
-    }
     smaller = smaller_is_more_similar(kind)
     return {
         "name": similarity,
         "kind": kind,
-        "description": descriptions[kind],
+        "description": describe_similarity(kind, similarity, alpha, matches.num_neighbors),
         "direction": direction_text(kind),
         "alpha": alpha if kind == "carlini" else None,
         "num_neighbors": matches.num_neighbors if kind == "carlini" else None,

@@ -59,6 +59,16 @@ def direction_text(similarity: str) -> str:
     return "smaller is more similar" if smaller_is_more_similar(similarity) else "larger is more similar"
 
 
+def describe_similarity(similarity: str, name: str, alpha: float = CARLINI_ALPHA, num_neighbors: int = 0) -> str:
+    """One line for reports: what ``similarity`` measures (``name``: the feature extractor for ``"cosine"``)."""
+    descriptions = {
+        "l2": "RMS L2 distance on [0, 1] pixels",
+        "carlini": f"Carlini et al.'s normalized L2 on [0, 1] pixels, alpha={alpha:g}, n={num_neighbors} nearest",
+        COSINE: f"cosine similarity of L2-normalised `{name}` embeddings",
+    }
+    return descriptions[check_similarity(similarity)]
+
+
 def rms_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """RMS L2 distance ``sqrt(mean((a - b) ** 2))`` between matching rows of ``a`` and ``b`` (over all but dim 0)."""
     return (a.double() - b.double()).flatten(1).pow(2).mean(dim=1).sqrt()
