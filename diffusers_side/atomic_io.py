@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -46,7 +48,8 @@ def atomic_directory(path: str | os.PathLike, staging_name: str | None = None) -
 
     Args:
         path: the folder to (re)write as a whole.
-        staging_name: the staging folder's name (default ``.NAME.tmp-PID``); a leftover one is cleared first.
+        staging_name: the staging folder's name (default ``.NAME.tmp-PID``); a leftover one is cleared first,
+            and by default so are the ``.NAME.tmp-PID`` folders of killed runs (see [`remove_stale_staging`]).
 
     Example:
 
@@ -58,6 +61,8 @@ def atomic_directory(path: str | os.PathLike, staging_name: str | None = None) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if staging_name is None:
+        remove_stale_staging(path)
     staging = path.parent / (staging_name or f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -86,3 +91,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     """Write ``payload`` as indented JSON to ``path`` atomically and return the path."""
     return write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def remove_stale_staging(directory: str | os.PathLike) -> None:
+    """Remove the ``.<name>.tmp-<pid>`` staging folders of ``directory`` whose process no longer runs."""
+    directory = Path(directory)
+    prefix = f".{directory.name}.tmp-"
+    for staging in directory.parent.glob(f"{prefix}*"):
+        pid = staging.name[len(prefix):]
+        if staging.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)

@@ -12,11 +12,14 @@ the pixel conventions:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import PIL.Image
+import pyarrow
+import pyarrow.parquet
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
@@ -31,6 +34,9 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
             One of: ``"default"`` (the embedded model's training subset); a directory written by
             `Dataset.save_to_disk`; a directory of shards written by ``side synthesize`` /
             ``side extract``; an ``imagefolder`` directory of image files; or a Hub data set id.
+            Local sources are held in memory: no arrow copy of the images is written to the datasets
+            cache or beside them, by the load or by later `map`/`cast`/`train_test_split` calls
+            (a Hub data set is downloaded to the Hugging Face cache as usual).
         split (`str`, defaults to `"train"`):
             The split to return when the source holds several.
 
@@ -58,6 +64,20 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
     return dataset
 
 
+def check_image_source(name_or_path: str | os.PathLike) -> None:
+    """Cheaply refuse a source [`load_image_dataset`] cannot read: a local path that does not exist.
+
+    ``"default"``, existing folders and Hub ids pass (a Hub id is only checked when it is loaded).
+
+    Raises:
+        `FileNotFoundError`: naming the path and what to pass instead.
+    """
+    source = str(name_or_path)
+    path = Path(source)
+    if source != DEFAULT and not path.is_dir() and (path.suffix or source.startswith((".", "/")) or path.exists()):
+        raise FileNotFoundError(f"Image data set {source!r} does not exist (or is not a folder); pass a directory, 'default' or a Hub data set id.")
+
+
 def _load(source: str, split: str) -> Dataset:
     if source == DEFAULT:
         from .default_model import load_training_subset
@@ -66,15 +86,16 @@ def _load(source: str, split: str) -> Dataset:
     path = Path(source)
     if path.is_dir():
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return _pick_split(load_from_disk(str(path)), split, source)
+            return _pick_split(load_from_disk(str(path), keep_in_memory=True), split, source)
         from .generation_folder import shard_files
 
         shards = shard_files(path)
         if shards:
-            return Dataset.from_parquet([str(s) for s in shards])
-        return _pick_split(load_dataset("imagefolder", data_dir=str(path)), split, source)
-    if path.suffix or source.startswith((".", "/")):
-        raise FileNotFoundError(f"Image data set {source!r} does not exist; pass a directory or a Hub data set id.")
+            return Dataset(pyarrow.concat_tables([pyarrow.parquet.read_table(shard) for shard in shards]))
+        # The imagefolder builder always prepares arrow files: give it a throw-away cache and keep the result in memory.
+        with tempfile.TemporaryDirectory(prefix="side-imagefolder-") as cache_dir:
+            return _pick_split(load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir, keep_in_memory=True), split, source)
+    check_image_source(source)
     return load_dataset(source, split=split)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -68,3 +69,16 @@ def load_pipeline(
     if classifier is not None:
         pipe = SIDEPipeline(pipe.unet, pipe.scheduler, load_classifier(classifier, allow_pickle))
     return pipe.to(device) if device is not None else pipe
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """The sha256 of a model's weights (names, dtypes, shapes and bytes of its state dict, in name order).
+
+    Recorded in ``generation.json`` so a resumed run or a later ``side label`` can tell that the model
+    behind a path is still the one that generated the images.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

@@ -33,6 +33,7 @@ seed), the sidecar ``surrogate_labels.json`` + ``surrogate_labels.safetensors`` 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ from sklearn.cluster import KMeans
 
 from .atomic_io import atomic_directory, atomic_path, write_json_atomic
 from .data import find_image_column, load_image_dataset, load_images
+from .default_model import check_model_source
 from .features import UNET, embed_images, load_feature_extractor
 from .generation_folder import SETTINGS_FILE, read_settings
-from .loading import load_pipeline
+from .loading import load_pipeline, weights_fingerprint
 
 logger = logging.get_logger(__name__)
 
@@ -68,6 +70,8 @@ LABELS_TENSORS = "surrogate_labels.safetensors"
 CONTACT_SHEET = "contact_sheet.png"
 CONTACT_SHEET_GAP = 4
 FORMAT_VERSION = 1
+# What a `side label` output holds (`save_to_disk` files and the sidecar): only these are ever replaced.
+OWN_FILES = ("data-*.arrow", "dataset_info.json", "state.json", LABELS_JSON, LABELS_TENSORS, CONTACT_SHEET)
 OUTPUT_FEATURES = Features({"image": Image(), "label": Value("int64"), "distance": Value("float32"), "seed": Value("int64")})
 
 
@@ -355,7 +359,7 @@ def label_synthetic(
     check_label_settings(num_clusters, cohesion, min_cluster_size, num_synthetic=len(source))
     _check_one_image_size(source, image_column)
     settings = _generation_settings(synthetic_dir, len(source))
-    unet, scheduler = _load_target(pipeline or settings.get("pipeline"), synthetic_dir) if features == UNET else (None, None)
+    unet, scheduler = _load_target(pipeline, settings, synthetic_dir) if features == UNET else (None, None)
     extractor = load_feature_extractor(features, unet=unet, scheduler=scheduler, device=device)
 
     embedded = embed_images(extractor, source[image_column], batch_size=batch_size)
@@ -377,6 +381,12 @@ def check_output_dir(output_dir: Path, synthetic_dir: Path) -> None:
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / LABELS_JSON).is_file():
         raise FileExistsError(
             f"--output {output_dir} is not empty and is not an earlier `side label` output; choose a new directory."
+        )
+    foreign = sorted(p.name for p in output_dir.glob("*") if not any(fnmatch.fnmatch(p.name, own) for own in OWN_FILES))
+    if output_dir.is_dir() and foreign:
+        raise FileExistsError(
+            f"--output {output_dir} holds files `side label` did not write ({', '.join(foreign[:5])}); re-running "
+            "replaces the folder, so move them elsewhere or choose another --output."
         )
 
 
@@ -464,14 +474,25 @@ def _generation_settings(synthetic_dir: Path, num_images: int) -> dict:
     return settings
 
 
-def _load_target(pipeline: str | None, synthetic_dir: Path) -> tuple[UNet2DModel, SchedulerMixin]:
-    """The target's UNet and scheduler (safetensors only), for the ``unet`` feature extractor."""
+def _load_target(pipeline: str | None, settings: dict, synthetic_dir: Path) -> tuple[UNet2DModel, SchedulerMixin]:
+    """The target's UNet and scheduler (safetensors only), for the ``unet`` feature extractor.
+
+    When ``generation.json`` recorded a weights fingerprint, the UNet must still have those weights.
+    """
+    pipeline = pipeline or settings.get("pipeline")
     if pipeline is None:
         raise ValueError(
             f"{synthetic_dir} has no {SETTINGS_FILE} naming the target pipeline; pass --pipeline for "
             "--features unet, or choose other --features."
         )
+    check_model_source(pipeline, "--pipeline")
     target = load_pipeline(pipeline)
+    recorded = settings.get("model_fingerprint")
+    if recorded is not None and weights_fingerprint(target.unet) != recorded:
+        raise ValueError(
+            f"The UNet of {pipeline} is not the model that generated {synthetic_dir} (its weights fingerprint differs "
+            f"from the sha256 {recorded} in {SETTINGS_FILE}); pass --pipeline with that model, or choose other --features."
+        )
     return target.unet, target.scheduler
 
 
