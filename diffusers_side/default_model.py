@@ -33,6 +33,15 @@ def resolve_pipeline_path(spec: str | os.PathLike) -> str:
     return str(DEFAULT_PIPELINE_DIR) if str(spec) == DEFAULT else str(spec)
 
 
+def canonical_model_source(spec: str | os.PathLike) -> str:
+    """How a model source is recorded: ``"default"`` and Hub repo ids as given, an existing local path made absolute.
+
+    A relative path recorded as typed would name another model when read from another directory.
+    """
+    spec = str(spec)
+    return str(Path(spec).resolve()) if spec != DEFAULT and os.path.exists(spec) else spec
+
+
 def draw_subset_indices(size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> list[int]:
     """`size` distinct indices into the 1,797 digits, drawn with `numpy.random.default_rng(seed)`, sorted."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ one-process run, batch for batch.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from .atomic_io import atomic_path
 from .data import load_image_dataset
 from .generation_folder import RECORD_FEATURES, GenerationSettings, prepare_output_dir, shard_path
+from .loading import weights_fingerprint
 from .methods import ShardRequest, get_method
 from .pipeline_side import SIDEPipeline
 
@@ -97,6 +99,7 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     num_processes = accelerator.num_processes if accelerator else 1
     settings.validate(num_processes)
     get_method(settings.method).check_pipeline(pipe)
+    settings = with_fingerprints(pipe, settings)
     if process_index == 0:
         prepare_output_dir(output_dir, settings)
     if accelerator:
@@ -119,6 +122,13 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     if missing:
         raise RuntimeError(f"Shards {missing[:10]} of {output_dir} are missing after generation.")
     return load_image_dataset(output_dir)
+
+
+def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings) -> GenerationSettings:
+    """`settings` with the weights fingerprints of the UNet and (for guided methods) the classifier that will sample."""
+    guided = get_method(settings.method).needs_classifier
+    classifier = weights_fingerprint(pipe.classifier) if guided else None
+    return replace(settings, model_fingerprint=weights_fingerprint(pipe.unet), classifier_fingerprint=classifier)
 
 
 def write_shard_atomic(shard: Dataset, path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from datasets import Features, Image, Value
 
 from .atomic_io import write_json_atomic
+from .default_model import canonical_model_source
 from .methods import METHODS, get_method
 
 SETTINGS_FILE = "generation.json"
@@ -41,7 +42,13 @@ RECORD_DEFAULTS = {"index": -1, "seed": -1, "method": None, "target": -1, "guida
 
 @dataclass
 class GenerationSettings:
-    """Everything that determines the images of a run (written to ``generation.json``)."""
+    """Everything that determines the images of a run (written to ``generation.json``).
+
+    ``pipeline`` and ``classifier`` are stored as absolute paths (``"default"`` and Hub repo ids as
+    given), so a later command finds the same model from any working directory; ``model_fingerprint``
+    and ``classifier_fingerprint`` (sha256 of the weights, see `diffusers_side.loading.weights_fingerprint`)
+    are filled in by `diffusers_side.generation.generate` and checked when a run is resumed or labelled.
+    """
 
     pipeline: str
     method: str
@@ -52,6 +59,12 @@ class GenerationSettings:
     guidance_scale: float = 0.0
     scheduler: str | None = None
     classifier: str | None = None
+    model_fingerprint: str | None = None
+    classifier_fingerprint: str | None = None
+
+    def __post_init__(self):
+        self.pipeline = canonical_model_source(self.pipeline)
+        self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
 
     @classmethod
     def from_dict(cls, payload: dict) -> "GenerationSettings":
@@ -72,8 +85,10 @@ class GenerationSettings:
                 f"num_images={self.num_images} is smaller than the {num_processes} processes launched; "
                 "generate at least one image per process or launch fewer processes."
             )
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale={self.guidance_scale} is negative; use 0 or a positive scale.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
         if not method.needs_classifier and self.guidance_scale != 0:
             guided = [name for name, other in METHODS.items() if other.needs_classifier]
             raise ValueError(
@@ -108,19 +123,55 @@ def shard_files(path: str | os.PathLike) -> list[Path]:
     return sorted((Path(path) / SHARDS_DIR).glob("*.parquet"))
 
 
+FINGERPRINTS = ("model_fingerprint", "classifier_fingerprint")
+
+
+def check_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings) -> None:
+    """Refuse an output that is a file, a folder holding something else, or a run with other settings.
+
+    Cheap (reads ``generation.json`` only): call it before loading the model. The weights fingerprints
+    are compared only when ``settings`` has them (they are known once the model is loaded).
+
+    Raises:
+        `FileExistsError`: naming the output and the fix.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
+    if not is_generation_folder(output_dir):
+        if output_dir.exists() and any(output_dir.iterdir()):
+            raise FileExistsError(f"{output_dir} is not empty and holds no generation run; choose another --output.")
+        return
+    raw = read_settings(output_dir)
+    if any(k not in raw for k in FINGERPRINTS):
+        raise FileExistsError(
+            f"{output_dir} was written by an older diffusers-side that recorded no weights fingerprint, so resuming "
+            "it could mix images of two models; choose another --output (or delete the folder) and generate again."
+        )
+    recorded, wanted = asdict(GenerationSettings.from_dict(raw)), asdict(settings)
+    changed = sorted(
+        k for k in set(recorded) | set(wanted)
+        if recorded.get(k) != wanted.get(k) and not (k in FINGERPRINTS and wanted.get(k) is None)
+    )
+    if any(k in FINGERPRINTS for k in changed):
+        raise FileExistsError(
+            f"The weights of {settings.pipeline} (or of its classifier) changed since the run in {output_dir} started "
+            f"(sha256 {recorded['model_fingerprint']} / {recorded['classifier_fingerprint']} recorded, "
+            f"{wanted['model_fingerprint']} / {wanted['classifier_fingerprint']} now): its shards come from the old "
+            "weights. Restore them to resume, or choose another --output."
+        )
+    if changed:
+        raise FileExistsError(
+            f"{output_dir} holds a different run (settings differ in {changed}); resume it with the same "
+            "arguments, or choose another --output."
+        )
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings) -> None:
     """Create ``output_dir`` for `settings`, or check that it holds the same run (to resume it)."""
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, settings)
     if is_generation_folder(output_dir):
-        recorded = asdict(GenerationSettings.from_dict(read_settings(output_dir)))
-        if recorded != asdict(settings):
-            changed = sorted(k for k in set(recorded) | set(asdict(settings)) if recorded.get(k) != asdict(settings).get(k))
-            raise FileExistsError(
-                f"{output_dir} holds a different run (settings differ in {changed}); resume it with the same "
-                "arguments, or choose another --output."
-            )
         return
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} is not empty and holds no generation run; choose another --output.")
     (output_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / SETTINGS_FILE, asdict(settings))
