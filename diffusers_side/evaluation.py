@@ -9,6 +9,7 @@ report and the figures (see `diffusers_side.report`).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from .data import find_image_column, image_channels, images_to_tensor, load_imag
 from .generation_folder import RECORD_DEFAULTS, read_settings
 from .metrics import extraction_metrics
 from .nearest_match import DEFAULT_CHUNK_SIZE
-from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure, write_report
+from .report import FIGURES_DIR, REPORT_JSON, figure_name, package_versions, save_match_figure, write_report
 from .similarity import (
     CARLINI_ALPHA,
     CARLINI_NUM_NEIGHBORS,
@@ -202,15 +203,64 @@ def _metadata_columns(generated: list[ImageSet]) -> dict[str, np.ndarray]:
     return {name: np.asarray(values, dtype=np.float64 if name == "guidance_scale" else None) for name, values in columns.items()}
 
 
-def _group_labels(methods: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """One group per method; a method seen at several guidance scales is split per scale."""
+def _group_labels(methods: np.ndarray, scales: np.ndarray, source_ids: np.ndarray, generated: list[ImageSet]) -> np.ndarray:
+    """One group per method; a method seen at several guidance scales is split per scale, and a group
+    spread over several folders is split per folder (their images are never pooled into one row)."""
     labels = methods.astype(object)
     for method in np.unique(methods):
         rows = methods == method
         distinct = np.unique(scales[rows][~np.isnan(scales[rows])])
         if len(distinct) > 1:
             labels[rows] = [f"{method} (guidance {scale:g})" for scale in scales[rows]]
+    names = [Path(s.source).name for s in generated]
+    for label in np.unique(labels.astype(str)):
+        rows = labels.astype(str) == label
+        sources = np.unique(source_ids[rows])
+        if len(sources) > 1:
+            shown = [names[i] if names.count(names[i]) == 1 else generated[i].source for i in range(len(generated))]
+            labels[rows] = [f"{label} [{shown[i]}]" for i in source_ids[rows]]
     return labels
+
+
+def _check_inputs_and_output(generated: list[str], reference: str, output_dir: Path) -> None:
+    """Refuse a folder given twice, and an output inside an input (its figures would join the images)."""
+    resolved = [Path(path).resolve() for path in generated]
+    for index, path in enumerate(resolved):
+        if path in resolved[:index]:
+            raise ValueError(
+                f"--generated {generated[index]} is given twice; its images would be counted twice: pass each folder once."
+            )
+    output = output_dir.resolve()
+    for source in [*generated, reference]:
+        path = Path(source)
+        if path.is_dir() and (output == path.resolve() or path.resolve() in output.parents):
+            raise ValueError(
+                f"--output {output_dir} is inside the input {source}; the report and figures would mix with its images: "
+                "choose another --output."
+            )
+
+
+def _check_distinct_runs(generated: list[ImageSet]) -> None:
+    """Refuse two folders that record the same generation run (a copy): their images would be counted twice."""
+    for index, image_set in enumerate(generated):
+        for earlier in generated[:index]:
+            if image_set.settings and image_set.settings == earlier.settings:
+                raise ValueError(
+                    f"--generated {earlier.source} and {image_set.source} hold the same run (identical generation.json); "
+                    "its images would be counted twice: pass one of them."
+                )
+
+
+def _remove_stale_figures(output_dir: Path, figures: dict) -> None:
+    """Delete the figures an earlier report in ``output_dir`` listed and this one does not (nothing else)."""
+    previous = output_dir / REPORT_JSON
+    if not previous.is_file():
+        return
+    keep = {output_dir / path for path in figures.values()}
+    for path in json.loads(previous.read_text()).get("files", {}).get("figures", {}).values():
+        figure = output_dir / path
+        if figure not in keep and figure.parent == output_dir / FIGURES_DIR:
+            figure.unlink(missing_ok=True)
 
 
 def _group_summary(result: dict, columns: dict[str, np.ndarray], rows: np.ndarray, generated: list[ImageSet]) -> dict:
@@ -339,6 +389,7 @@ def match_generations(
     if len(reference_set.dataset) < 2:
         raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
     generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
+    _check_distinct_runs(generated_sets)
     extractor = None
     if feature_extractor is not None:
         extractor, pipeline = _load_extractor(feature_extractor, pipeline, generated_sets, device)
@@ -348,7 +399,7 @@ def match_generations(
     reference_rows, generated_rows = _comparable_rows(reference_set, generated_sets, extractor, resolution, batch_size)
     matches = find_best_matches(generated_rows, reference_rows, kind, chunk_size, alpha, num_neighbors, device)
     columns = _metadata_columns(generated_sets)
-    labels = _group_labels(columns["method"], columns["guidance_scale"])
+    labels = _group_labels(columns["method"], columns["guidance_scale"], columns["source_id"], generated_sets)
     return MatchedSets(reference_set, generated_sets, matches, columns, labels, assign_bands(matches.score, bands), pipeline)
 
 
@@ -440,6 +491,7 @@ def evaluate(
     bands, bands_source, bands_rationale = _resolve_bands(bands, kind)
     generated = [str(path) for path in generated]
     _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors)
+    _check_inputs_and_output(generated, str(reference), Path(output_dir))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     matched = match_generations(
         generated, str(reference), kind, bands, feature_extractor, resolution, channels, chunk_size, batch_size, device,
@@ -456,6 +508,7 @@ def evaluate(
         "num_neighbors": num_neighbors, "pipeline": matched.pipeline, "max_figure_images": max_figure_images,
     }
     report = build_report(matched, name, kind, alpha, (bands, bands_source, bands_rationale), methods, figures, settings)
+    _remove_stale_figures(output_dir, figures)
     write_report(report, output_dir)
     logger.info(f"Evaluation of {len(matched.matches.score)} generations written to {output_dir}.")
     return report
