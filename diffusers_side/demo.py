@@ -15,6 +15,7 @@ already there, so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +25,7 @@ from typing import Callable
 from diffusers.utils import logging
 
 from .atomic_io import write_json_atomic
+from .data import check_image_source
 from .default_model import DEFAULT
 from .evaluation import evaluate
 from .generation import GenerationSettings, generate
@@ -35,6 +37,7 @@ from .training.classifier import classifier_training_args, train_classifier
 logger = logging.get_logger(__name__)
 
 TIMINGS_FILE = "timings.json"
+CONFIG_FILE = "demo_config.json"
 
 
 @dataclass
@@ -107,14 +110,52 @@ class Demo:
         self.timings[name] = round(time.perf_counter() - started, 2)
         self.on_stage_done(name, self.timings[name], str(output))
 
+    def generation_settings(self, method: str) -> GenerationSettings:
+        """The settings of the synthetic set (``method="synthetic"``) or of one extraction method."""
+        c = self.config
+        if method == "synthetic":
+            return GenerationSettings(
+                pipeline=c.pipeline, method="synthetic", num_images=c.num_synthetic, batch_size=c.batch_size,
+                seed=c.seed, num_inference_steps=c.num_inference_steps, scheduler=c.scheduler,
+            )
+        record = get_method(method)
+        classifier = None
+        if record.needs_classifier:
+            classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
+        return GenerationSettings(
+            pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
+            num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale if record.needs_classifier else 0.0,
+            scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
+        )
+
+    def check(self) -> None:
+        """Validate every stage's settings and the output folder before the first stage runs.
+
+        Raises:
+            `ValueError`: a bad setting, naming it. `FileNotFoundError`: a reference that does not exist.
+            `FileExistsError`: the output holds something other than a demo with these settings.
+        """
+        for method in ("synthetic", *extraction_method_names()):
+            self.generation_settings(method).validate()
+        check_image_source(self.config.reference)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
+        config_file = self.path(CONFIG_FILE)
+        if config_file.is_file():
+            recorded, wanted = json.loads(config_file.read_text()), json.loads(json.dumps(asdict(self.config)))
+            changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+            if changed:
+                raise FileExistsError(
+                    f"{self.output_dir} holds a demo with other settings ({', '.join(changed)}); re-run it with the same "
+                    "flags to resume, or choose another --output."
+                )
+        elif self.output_dir.is_dir() and any(self.output_dir.iterdir()):
+            raise FileExistsError(f"{self.output_dir} is not empty and holds no demo; choose another --output.")
+
     def synthesize(self) -> None:
         """Stage 1: N_syn unguided samples of the target."""
         c = self.config
-        settings = GenerationSettings(
-            pipeline=c.pipeline, method="synthetic", num_images=c.num_synthetic, batch_size=c.batch_size,
-            seed=c.seed, num_inference_steps=c.num_inference_steps, scheduler=c.scheduler,
-        )
-        generate(load_pipeline(c.pipeline, c.scheduler), self.path("synthetic"), settings)
+        generate(load_pipeline(c.pipeline, c.scheduler), self.path("synthetic"), self.generation_settings("synthetic"))
 
     def label(self) -> None:
         """Stage 2: surrogate labels from the synthetic samples."""
@@ -144,15 +185,7 @@ class Demo:
     def extract(self, method: str) -> None:
         """Stage 4: N_G candidates with ``method``, with the classifier its record asks for."""
         c = self.config
-        record = get_method(method)
-        classifier = None
-        if record.needs_classifier:
-            classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
-        settings = GenerationSettings(
-            pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
-            num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale if record.needs_classifier else 0.0,
-            scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
-        )
+        settings = self.generation_settings(method)
         pipe = load_pipeline(c.pipeline, c.scheduler, settings.classifier)
         generate(pipe, self.path(f"extract-{method}"), settings)
 
@@ -163,8 +196,9 @@ class Demo:
 
     def run(self) -> dict:
         """Run every stage not yet done and return the report (also written to ``report.json``)."""
+        self.check()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path("demo_config.json"), asdict(self.config))
+        write_json_atomic(self.path(CONFIG_FILE), asdict(self.config))
         self.stage("synthesize", self.path("synthetic"), self.synthesize)
         if not (self.path("labels") / "surrogate_labels.json").exists():
             self.stage("label", self.path("labels"), self.label)
