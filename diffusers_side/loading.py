@@ -38,7 +38,12 @@ def load_classifier(path: str | os.PathLike, allow_pickle: bool = False) -> Time
     subfolder = "classifier" if (path / "classifier" / "config.json").exists() else None
     if not (path / (subfolder or "") / "config.json").exists():
         raise FileNotFoundError(f"No classifier found at {path} (expected config.json or classifier/config.json).")
-    return TimeDependentClassifier.from_pretrained(path, subfolder=subfolder, use_safetensors=not allow_pickle)
+    return TimeDependentClassifier.from_pretrained(path, subfolder=subfolder, use_safetensors=_use_safetensors(allow_pickle))
+
+
+def _use_safetensors(allow_pickle: bool) -> bool | None:
+    """diffusers' ``use_safetensors``: ``True`` refuses pickle; ``None`` prefers safetensors and allows pickle."""
+    return None if allow_pickle else True
 
 
 def load_pipeline(
@@ -63,7 +68,7 @@ def load_pipeline(
     """
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
-    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=not allow_pickle)
+    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if classifier is not None:

@@ -126,17 +126,34 @@ class SIDEPipeline(DiffusionPipeline):
                     f"Pipeline folder {source!r} does not exist (or is not a folder); pass a folder written by "
                     "`save_pretrained` or a Hub repo id such as 'user/repo'."
                 )
-            source = snapshot_download(
-                source,
-                revision=kwargs.pop("revision", None),
-                cache_dir=kwargs.get("cache_dir"),
-                token=kwargs.pop("token", None),
-                local_files_only=kwargs.get("local_files_only", False),
+            try:
+                source = snapshot_download(
+                    source,
+                    revision=kwargs.pop("revision", None),
+                    cache_dir=kwargs.get("cache_dir"),
+                    token=kwargs.pop("token", None),
+                    local_files_only=kwargs.get("local_files_only", False),
+                )
+            except (OSError, ValueError) as error:
+                raise FileNotFoundError(
+                    f"{source!r} is not a local folder, and fetching it as a Hub repo id failed ({error}). Check the path, "
+                    "or the repo id and your connection."
+                ) from error
+        if not os.path.isfile(os.path.join(source, "model_index.json")):
+            raise FileNotFoundError(
+                f"{str(pretrained_model_name_or_path)!r} is not a pipeline folder (it has no model_index.json); pass a folder "
+                "written by `save_pretrained` or `side train-classifier`, or 'default'."
             )
         use_safetensors = kwargs.pop("use_safetensors", True)
         try:
             return super().from_pretrained(source, use_safetensors=use_safetensors, **kwargs)
         except (OSError, EnvironmentError) as error:
+            unreadable = "Unable to load weights from checkpoint file" in str(error)
+            if unreadable:
+                raise OSError(
+                    f"A weights file of {str(pretrained_model_name_or_path)!r} is corrupt or truncated ({error.args[0].strip()}): "
+                    "download or save the pipeline again."
+                ) from error
             if use_safetensors and "safetensors" in str(error):
                 raise OSError(
                     f"{pretrained_model_name_or_path!r} has no safetensors weights, and pickled weights are refused by "
