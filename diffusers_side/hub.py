@@ -33,9 +33,20 @@ def extraction_card(settings: GenerationSettings, command: str) -> DatasetCard:
     )
 
 
-def push_extraction(dataset: Dataset, settings: GenerationSettings, repo_id: str, command: str, token: str | None = None) -> str:
-    """Upload the candidates (parquet shards via `Dataset.push_to_hub`) and then their card."""
-    dataset.push_to_hub(repo_id, token=token)
+def push_extraction(
+    dataset: Dataset,
+    settings: GenerationSettings,
+    repo_id: str,
+    command: str,
+    token: str | None = None,
+    private: bool = True,
+) -> str:
+    """Upload the candidates (parquet shards via `Dataset.push_to_hub`) and then their card.
+
+    Extracted images may reproduce private training data, so the data set repo is created **private**
+    unless ``private=False`` (CLI: ``--public``) is passed.
+    """
+    dataset.push_to_hub(repo_id, token=token, private=private)
     extraction_card(settings, command).push_to_hub(repo_id, repo_type="dataset", token=token)
     return repo_id
 
