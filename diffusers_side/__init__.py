@@ -1,11 +1,28 @@
 """diffusers-side: audit unconditional diffusion models for training-data memorization (SIDE).
 
-Importing the package registers its components with diffusers, so `SIDEPipeline.from_pretrained` can
-rebuild a saved classifier.
+The public classes are imported on first access (PEP 562), so ``side --help`` and argument errors
+do not pay for importing torch and diffusers. Accessing them (as `DiffusionPipeline.from_pretrained`
+does through ``model_index.json``) registers the components with diffusers.
 """
 
-from .classifier import TimeDependentClassifier
-from .pipeline_side import SIDEPipeline, SIDEPipelineOutput
+import importlib
 
 __version__ = "0.1.0"
+_LAZY = {
+    "SIDEPipeline": "pipeline_side",
+    "SIDEPipelineOutput": "pipeline_side",
+    "TimeDependentClassifier": "classifier",
+}
 __all__ = ["SIDEPipeline", "SIDEPipelineOutput", "TimeDependentClassifier", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

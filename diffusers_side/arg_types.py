@@ -1,0 +1,87 @@
+"""Argument types for the `side` command and the training scripts: bad values fail at parse time.
+
+This module imports nothing heavy (no torch, no diffusers), so ``side --help`` and every argument
+error answer at once. Each type raises `argparse.ArgumentTypeError` naming the value and what is
+expected; [`OneLineErrorParser`] prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+# Device types torch accepts in `torch.device("TYPE[:INDEX]")` that a user can have; availability is
+# checked when the command runs (see `diffusers_side.cli.check_device`).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(text: str, kind: type, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r} (not a finite number)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds, worker counts, warm-up steps)."""
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (``nan`` and ``inf`` are refused)."""
+    return _number(text, float, "a finite number")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (guidance scales, weight decay, clipping norms)."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, epsilons)."""
+    value = _number(text, float, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A finite number in [0, 1] (decays, betas)."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    """A torch device string such as ``cpu``, ``cuda`` or ``cuda:1`` (checked for syntax only here)."""
+    match = re.fullmatch(r"([a-z]+)(:\d+)?", text)
+    if not match or match.group(1) not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1 (types: {', '.join(DEVICE_TYPES)}), got {text!r}")
+    return text
+
