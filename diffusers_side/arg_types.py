@@ -14,6 +14,8 @@ import re
 # Device types torch accepts in `torch.device("TYPE[:INDEX]")` that a user can have; availability is
 # checked when the command runs (see `diffusers_side.cli.check_device`).
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
+# Names of `--scheduler`; `diffusers_side.loading.SCHEDULERS` maps each to its diffusers class.
+SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

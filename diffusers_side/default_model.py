@@ -42,6 +42,17 @@ def canonical_model_source(spec: str | os.PathLike) -> str:
     return str(Path(spec).resolve()) if spec != DEFAULT and os.path.exists(spec) else spec
 
 
+def check_model_source(spec: str | os.PathLike, flag: str) -> None:
+    """Refuse a local path that does not exist, before anything is loaded (``"default"`` and repo ids pass).
+
+    Raises:
+        `FileNotFoundError`: naming the flag, the path and what to pass instead.
+    """
+    spec = str(spec)
+    if spec != DEFAULT and not os.path.exists(spec) and (os.path.isabs(spec) or spec.startswith(".")):
+        raise FileNotFoundError(f"{flag} {spec!r} does not exist; pass a folder, a Hub repo id or 'default'.")
+
+
 def draw_subset_indices(size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> list[int]:
     """`size` distinct indices into the 1,797 digits, drawn with `numpy.random.default_rng(seed)`, sorted."""
     rng = np.random.default_rng(seed)

@@ -26,7 +26,7 @@ from diffusers.utils import logging
 
 from .atomic_io import write_json_atomic
 from .data import check_image_source
-from .default_model import DEFAULT
+from .default_model import DEFAULT, check_model_source
 from .evaluation import evaluate
 from .generation import GenerationSettings, generate
 from .loading import load_pipeline
@@ -138,6 +138,7 @@ class Demo:
         for method in ("synthetic", *extraction_method_names()):
             self.generation_settings(method).validate()
         check_image_source(self.config.reference)
+        check_model_source(self.config.pipeline, "--pipeline")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
         config_file = self.path(CONFIG_FILE)

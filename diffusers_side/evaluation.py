@@ -224,6 +224,8 @@ def _group_labels(methods: np.ndarray, scales: np.ndarray, source_ids: np.ndarra
 
 def _check_inputs_and_output(generated: list[str], reference: str, output_dir: Path) -> None:
     """Refuse a folder given twice, and an output inside an input (its figures would join the images)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
     resolved = [Path(path).resolve() for path in generated]
     for index, path in enumerate(resolved):
         if path in resolved[:index]:

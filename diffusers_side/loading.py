@@ -16,20 +16,21 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .arg_types import SCHEDULER_NAMES
 from .classifier import TimeDependentClassifier
-from .default_model import resolve_pipeline_path
+from .default_model import check_model_source, resolve_pipeline_path
 from .pipeline_side import SIDEPipeline
 
 # Names accepted by --scheduler; each is built with `from_config` from the target's own scheduler, so the
 # noise schedule (betas, abar_t) and prediction type stay those the model was trained with.
-SCHEDULERS = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-ancestral": EulerAncestralDiscreteScheduler,
-    "dpm-solver": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-}
+SCHEDULERS = dict(
+    zip(
+        SCHEDULER_NAMES,
+        (DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+         DPMSolverMultistepScheduler, UniPCMultistepScheduler),
+        strict=True,
+    )
+)
 
 
 def load_classifier(path: str | os.PathLike, allow_pickle: bool = False) -> TimeDependentClassifier:
@@ -68,6 +69,9 @@ def load_pipeline(
     """
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
+    check_model_source(spec, "--pipeline")
+    if classifier is not None:
+        check_model_source(classifier, "--classifier")
     pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)

@@ -24,11 +24,11 @@ def test_extraction_card_states_purpose_settings_and_command():
 
 def test_push_extraction_uploads_data_then_card(monkeypatch):
     calls = []
-    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, token=None: calls.append(("data", repo, len(self))))
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, token=None, private=None: calls.append(("data", repo, len(self), private)))
     monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, repo_type, token=None: calls.append(("card", repo, repo_type)))
     data = datasets.Dataset.from_dict({"seed": [1, 2, 3]})
     assert hub.push_extraction(data, SETTINGS, "me/candidates", "side extract ...") == "me/candidates"
-    assert calls == [("data", "me/candidates", 3), ("card", "me/candidates", "dataset")]
+    assert calls == [("data", "me/candidates", 3, True), ("card", "me/candidates", "dataset")]
 
 
 def test_side_push_uploads_pipeline_folder_without_checkpoints(tmp_path, monkeypatch, capsys):
