@@ -11,12 +11,23 @@ import argparse
 import sys
 import time
 
+from .arg_types import (
+    SCHEDULER_NAMES,
+    OneLineErrorParser,
+    device,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
+
 
 class CommandError(Exception):
     """Bad input detected by the CLI itself."""
 
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, CommandError)
+# OSError covers missing or corrupt files, a file given for a folder, and the Hub being unreachable (ConnectionError).
+USER_ERRORS = (ValueError, TypeError, OSError, CommandError)
 
 
 def summary(step: str, started: float, output: str) -> None:
@@ -26,7 +37,7 @@ def summary(step: str, started: float, output: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `side` parser with one subcommand per audit step."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="side",
         description="SIDE: extract training images from an unconditional diffusion model, to audit it for memorization.",
     )
@@ -54,8 +65,8 @@ def _cohesion_threshold(value: str) -> float | str:
     if value == "auto":
         return value
     try:
-        return float(value)
-    except ValueError:
+        return finite_float(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number such as 0.5, got {value!r}") from None
 
 
@@ -75,7 +86,7 @@ def add_label_command(subparsers) -> None:
     )
     parser.add_argument("--synthetic", required=True, metavar="DIR", help="output directory of `side synthesize`")
     parser.add_argument("--output", required=True, metavar="DIR", help="new (or earlier `side label`) output directory")
-    parser.add_argument("--clusters", type=int, default=100, metavar="K", help="KMeans clusters (default: 100, as the paper)")
+    parser.add_argument("--clusters", type=positive_int, default=100, metavar="K", help="KMeans clusters (default: 100, as the paper)")
     parser.add_argument(
         "--cohesion",
         type=_cohesion_threshold,
@@ -92,10 +103,10 @@ def add_label_command(subparsers) -> None:
         "(CLIP, DINOv2), or a TorchScript file such as SSCD",
     )
     parser.add_argument("--pipeline", default=None, help="target pipeline for --features unet (default: from DIR/generation.json)")
-    parser.add_argument("--seed", type=int, default=0, help="KMeans seed (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=256, help="embedding batch size (default: 256)")
-    parser.add_argument("--min-cluster-size", type=int, default=2, help="never keep smaller clusters (default: 2)")
-    parser.add_argument("--device", default=None, help="device for the feature extractor (default: cpu)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="KMeans seed (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="embedding batch size (default: 256)")
+    parser.add_argument("--min-cluster-size", type=positive_int, default=2, help="never keep smaller clusters (default: 2)")
+    parser.add_argument("--device", type=device, default=None, help="device for the feature extractor (default: cpu)")
     parser.set_defaults(func=run_label)
 
 
@@ -103,6 +114,7 @@ def run_label(args: argparse.Namespace) -> int:
     """Run ``side label`` with the parsed arguments; return the exit code."""
     from .surrogate_labels import CONTACT_SHEET, format_label_table, label_synthetic
 
+    check_device(args.device)
     started = time.perf_counter()
     _, labels = label_synthetic(
         args.synthetic,
@@ -154,12 +166,12 @@ def add_evaluate_command(subparsers) -> None:
         metavar="NAME:LO:HI,...",
         help="similarity bands, sorted by edges and non-overlapping (default: documented per similarity and written into the report)",
     )
-    parser.add_argument("--resolution", type=int, default=None, metavar="R", help="resize generated and reference images to RxR")
+    parser.add_argument("--resolution", type=positive_int, default=None, metavar="R", help="resize generated and reference images to RxR")
     parser.add_argument("--channels", type=int, default=None, choices=(1, 3), help="convert generated and reference images to 1 or 3 channels")
-    parser.add_argument("--chunk-size", type=int, default=1024, metavar="C", help="rows per chunk of the nearest-match search (default: 1024)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images decoded or embedded at once (default: 256)")
+    parser.add_argument("--chunk-size", type=positive_int, default=1024, metavar="C", help="rows per chunk of the nearest-match search (default: 1024)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images decoded or embedded at once (default: 256)")
     parser.add_argument("--pipeline", default=None, help="audited pipeline for --similarity unet (default: from DIR/generation.json)")
-    parser.add_argument("--device", default=None, help="device for the search and the extractor (default: cuda if available, else cpu)")
+    parser.add_argument("--device", type=device, default=None, help="device for the search and the extractor (default: cuda if available, else cpu)")
     parser.set_defaults(func=run_evaluate)
 
 
@@ -192,6 +204,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .report import REPORT_MD, format_table
 
+    check_device(args.device)
     started = time.perf_counter()
     report = evaluate(
         args.generated,
@@ -216,7 +229,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_train_classifier_command(subparsers) -> None:
     """Register ``side train-classifier`` on ``subparsers``."""
-    from .training.classifier import add_arguments
+    from .training.arguments import add_classifier_arguments
 
     parser = subparsers.add_parser(
         "train-classifier",
@@ -232,7 +245,7 @@ def add_train_classifier_command(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_arguments(parser)
+    add_classifier_arguments(parser)
     parser.set_defaults(func=run_train_classifier)
 
 
@@ -254,10 +267,10 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 def _add_generation_arguments(parser: argparse.ArgumentParser, default_batch: int = 64) -> None:
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded digits model)")
     parser.add_argument("--output", required=True, metavar="DIR", help="new output directory, or the same one to resume")
-    parser.add_argument("--batch-size", type=int, default=default_batch, help=f"images per shard (default: {default_batch})")
-    parser.add_argument("--seed", type=int, default=0, help="run seed; image i uses a seed derived from (seed, i) (default: 0)")
-    parser.add_argument("--num-inference-steps", type=int, default=50, help="denoising steps (default: 50)")
-    parser.add_argument("--scheduler", default=None, help="sample with another scheduler: ddpm, ddim, euler, euler-ancestral, dpm-solver, unipc")
+    parser.add_argument("--batch-size", type=positive_int, default=default_batch, help=f"images per shard (default: {default_batch})")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="run seed; image i uses a seed derived from (seed, i) (default: 0)")
+    parser.add_argument("--num-inference-steps", type=positive_int, default=50, help="denoising steps (default: 50)")
+    parser.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES, help="sample with another scheduler (default: the saved one)")
     parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only for checkpoints you trust)")
 
 
@@ -270,7 +283,7 @@ def add_synthesize_command(subparsers) -> None:
         epilog=_example("side synthesize --pipeline default --num-samples 2000 --output side-demo/synthetic"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num-samples", type=int, required=True, metavar="N", help="number of images (N_syn)")
+    parser.add_argument("--num-samples", type=positive_int, required=True, metavar="N", help="number of images (N_syn)")
     _add_generation_arguments(parser)
     parser.set_defaults(func=run_synthesize)
 
@@ -303,10 +316,13 @@ def add_extract_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method")
-    parser.add_argument("--num-images", type=int, required=True, metavar="N", help="number of candidates (N_G)")
-    parser.add_argument("--guidance-scale", type=float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score)")
+    parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of candidates (N_G)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a Hub data set with a card")
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
+    )
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: make the data set public (default: private)")
     _add_generation_arguments(parser)
     parser.set_defaults(func=run_extract)
 
@@ -322,6 +338,10 @@ def run_extract(args: argparse.Namespace) -> int:
     guidance_scale = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     if not method.needs_classifier:
         guidance_scale = 0.0
+    if args.public and not args.push_to_hub:
+        raise CommandError("--public only applies to --push-to-hub REPO; add --push-to-hub or drop --public.")
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     settings = GenerationSettings(
         pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
@@ -331,7 +351,8 @@ def run_extract(args: argparse.Namespace) -> int:
     if dataset is not None and args.push_to_hub:
         from .hub import push_extraction
 
-        print(f"pushed to {push_extraction(dataset, settings, args.push_to_hub, _command_line())}")
+        private = not args.public
+        print(f"pushed to {push_extraction(dataset, settings, args.push_to_hub, _command_line(), private=private)}")
     return 0
 
 
@@ -351,14 +372,35 @@ def _command_line() -> str:
     return " ".join(["side", *sys.argv[1:]])
 
 
+def check_repo_id(repo_id: str, flag: str) -> None:
+    """Refuse a malformed Hub repo id before any work (huggingface_hub's own rule)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise CommandError(f"{flag} {repo_id!r} is not a Hub repo id such as your-name/side-audit ({error}).") from None
+
+
+def check_device(name: str | None) -> None:
+    """Refuse a device this machine does not have, before any model is loaded."""
+    import torch
+
+    if name is None:
+        return
+    kind = torch.device(name).type
+    if kind != "cpu" and not (hasattr(torch, kind) and getattr(torch, kind).is_available()):
+        raise CommandError(f"--device {name}: this machine has no {kind} device; use --device cpu (or omit --device).")
+
+
 # --- sweep, demo, push -------------------------------------------------------------------------------
 
 
 def _float_list(text: str) -> list[float]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,1,2,5, got {text!r}") from None
+        values = [non_negative_float(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers >= 0 such as 0,1,2,5, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one guidance scale")
     return values
@@ -374,7 +416,7 @@ def add_sweep_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--guidance-scales", type=_float_list, default=[0, 1, 2, 5, 10, 20], metavar="L1,L2,...", help="lambdas (default: 0,1,2,5,10,20)")
-    parser.add_argument("--num-images", type=int, required=True, metavar="N", help="candidates per scale (N_G)")
+    parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="candidates per scale (N_G)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help="training set to score against (default: the embedded subset)")
     parser.add_argument("--similarity", default="carlini", help="l2, carlini or a feature extractor (default: carlini)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="time-dependent classifier replacing the pipeline's own")
@@ -417,9 +459,9 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny N for a smoke test (seconds; numbers are meaningless)")
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded model)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help="its training set (default: the embedded subset)")
-    parser.add_argument("--guidance-scale", type=float, default=None, metavar="L", help="lambda for SIDE and Cond")
-    parser.add_argument("--num-images", type=int, default=None, metavar="N", help="N_G per method")
-    parser.add_argument("--seed", type=int, default=None, help="run seed")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for SIDE and Cond")
+    parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
     parser.set_defaults(func=run_demo)
 
 
@@ -448,13 +490,17 @@ def add_push_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "push",
         help="upload a pipeline folder (with its model card) or extraction candidates to the Hub",
-        description="Upload a folder written by the training scripts or by `side extract` to the Hugging Face Hub.",
+        description=(
+            "Upload a folder written by the training scripts or by `side extract` to the Hugging Face Hub. Extraction\n"
+            "candidates (which may reproduce private training images) go to a private data set unless --public is given."
+        ),
         epilog=_example("side push side-demo/classifier-side --repo your-name/side-digits-audit"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("folder", help="a pipeline folder (model_index.json) or an extraction folder (generation.json)")
     parser.add_argument("--repo", required=True, help="Hub repo id, e.g. your-name/side-digits-audit")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--private", action="store_true", help="create a pipeline's model repo as private (extraction data sets are private by default)")
+    parser.add_argument("--public", action="store_true", help="make an extraction data set public (default: private)")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     parser.set_defaults(func=run_push)
 
@@ -464,7 +510,10 @@ def run_push(args: argparse.Namespace) -> int:
     from .workflows import push
 
     started = time.perf_counter()
-    push(args.folder, args.repo, _command_line(), token=args.token, private=args.private)
+    check_repo_id(args.repo, "--repo")
+    if args.private and args.public:
+        raise CommandError("--private and --public contradict each other; pass one of them.")
+    push(args.folder, args.repo, _command_line(), token=args.token, private=args.private, public=args.public)
     summary("push", started, f"https://huggingface.co/{args.repo}")
     return 0
 
@@ -478,5 +527,6 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"side {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"side {args.command}: error: {message}", file=sys.stderr)
         return 2

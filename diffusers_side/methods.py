@@ -19,12 +19,13 @@ ValueError: method='sidee' is not one of ('synthetic', 'uncond', 'cond', 'side')
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import PIL.Image
-import torch
+if TYPE_CHECKING:  # the registry itself stays light: `side --help` reads it without importing torch
+    import PIL.Image
+    import torch
 
-from .pipeline_side import SIDEPipeline
+    from .pipeline_side import SIDEPipeline
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ShardRequest:
     num_inference_steps: int
 
 
-SampleFn = Callable[[SIDEPipeline, ShardRequest], list[PIL.Image.Image]]
+SampleFn = Callable[["SIDEPipeline", ShardRequest], "list[PIL.Image.Image]"]
 
 
 def sample_with_pipeline(pipe: SIDEPipeline, request: ShardRequest) -> list[PIL.Image.Image]:

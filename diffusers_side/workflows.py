@@ -6,7 +6,9 @@ of these functions.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,16 +17,18 @@ from accelerate import Accelerator
 from datasets import Dataset
 
 from .atomic_io import write_json_atomic
-from .data import load_image_dataset
+from .data import check_image_source, load_image_dataset
+from .default_model import check_model_source
 from .evaluation import evaluate
 from .generation import generate
-from .generation_folder import GenerationSettings, is_generation_folder, read_settings
+from .generation_folder import GenerationSettings, check_output_dir, is_generation_folder, read_settings
 from .hub import push_extraction, push_folder
 from .loading import load_pipeline
 from .report import plot_sweep
 
 SWEEP_PLOT = "sweep.png"
 SWEEP_JSON = "sweep.json"
+SWEEP_CONFIG = "sweep_config.json"
 
 
 def create_accelerator() -> Accelerator:
@@ -51,6 +55,7 @@ def run_generation(
     """
     accelerator = create_accelerator()
     settings.validate(accelerator.num_processes)
+    check_output_dir(output_dir, settings)
     pipe = load_pipeline(settings.pipeline, settings.scheduler, settings.classifier, allow_pickle, accelerator.device)
     dataset = generate(pipe, output_dir, settings, accelerator)
     return (dataset if accelerator.is_main_process else None), accelerator
@@ -84,8 +89,15 @@ def run_sweep(
     settings_per_scale = {scale: _with_scale(base, scale) for scale in guidance_scales}
     for settings in settings_per_scale.values():
         settings.validate()
+    check_image_source(reference)
+    if feature_extractor is not None:
+        check_model_source(feature_extractor, "--similarity")
+    config = {"guidance_scales": list(guidance_scales), "reference": reference, "similarity": similarity,
+              "feature_extractor": feature_extractor, **{k: v for k, v in asdict(base).items() if k != "guidance_scale"}}
+    check_sweep_folder(output_dir, config)
     accelerator = create_accelerator()
     pipe = load_pipeline(base.pipeline, base.scheduler, base.classifier, allow_pickle, accelerator.device)
+    write_json_atomic(output_dir / SWEEP_CONFIG, config)
     results = {}
     for scale, settings in settings_per_scale.items():
         generate(pipe, output_dir / f"scale-{scale:g}", settings)
@@ -101,18 +113,51 @@ def run_sweep(
     return plot
 
 
+def check_sweep_folder(output_dir: Path, config: dict) -> None:
+    """Accept a new or empty folder, or one holding this same sweep (to resume it); refuse anything else.
+
+    A sweep re-run with other scales or settings would leave folders that ``sweep.json`` no longer lists.
+
+    Raises:
+        `FileExistsError`: naming the folder, what differs and the fix.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
+    marker = output_dir / SWEEP_CONFIG
+    if marker.is_file():
+        recorded = json.loads(marker.read_text())
+        changed = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))
+        if changed:
+            raise FileExistsError(
+                f"{output_dir} holds a sweep with other settings ({', '.join(changed)}); re-run it with the same "
+                "--guidance-scales and flags to resume, or choose another --output."
+            )
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} is not empty and holds no sweep; choose another --output.")
+
+
 def _with_scale(base: GenerationSettings, scale: float) -> GenerationSettings:
     return GenerationSettings.from_dict({**vars(base), "guidance_scale": scale})
 
 
-def push(folder: str | os.PathLike, repo_id: str, command: str, token: str | None = None, private: bool = False) -> str:
+def push(
+    folder: str | os.PathLike,
+    repo_id: str,
+    command: str,
+    token: str | None = None,
+    private: bool = False,
+    public: bool = False,
+) -> str:
     """Upload a pipeline folder (with its README.md card) or a generation folder (as a data set with a card).
 
     Args:
         folder: a folder with ``model_index.json`` (written by the training scripts) or ``generation.json``.
         repo_id: the Hub repository.
         command: the command line shown on a data set card.
-        token, private: as in `huggingface_hub.create_repo`.
+        token: as in `huggingface_hub.create_repo`.
+        private (`bool`): create a pipeline's model repo as private.
+        public (`bool`): make an extraction data set public; it is private otherwise, since extracted
+            images may reproduce private training data.
 
     Returns:
         `str`: the repository id or the commit URL.
@@ -124,10 +169,12 @@ def push(folder: str | os.PathLike, repo_id: str, command: str, token: str | Non
     if (folder / "model_index.json").exists():
         if not (folder / "README.md").exists():
             raise FileNotFoundError(f"{folder} has no README.md model card; write one (the training scripts do) before pushing.")
+        if public:
+            raise ValueError("--public applies to extraction data sets; a model repo is public unless you pass --private.")
         return push_folder(folder, repo_id, token=token, private=private)
     if is_generation_folder(folder):
         settings = GenerationSettings.from_dict(read_settings(folder))
-        return push_extraction(load_image_dataset(folder), settings, repo_id, command, token=token)
+        return push_extraction(load_image_dataset(folder), settings, repo_id, command, token=token, private=not public)
     raise FileNotFoundError(
         f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder (generation.json)."
     )

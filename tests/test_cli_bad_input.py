@@ -213,3 +213,16 @@ def test_parser_checks_import_neither_torch_nor_diffusers(paths):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert f"CODES [2] {len(argvs)} HEAVY []" in result.stdout, result.stdout + result.stderr[-2000:]
 
+
+
+def test_light_name_lists_match_the_libraries():
+    from diffusers.optimization import SchedulerType
+
+    from diffusers_side.arg_types import SCHEDULER_NAMES
+    from diffusers_side.classifier import RESNET_LAYOUTS
+    from diffusers_side.loading import SCHEDULERS
+    from diffusers_side.training.arguments import CLASSIFIER_LAYERS, LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"}
+    assert set(CLASSIFIER_LAYERS) == set(RESNET_LAYOUTS)
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES

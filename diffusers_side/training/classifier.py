@@ -1,7 +1,7 @@
 """Train the surrogate-condition classifier p_phi(y | x_t, t) of SIDE and save a ready-to-use `SIDEPipeline`.
 
 The library side of ``training/train_classifier.py`` and ``side train-classifier``: both parse the flags
-of [`add_arguments`] and call [`train_classifier`]; the demo builds its flags with
+of `diffusers_side.training.arguments.add_classifier_arguments` and call [`train_classifier`]; the demo builds its flags with
 [`classifier_training_args`].
 
 Inputs: the target pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or
@@ -38,25 +38,26 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, Value
 from diffusers import DDPMScheduler
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
 from ..atomic_io import write_json_atomic
 from ..cards import render_card, write_card
-from ..classifier import RESNET_LAYOUTS, TimeDependentClassifier
+from ..classifier import TimeDependentClassifier
+from ..data import check_image_source
+from ..default_model import check_model_source
 from ..loading import load_pipeline
 from ..pipeline_side import SIDEPipeline
 from ..surrogate_labels import LABELS_JSON, SurrogateLabels
+from .arguments import add_classifier_arguments
 from .common import (
     PIXEL_VALUES,
     TRAIN_LOG_NAME,
     ImageData,
     StepOutput,
     TrainingResult,
-    add_data_arguments,
-    add_training_arguments,
     batch_generator,
     check_output_dir,
     command_for_card,
@@ -80,44 +81,9 @@ DESCRIPTION = "Train SIDE's time-dependent classifier on surrogate labels and sa
 NUM_QUARTILES = 4
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every flag of ``train_classifier.py`` to ``parser`` (also used by ``side train-classifier``)."""
-    target = parser.add_argument_group("target")
-    target.add_argument(
-        "--pretrained_model_name_or_path",
-        type=str,
-        default="default",
-        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
-    )
-    add_data_arguments(parser, with_dataset_name=False)
-    parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
-    parser.add_argument(
-        "--num_classes",
-        type=int,
-        default=None,
-        help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
-    )
-    parser.add_argument(
-        "--validation_split",
-        type=float,
-        default=0.1,
-        help="Fraction of images held out to measure accuracy per quartile at the end (0: measure on training data).",
-    )
-    model = parser.add_argument_group("classifier")
-    model.add_argument("--classifier_layers", type=str, default="resnet18", choices=sorted(RESNET_LAYOUTS))
-    model.add_argument("--base_channels", type=int, default=32, help="Width of the classifier's first stage.")
-    model.add_argument(
-        "--time_independent",
-        action="store_true",
-        help="Carlini Cond baseline: no time module, trained on clean images only.",
-    )
-    add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
-    return parser
-
-
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """Parse the command line of ``train_classifier.py`` (``argv`` defaults to ``sys.argv[1:]``)."""
-    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
+    parser = add_classifier_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
     return record_command(parser.parse_args(argv), argv, prog or "python training/train_classifier.py")
 
 
@@ -138,21 +104,42 @@ class Target:
         return cls(pipeline, dict(pipeline.unet.config), DDPMScheduler.from_config(pipeline.scheduler.config))
 
 
-def validate_classifier_args(args: argparse.Namespace, target: Target) -> None:
-    """Check the flags against each other and against the target; raise before any training."""
+def validate_classifier_args(args: argparse.Namespace) -> None:
+    """Check the flags against each other; raise before any data or model is loaded."""
     if args.train_data_dir is None:
         raise ValueError("Pass --train_data_dir: the output directory of `side label`.")
     if not 0 <= args.validation_split < 1:
         raise ValueError(f"--validation_split must be in [0, 1), got {args.validation_split}.")
     if args.base_channels < 1:
         raise ValueError(f"--base_channels must be a positive integer, got {args.base_channels}.")
-    for flag, key in (("resolution", "sample_size"), ("channels", "in_channels")):
+    check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
+    check_image_source(args.train_data_dir)
+
+
+def match_target(args: argparse.Namespace, data: ImageData, target: Target) -> ImageData:
+    """The training images at the target's sample size and channels: the classifier reads the target's own samples.
+
+    Images of another size or channel count are refused unless ``--resolution`` / ``--channels`` asks
+    for the conversion explicitly (a classifier trained on resized images of another model guides badly).
+
+    Raises:
+        `ValueError`: naming the sizes and the flag that converts them.
+    """
+    for flag, key, found in (("resolution", "sample_size", data.resolution), ("channels", "in_channels", data.channels)):
         given, expected = getattr(args, flag), target.unet_config[key]
         if given is not None and given != expected:
             raise ValueError(
                 f"--{flag} {given} differs from the target UNet's {key} {expected}: the classifier must read the "
                 f"target's own samples; drop --{flag} or pass --{flag} {expected}."
             )
+        if given is None and found != expected:
+            shown = f"{found}x{found}" if flag == "resolution" else f"{found}-channel"
+            wanted = f"{expected}x{expected}" if flag == "resolution" else f"{expected}-channel"
+            raise ValueError(
+                f"The images of {args.train_data_dir} are {shown} but the target samples {wanted} images: label samples of "
+                f"this target, or pass --{flag} {expected} to convert them on purpose."
+            )
+    return dataclasses.replace(data, resolution=target.unet_config["sample_size"], channels=target.unet_config["in_channels"])
 
 
 def read_label_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,12 +167,16 @@ def check_labels(dataset: Dataset, label_column: str, num_labels: int | None) ->
             f"The data set has no label column {label_column!r}; it has columns {dataset.column_names}. "
             "Pass the output of `side label` or name the column with --label_column."
         )
+    feature = dataset.features[label_column]
+    if not isinstance(feature, ClassLabel) and not (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
+        raise ValueError(
+            f"--label_column {label_column!r} holds {feature} values; labels must be integers: name the column of "
+            "surrogate labels (default: label)."
+        )
     values = dataset[label_column][:]
     if any(v is None for v in values):
         raise ValueError(f"Column {label_column!r} has missing labels; every image needs one.")
     labels = torch.as_tensor(values)
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"Column {label_column!r} holds {labels.dtype} values; labels must be integers.")
     num_labels = num_labels or int(labels.max()) + 1
     if labels.min() < 0 or labels.max() >= num_labels:
         raise ValueError(
@@ -380,7 +371,7 @@ def classifier_training_args(**flags: Any) -> argparse.Namespace:
     >>> train_classifier(args)
     ```
     """
-    return namespace_from_flags(add_arguments(argparse.ArgumentParser()), flags, "python training/train_classifier.py")
+    return namespace_from_flags(add_classifier_arguments(argparse.ArgumentParser()), flags, "python training/train_classifier.py")
 
 
 def train_classifier(args: argparse.Namespace) -> Path:
@@ -393,15 +384,14 @@ def train_classifier(args: argparse.Namespace) -> Path:
         `Path`: the output directory (a loadable `SIDEPipeline` with ``train_log.json`` and a model card).
     """
     validate_training_args(args)
-    target = Target.load(args.pretrained_model_name_or_path)
-    validate_classifier_args(args, target)
+    validate_classifier_args(args)
     identity = run_identity(args, SCRIPT)
     check_output_dir(args, identity)
-    data = load_training_images(
-        args.train_data_dir, args.image_column, target.unet_config["sample_size"], target.unet_config["in_channels"]
-    )
+    data = load_training_images(args.train_data_dir, args.image_column, args.resolution, args.channels)
     label_info = read_label_info(args)
     label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
+    target = Target.load(args.pretrained_model_name_or_path)
+    data = match_target(args, data, target)
 
     accelerator = create_accelerator(args)
     classifier = TimeDependentClassifier(

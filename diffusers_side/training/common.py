@@ -35,9 +35,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from datasets import Dataset
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import logging
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tqdm.auto import tqdm
 
 from ..atomic_io import write_json_atomic
@@ -79,103 +80,7 @@ RUN_CONTROL_ARGS = frozenset(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Arguments
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, with_dataset_name: bool = True) -> None:
-    """Add the data set flags (source, image column, resolution, channels, augmentation)."""
-    group = parser.add_argument_group("data")
-    if with_dataset_name:
-        group.add_argument(
-            "--dataset_name",
-            type=str,
-            default=None,
-            help='A Hub data set id, "default" (the embedded digits subset) or a `save_to_disk` directory.',
-        )
-    group.add_argument(
-        "--train_data_dir",
-        type=str,
-        default=None,
-        help="A local directory: an `imagefolder` of image files or a `Dataset.save_to_disk` directory.",
-    )
-    group.add_argument("--image_column", type=str, default=None, help="The image column (default: detected).")
-    group.add_argument(
-        "--resolution", type=int, default=None, help="Square training resolution (default: the first image's size)."
-    )
-    group.add_argument("--center_crop", action="store_true", help="Crop the centre instead of squashing to a square.")
-    group.add_argument("--random_flip", action="store_true", help="Flip training images horizontally at random.")
-    group.add_argument(
-        "--channels", type=int, choices=(1, 3), default=None, help="1 (grayscale) or 3 (RGB); default: from the data."
-    )
-    group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loader worker processes.")
-
-
-def add_training_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    learning_rate: float,
-    adam_weight_decay: float,
-    use_ema: bool,
-    num_epochs: int,
-    lr_scheduler: str = "constant",
-    lr_warmup_steps: int = 0,
-) -> None:
-    """Add the optimisation, checkpointing, logging and Hub flags; defaults differ per script."""
-    group = parser.add_argument_group("training")
-    group.add_argument("--output_dir", type=str, required=True, help="Where the trained pipeline and checkpoints go.")
-    group.add_argument(
-        "--overwrite_output_dir", action="store_true", help="Start over in an output directory that holds a run."
-    )
-    group.add_argument("--seed", type=int, default=0, help="Seed for initialisation, data order and noise.")
-    group.add_argument("--train_batch_size", type=int, default=16, help="Batch size per process.")
-    group.add_argument("--num_epochs", type=int, default=num_epochs, help="Epochs (ignored with --max_train_steps).")
-    group.add_argument("--max_train_steps", type=int, default=None, help="Optimisation steps; overrides --num_epochs.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimisation step.")
-    group.add_argument("--learning_rate", type=float, default=learning_rate, help="Peak learning rate.")
-    group.add_argument(
-        "--lr_scheduler",
-        type=str,
-        default=lr_scheduler,
-        choices=[s.value for s in SchedulerType if s is not SchedulerType.PIECEWISE_CONSTANT],
-        help="Learning-rate schedule (diffusers.optimization.get_scheduler).",
-    )
-    group.add_argument("--lr_warmup_steps", type=int, default=lr_warmup_steps, help="Warm-up steps of the schedule.")
-    group.add_argument("--adam_beta1", type=float, default=0.9)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--adam_weight_decay", type=float, default=adam_weight_decay)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
-    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0 disables).")
-    group.add_argument(
-        "--use_ema", action=argparse.BooleanOptionalAction, default=use_ema, help="Keep and save EMA weights."
-    )
-    group.add_argument("--ema_max_decay", type=float, default=0.9999)
-    group.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    group.add_argument("--ema_power", type=float, default=3 / 4)
-    group.add_argument(
-        "--mixed_precision",
-        type=str,
-        default=None,
-        choices=("no", "fp16", "bf16"),
-        help="Mixed precision (default: the accelerate config).",
-    )
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
-    group.add_argument(
-        "--resume_from_checkpoint",
-        type=str,
-        default=None,
-        help='"latest" (the newest checkpoint in --output_dir; starts fresh if none) or a checkpoint directory.',
-    )
-    group.add_argument("--logging_steps", type=int, default=10, help="Average and log the metrics every N steps.")
-    group.add_argument(
-        "--report_to", type=str, default=None, help="accelerate tracker(s), e.g. tensorboard, wandb or all."
-    )
-    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker directory inside --output_dir.")
-    hub = parser.add_argument_group("hub")
-    hub.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub at the end.")
-    hub.add_argument("--hub_model_id", type=str, default=None, help="The Hub repository, e.g. user/ddpm-digits.")
-    hub.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
-    hub.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+# Arguments (the flags themselves are defined in the light `diffusers_side.training.arguments`)
 
 
 def record_command(args: argparse.Namespace, argv: Sequence[str] | None, prefix: str) -> argparse.Namespace:
@@ -240,6 +145,14 @@ def validate_training_args(args: argparse.Namespace) -> None:
         check_trackers(args.report_to)
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. --hub_model_id your-name/ddpm-digits).")
+    if args.hub_model_id is not None:
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a Hub repo id such as your-name/ddpm-digits ({error}).") from None
+    logging_dir = Path(args.logging_dir)
+    if logging_dir.is_absolute() or ".." in logging_dir.parts:
+        raise ValueError(f"--logging_dir {args.logging_dir!r} must be a folder name inside --output_dir, such as logs.")
     resume = args.resume_from_checkpoint
     if resume not in (None, "latest") and not (Path(resume) / TRAINING_STATE_NAME).is_file():
         raise FileNotFoundError(
@@ -282,23 +195,27 @@ def check_output_dir(args: argparse.Namespace, identity: dict[str, Any]) -> None
     """Refuse an output directory that holds something else, before any work starts.
 
     An empty or missing directory is fine. A directory holding a run of the same script with the same
-    settings is fine when resuming. ``--overwrite_output_dir`` accepts anything.
+    settings is fine when resuming; ``--overwrite_output_dir`` starts any training run over. A folder that
+    holds no training run is refused even with ``--overwrite_output_dir``: nothing the scripts did not
+    write is ever deleted.
 
     Raises:
         `FileExistsError`: the directory holds files and the run is not being resumed.
         `ValueError`: the run being resumed was made with different settings (the message lists them).
     """
     output_dir = Path(args.output_dir)
-    if args.overwrite_output_dir or not output_dir.exists() or not any(output_dir.iterdir()):
-        return
-    if not output_dir.is_dir():
+    if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"--output_dir {output_dir} is a file; choose a directory.")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
     config_path = output_dir / RUN_CONFIG_NAME
     if not config_path.is_file():
         raise FileExistsError(
             f"--output_dir {output_dir} is not empty and holds no training run ({RUN_CONFIG_NAME} is missing); "
-            "choose an empty directory or pass --overwrite_output_dir."
+            "choose an empty directory (--overwrite_output_dir only starts a training run over)."
         )
+    if args.overwrite_output_dir:
+        return
     if args.resume_from_checkpoint is None:
         raise FileExistsError(
             f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
@@ -318,7 +235,7 @@ def start_output_dir(accelerator: Accelerator, args: argparse.Namespace, identit
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         if args.overwrite_output_dir and output_dir.is_dir():
-            for path in output_dir.glob(f"*{CHECKPOINT_PREFIX}*"):
+            for path in checkpoint_folders(output_dir):
                 shutil.rmtree(path)
             for name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME):
                 (output_dir / name).unlink(missing_ok=True)
@@ -421,6 +338,12 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         logging.set_verbosity_error()
     set_seed(args.seed)
     return accelerator
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """Every folder `save_checkpoint` writes: ``checkpoint-N`` (complete or not) and its staging ``.checkpoint-N.tmp``."""
+    pattern = re.compile(rf"^\.?{CHECKPOINT_PREFIX}\d+(\.tmp)?$")
+    return sorted(p for p in Path(output_dir).iterdir() if p.is_dir() and pattern.match(p.name))
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -613,7 +536,7 @@ def train(
 
     Args:
         accelerator: from [`create_accelerator`].
-        args: the parsed flags (see [`add_training_arguments`]).
+        args: the parsed flags (see `diffusers_side.training.arguments.add_training_arguments`).
         model: a diffusers `ModelMixin` (its class reloads the EMA checkpoints).
         train_dataloader: from [`image_dataloader`] (not yet prepared).
         compute_loss: ``(prepared model, batch, generator) -> StepOutput``; all randomness of a batch

@@ -34,14 +34,13 @@ from huggingface_hub import ModelCardData
 from ..atomic_io import atomic_path, write_json_atomic
 from ..cards import render_card, write_card
 from ..default_model import DEFAULT
+from .arguments import add_data_arguments, add_training_arguments
 from .common import (
     PIXEL_VALUES,
     TRAIN_LOG_NAME,
     ImageData,
     StepOutput,
     TrainingResult,
-    add_data_arguments,
-    add_training_arguments,
     check_output_dir,
     command_for_card,
     create_accelerator,
