@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -180,8 +181,8 @@ class SIDEPipeline(DiffusionPipeline):
             raise ValueError(
                 f"Got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator per image."
             )
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 for unguided sampling or a positive scale.")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
         if self.classifier is None:
             if guidance_scale > 0 or target is not None:
                 raise ValueError(

@@ -55,7 +55,8 @@ def run_generation(
     """
     accelerator = create_accelerator()
     settings.validate(accelerator.num_processes)
-    check_output_dir(output_dir, settings)
+    if accelerator.is_main_process:  # the others would race the main process creating the folder
+        check_output_dir(output_dir, settings)
     pipe = load_pipeline(settings.pipeline, settings.scheduler, settings.classifier, allow_pickle, accelerator.device)
     dataset = generate(pipe, output_dir, settings, accelerator)
     return (dataset if accelerator.is_main_process else None), accelerator

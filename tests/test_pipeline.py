@@ -238,7 +238,7 @@ def test_pickle_only_checkpoint_is_refused_with_opt_in_hint(tmp_path):
         ({"target": 2}, r"target=2 is out of range.*0\.\.1"),
         ({"target": -1}, r"target=-1 is out of range"),
         ({"target": [0, 1, 1], "batch_size": 2}, r"Got 3 targets for batch_size=2"),
-        ({"guidance_scale": -1.0}, r"guidance_scale=-1.0 is negative"),
+        ({"guidance_scale": -1.0}, r"guidance_scale=-1.0 must be finite and >= 0"),
         ({"batch_size": 3, "generator": [torch.Generator(), torch.Generator()]}, r"list of 2 generators for batch_size=3"),
         ({"output_type": "latent"}, r"output_type='latent' is not supported"),
     ],

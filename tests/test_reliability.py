@@ -177,6 +177,8 @@ def test_non_finite_guidance_scales_are_refused(tmp_path, pipe_dir, capsys, valu
 
     with pytest.raises(ValueError, match="guidance_scale"):
         GenerationSettings(pipeline="default", method="side", num_images=2, guidance_scale=float(value)).validate()
+    with pytest.raises(ValueError, match="must be finite"):
+        SIDEPipeline.from_pretrained(pipe_dir)(batch_size=1, target=0, guidance_scale=float(value), num_inference_steps=1)
 
 
 def test_evaluate_keeps_folders_apart_and_refuses_the_same_folder_twice(tmp_path, capsys):

@@ -205,7 +205,7 @@ def test_resume_latest_without_checkpoints_starts_fresh(gray_data, tmp_path):
         (["--down_block_types", "DownBlock2D"], ValueError, "--down_block_types has 1 entries"),
         (["--norm_num_groups", "3"], ValueError, "--norm_num_groups 3 must divide"),
         (["--down_block_types", "DownBlock2D,NoSuchBlock2D"], ValueError, "NoSuchBlock2D does not exist"),
-        (["--train_batch_size", "0"], ValueError, "--train_batch_size must be a positive integer"),
+        (["--train_batch_size", "0"], SystemExit, "2"),  # refused by the parser (exit status 2)
         (["--push_to_hub"], ValueError, "--push_to_hub needs --hub_model_id"),
         (["--resume_from_checkpoint", "nowhere"], FileNotFoundError, "not a checkpoint directory"),
         (["--report_to", "no-such-tracker"], ValueError, "--report_to no-such-tracker: not installed"),
