@@ -11,12 +11,12 @@ import inspect
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -27,6 +27,7 @@ from .classifier import TimeDependentClassifier
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+DDIM_DEFAULT_STEPS = 50  # DDIMPipeline's default; DDPM schedulers default to their full chain like DDPMPipeline
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 EXAMPLE_DOC_STRING = """
@@ -85,6 +86,19 @@ class SIDEPipeline(DiffusionPipeline):
     (the "condition score" form of Dhariwal & Nichol, 2021), so any scheduler can take the step. With
     `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline`.
 
+    Swapping it in for `DDPMPipeline` or `DDIMPipeline` keeps their calls working: the same arguments with
+    the same defaults (`num_inference_steps` follows the scheduler, see `__call__`), `return_dict=False`
+    returns `(images,)`, and `components` lists `classifier` only when there is one, so
+    `DDIMPipeline(**pipe.components)` works on an unguided pipeline. Deliberate differences:
+
+    - `from_pretrained` loads safetensors only unless `use_safetensors=False` is passed (unpickling can run
+      code, and an audited checkpoint is untrusted input).
+    - Without a classifier, a positive `guidance_scale` or a `target` is an error rather than ignored: the
+      unguided pipelines refuse these arguments too, and sampling unguided while guidance was asked for
+      would record a plain run as a SIDE one.
+    - Arguments after `generator` are keyword-only: `DDPMPipeline` and `DDIMPipeline` disagree on the
+      third positional argument.
+
     Args:
         unet ([`UNet2DModel`]): the unconditional model under audit (epsilon, v or sample prediction).
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, Euler, Euler ancestral,
@@ -103,6 +117,19 @@ class SIDEPipeline(DiffusionPipeline):
         if classifier is not None:
             check_classifier_matches_unet(classifier, unet)
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The modules this pipeline holds: `unet`, `scheduler` and, when there is one, `classifier`.
+
+        Unlike `DiffusionPipeline.components`, a missing classifier is left out rather than listed as `None`,
+        so that `DDPMPipeline(**pipe.components)` and `DDIMPipeline(**pipe.components)` work on an unguided
+        pipeline; `SIDEPipeline(**pipe.components)` works either way.
+        """
+        components = super().components
+        if components.get("classifier") is None:
+            components.pop("classifier", None)
+        return components
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SIDEPipeline":
@@ -171,6 +198,7 @@ class SIDEPipeline(DiffusionPipeline):
         guidance_scale: float,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
+        use_clipped_model_output: bool | None = None,
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -180,6 +208,11 @@ class SIDEPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"Got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator per image."
+            )
+        if use_clipped_model_output is not None and "use_clipped_model_output" not in self.scheduler_step_arguments():
+            raise ValueError(
+                f"use_clipped_model_output={use_clipped_model_output!r} is an option of DDIMScheduler.step, which "
+                f"{type(self.scheduler).__name__}.step does not take; leave it None with this scheduler."
             )
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
@@ -272,11 +305,13 @@ class SIDEPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        *,
         target: int | list[int] | torch.Tensor | None = None,
         guidance_scale: float | None = None,
-        num_inference_steps: int = 50,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int | None = None,
         eta: float = 0.0,
+        use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["SIDEPipeline", int, torch.Tensor, dict], dict] | None = None,
@@ -286,29 +321,40 @@ class SIDEPipeline(DiffusionPipeline):
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
+                (so each image can be regenerated from its own seed).
             target (`int`, `list[int]` or `torch.Tensor`, *optional*): the surrogate condition(s) to guide toward,
                 one for all images or one per image. `None` draws one uniformly at random per image from `generator`
                 (only when guidance is on, so unguided sampling consumes exactly the random numbers
                 `DDPMPipeline` does).
             guidance_scale (`float`, *optional*): lambda. Defaults to 1.0 when the pipeline has a classifier (the
-                Bayes-exact conditional score of p(x | c)), 0 otherwise. 0 reproduces unconditional sampling exactly.
-            num_inference_steps (`int`, defaults to 50): denoising steps.
-            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
-                (so each image can be regenerated from its own seed).
+                Bayes-exact conditional score of p(x | c); unlike classifier-free guidance, 1.0 is not "off"), 0
+                otherwise. 0 reproduces unconditional sampling exactly. Without a classifier only 0 is accepted.
+            num_inference_steps (`int`, *optional*): denoising steps. Defaults to what the unguided pipeline for
+                this scheduler uses: the full training chain (`num_train_timesteps`, 1000 for a standard DDPM)
+                with a `DDPMScheduler`, as `DDPMPipeline` does, and 50 with any other scheduler, as
+                `DDIMPipeline` does.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers that do not take it.
+            use_clipped_model_output (`bool`, *optional*): forwarded to `DDIMScheduler.step` as `DDIMPipeline`
+                does; `None` passes nothing (required for schedulers whose `step` does not take it).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): return a [`SIDEPipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to `True`): return a [`SIDEPipelineOutput`] instead of the tuple
+                `(images,)` that diffusers' pipelines return. The targets are only in the `SIDEPipelineOutput`:
+                use the default `return_dict=True` (or pass `target`) to know them.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after
                 every step; it may return `{"image": replacement}`.
 
         Examples:
 
         Returns:
-            [`SIDEPipelineOutput`] or `tuple`: images and targets (`targets` is `None` without guidance).
+            [`SIDEPipelineOutput`] or `tuple`: images and targets (`targets` is `None` without guidance), or
+            `(images,)` when `return_dict=False`.
         """
         if guidance_scale is None:
             guidance_scale = 1.0 if self.classifier is not None else 0.0
-        self.check_inputs(batch_size, target, guidance_scale, generator, output_type)
+        if num_inference_steps is None:
+            num_inference_steps = self.default_num_inference_steps()
+        self.check_inputs(batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output)
         device = self._execution_device
         guided = guidance_scale > 0
         targets = self.prepare_targets(target, batch_size, generator, device) if guided or target is not None else None
@@ -318,7 +364,7 @@ class SIDEPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         image = image * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps)
-        step_kwargs = self.prepare_step_kwargs(generator, eta)
+        step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
 
         with frozen(self.classifier) if guided else contextlib.nullcontext():
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -337,17 +383,29 @@ class SIDEPipeline(DiffusionPipeline):
                 image = self.numpy_to_pil(image)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (image, targets)
+            return (image,)
         return SIDEPipelineOutput(images=image, targets=targets)
 
-    def prepare_step_kwargs(self, generator, eta: float) -> dict:
-        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta`)."""
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
+    def default_num_inference_steps(self) -> int:
+        """`DDPMPipeline`'s default (the whole chain) with a `DDPMScheduler`, `DDIMPipeline`'s 50 otherwise."""
+        if isinstance(self.scheduler, DDPMScheduler):
+            return self.scheduler.config.num_train_timesteps
+        return DDIM_DEFAULT_STEPS
+
+    def scheduler_step_arguments(self) -> set[str]:
+        """The names of the arguments this scheduler's `step` takes."""
+        return set(inspect.signature(self.scheduler.step).parameters)
+
+    def prepare_step_kwargs(self, generator, eta: float, use_clipped_model_output: bool | None = None) -> dict:
+        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta` and clipping flag)."""
+        accepted = self.scheduler_step_arguments()
         kwargs = {}
         if "generator" in accepted:
             kwargs["generator"] = generator
         if "eta" in accepted:
             kwargs["eta"] = eta
+        if use_clipped_model_output is not None:
+            kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
 
 
