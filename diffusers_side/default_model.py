@@ -16,6 +16,9 @@ import PIL.Image
 from datasets import Dataset, Features, Image, Value
 
 DEFAULT = "default"
+MODEL_NAME = "diffusers-side-default"
+CARD_TEMPLATE = "default_model"
+TRAINING_SECTION = "## Training"
 DEFAULT_PIPELINE_DIR = Path(__file__).parent / "default_model"
 SUBSET_FILE = "training_subset.json"
 
@@ -96,13 +99,49 @@ def load_training_subset() -> Dataset:
     return Dataset.from_dict({"image": images, "digit": classes, "source_index": indices}, features=features)
 
 
+def embedded_model_card(training_card_path: str | os.PathLike):
+    """
+    The embedded default's model card, built from the card `training/train_dpm.py` wrote for the run.
+
+    The training card names the run after its output folder (``final``, ``outputs/final`` in its usage);
+    this card keeps its metadata and its ``## Training`` section (table and exact command) verbatim, and
+    describes the model as what it is once embedded: ``--pipeline default``.
+
+    Args:
+        training_card_path: the ``README.md`` of the training run.
+
+    Returns:
+        `huggingface_hub.ModelCard`: the card to write next to the embedded weights.
+
+    Raises:
+        `ValueError`: when the training card has no ``## Training`` section.
+    """
+    from huggingface_hub import ModelCard
+
+    from .cards import render_card
+
+    training_card = ModelCard.load(training_card_path)
+    start = training_card.text.find(TRAINING_SECTION)
+    if start < 0:
+        raise ValueError(
+            f"{training_card_path} has no {TRAINING_SECTION!r} section; pass the folder written by training/train_dpm.py."
+        )
+    card_data = training_card.data
+    card_data.model_name = MODEL_NAME
+    return render_card(
+        CARD_TEMPLATE, card_data, training=training_card.text[start:].strip(), sample_grid="samples.png",
+        subset_size=SUBSET_SIZE, subset_seed=SUBSET_SEED, subset_file=SUBSET_FILE, resolution=RESOLUTION,
+    )
+
+
 def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.PathLike = DEFAULT_PIPELINE_DIR) -> Path:
     """
     Copy a `training/train_dpm.py` output folder into the package as the embedded default.
 
-    The UNet, its model card, sample grid and training log are copied as they are; the scheduler is
-    stored as a `DDIMScheduler` built from the training `DDPMScheduler`'s config (same betas and abar_t),
-    so that 50-step sampling is the default; and ``training_subset.json`` records the training images.
+    The UNet, sample grid and training log are copied as they are; the model card is rewritten to describe
+    the embedded default (`embedded_model_card`); the scheduler is stored as a `DDIMScheduler` built from
+    the training `DDPMScheduler`'s config (same betas and abar_t), so that 50-step sampling is the default;
+    and ``training_subset.json`` records the training images.
 
     Args:
         train_dir: the ``--output_dir`` of the training run.
@@ -114,7 +153,8 @@ def export_default_model(train_dir: str | os.PathLike, target_dir: str | os.Path
     Example:
 
     ```bash
-    python -m diffusers_side.default_model outputs/embedded-train
+    python -m diffusers_side.default_model outputs/embedded-train            # into the package
+    python -m diffusers_side.default_model outputs/embedded-train /tmp/look  # anywhere else
     ```
     """
     from .atomic_io import atomic_directory
@@ -132,14 +172,16 @@ def _write_default_model(train_dir: Path, staging: Path) -> None:
     from diffusers import DDIMScheduler, DDPMScheduler
 
     from .atomic_io import write_json_atomic
+    from .cards import write_card
 
     shutil.copytree(train_dir / "unet", staging / "unet")
     unet_config = json.loads((staging / "unet" / "config.json").read_text())
     for key in EMA_CONFIG_KEYS:  # EMAModel.save_pretrained adds these; UNet2DModel warns about them
         unet_config.pop(key, None)
     write_json_atomic(staging / "unet" / "config.json", unet_config)
-    for name in ("model_index.json", "README.md", "samples.png", "train_log.json"):
+    for name in ("model_index.json", "samples.png", "train_log.json"):
         shutil.copy2(train_dir / name, staging / name)
+    write_card(embedded_model_card(train_dir / "README.md"), staging)
     training_scheduler = DDPMScheduler.from_pretrained(train_dir, subfolder="scheduler")
     DDIMScheduler.from_config(training_scheduler.config).save_pretrained(staging / "scheduler")
     index = json.loads((staging / "model_index.json").read_text())
@@ -153,6 +195,12 @@ def _write_default_model(train_dir: Path, staging: Path) -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    export_default_model(sys.argv[1])
+    parser = argparse.ArgumentParser(prog="python -m diffusers_side.default_model",
+                                     description="Copy a training/train_dpm.py run into the package as the embedded default.")
+    parser.add_argument("train_dir", help="the --output_dir of a training/train_dpm.py run")
+    parser.add_argument("target_dir", nargs="?", default=str(DEFAULT_PIPELINE_DIR),
+                        help="where to write (default: the package's default_model/)")
+    arguments = parser.parse_args()
+    export_default_model(arguments.train_dir, arguments.target_dir)
