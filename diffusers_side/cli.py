@@ -172,6 +172,13 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images decoded or embedded at once (default: 256)")
     parser.add_argument("--pipeline", default=None, help="audited pipeline for --similarity unet (default: from DIR/generation.json)")
     parser.add_argument("--device", type=device, default=None, help="device for the search and the extractor (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--ums",
+        default="best",
+        choices=("best", "pairs"),
+        help="how UMS counts a training image as extracted in a band: 'best' (default), as the best match of a generation "
+        "in the band (UMS <= AMS); 'pairs', in the band of any generation, every pair counting (the paper's Eqs. 8-9)",
+    )
     parser.set_defaults(func=run_evaluate)
 
 
@@ -218,6 +225,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         pipeline=args.pipeline,
+        ums=args.ums,
     )
     print(format_table(report))
     summary("evaluate", started, f"{args.output}/{REPORT_MD}")

@@ -25,7 +25,7 @@ from .atomic_io import atomic_path
 from .bands import BAND_RATIONALE, Band, assign_bands, band_interval, default_bands, display_order, parse_bands, validate_bands
 from .data import find_image_column, image_channels, images_to_tensor, load_image_dataset
 from .generation_folder import RECORD_DEFAULTS, read_settings
-from .metrics import extraction_metrics
+from .metrics import DEFAULT_UMS, UMS_COUNTINGS, UMS_DEFAULT_REASON, check_ums, extraction_metrics, training_images_in_bands
 from .nearest_match import DEFAULT_CHUNK_SIZE
 from .report import FIGURES_DIR, REPORT_JSON, figure_name, package_versions, save_match_figure, write_report
 from .similarity import (
@@ -350,7 +350,11 @@ def _resolve_similarity(similarity: str | None, feature_extractor: str | None) -
 
 @dataclass
 class MatchedSets:
-    """The loaded sets, every generation's best training match and how the generations are grouped."""
+    """The loaded sets, every generation's best training match and how the generations are grouped.
+
+    ``generated_rows`` / ``reference_rows`` are the compared rows (pixels or embeddings), kept for the
+    all-pairs UMS count.
+    """
 
     reference: ImageSet
     generated: list[ImageSet]
@@ -359,6 +363,8 @@ class MatchedSets:
     labels: np.ndarray
     assigned: np.ndarray
     pipeline: str | None
+    generated_rows: torch.Tensor
+    reference_rows: torch.Tensor
 
     def fetch_pair(self, i: int) -> tuple:
         """Generation ``i``, its best training match and a caption with the score and training index."""
@@ -402,7 +408,8 @@ def match_generations(
     matches = find_best_matches(generated_rows, reference_rows, kind, chunk_size, alpha, num_neighbors, device)
     columns = _metadata_columns(generated_sets)
     labels = _group_labels(columns["method"], columns["guidance_scale"], columns["source_id"], generated_sets)
-    return MatchedSets(reference_set, generated_sets, matches, columns, labels, assign_bands(matches.score, bands), pipeline)
+    assigned = assign_bands(matches.score, bands)
+    return MatchedSets(reference_set, generated_sets, matches, columns, labels, assigned, pipeline, generated_rows, reference_rows)
 
 
 def write_figures(matched: MatchedSets, bands: list[Band], kind: str, name: str, output_dir: Path, max_images: int) -> dict[str, str]:
@@ -416,12 +423,22 @@ def write_figures(matched: MatchedSets, bands: list[Band], kind: str, name: str,
     return figures
 
 
-def group_metrics(matched: MatchedSets, bands: list[Band], kind: str) -> dict[str, dict]:
-    """AMS, UMS and the summary statistics per group (method, or method and scale)."""
+def group_metrics(
+    matched: MatchedSets, bands: list[Band], kind: str, ums: str = DEFAULT_UMS, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str | None = None,
+) -> dict[str, dict]:
+    """AMS, UMS (counted as ``ums`` says, see `diffusers_side.metrics.UMS_COUNTINGS`) and the summary statistics per
+    group (method, or method and scale)."""
     methods = {}
     for label in dict.fromkeys(matched.labels.tolist()):
         rows = np.flatnonzero(matched.labels == label)
-        summary = extraction_metrics(matched.matches.subset(rows), bands, kind)
+        group = matched.matches.subset(rows)
+        pair_hits = None
+        if ums == "pairs":
+            pair_hits = training_images_in_bands(
+                matched.generated_rows[torch.from_numpy(rows)], matched.reference_rows, bands, kind, group, chunk_size, device
+            )
+        summary = extraction_metrics(group, bands, kind, pair_hits)
         methods[label] = _group_summary(summary, matched.columns, rows, matched.generated)
     return methods
 
@@ -442,6 +459,7 @@ def evaluate(
     pipeline: str | None = None,
     max_figure_images: int = DEFAULT_FIGURE_IMAGES,
     feature_extractor: str | None = None,
+    ums: str = DEFAULT_UMS,
 ) -> dict:
     """Score generations against a reference set and write the report.
 
@@ -471,6 +489,10 @@ def evaluate(
         feature_extractor (`str`, *optional*): embed the images with this extractor and compare them by
             cosine: ``"unet"``, ``"pixels"``, a transformers model id or folder (CLIP, DINOv2), or a
             TorchScript file such as SSCD (see `diffusers_side.features.load_feature_extractor`).
+        ums (`str`, defaults to `"best"`): how UMS counts a training image as extracted in a band: ``"best"``,
+            as the best match of a generation in the band, or ``"pairs"``, in the band of any generation (the
+            paper's Eqs. 8-9; one more pass over all pairs). The report names the counting and why ``"best"``
+            is the default (`diffusers_side.metrics.UMS_DEFAULT_REASON`).
 
     Returns:
         `dict`: the report (also written to ``output_dir/report.json``).
@@ -492,6 +514,7 @@ def evaluate(
     name = feature_extractor if feature_extractor is not None else kind
     bands, bands_source, bands_rationale = _resolve_bands(bands, kind)
     generated = [str(path) for path in generated]
+    check_ums(ums)
     _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors)
     _check_inputs_and_output(generated, str(reference), Path(output_dir))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -502,18 +525,24 @@ def evaluate(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _save_matches_table(output_dir / MATCHES_FILE, matched.columns, matched.generated, matched.matches, bands, matched.assigned, matched.labels)
-    methods = group_metrics(matched, bands, kind)
+    methods = group_metrics(matched, bands, kind, ums, chunk_size, device)
     figures = write_figures(matched, bands, kind, name, output_dir, max_figure_images)
     settings = {
         "similarity": name, "bands": [band.to_dict() for band in bands], "resolution": resolution, "channels": channels,
         "chunk_size": chunk_size, "batch_size": batch_size, "device": str(device), "alpha": alpha,
         "num_neighbors": num_neighbors, "pipeline": matched.pipeline, "max_figure_images": max_figure_images,
+        "ums": ums,
     }
     report = build_report(matched, name, kind, alpha, (bands, bands_source, bands_rationale), methods, figures, settings)
     _remove_stale_figures(output_dir, figures)
     write_report(report, output_dir)
     logger.info(f"Evaluation of {len(matched.matches.score)} generations written to {output_dir}.")
     return report
+
+
+def ums_settings(ums: str) -> dict:
+    """How this report counts UMS, the default counting and why it is the default."""
+    return {"counting": ums, "definition": UMS_COUNTINGS[ums], "default": DEFAULT_UMS, "why_default": UMS_DEFAULT_REASON}
 
 
 def build_report(
@@ -526,6 +555,7 @@ def build_report(
         "bands": [band.to_dict() for band in bands],
         "bands_source": bands_source,
         "bands_rationale": bands_rationale,
+        "ums": ums_settings(settings["ums"]),
         "reference": {
             "source": matched.reference.source,
             "num_images": len(matched.reference.dataset),

@@ -215,3 +215,52 @@ def nearest_neighbors(
         all_scores.append(scores.cpu())
         all_indices.append(best_indices.cpu())
     return torch.cat(all_scores), torch.cat(all_indices)
+
+
+def keys_in_bands(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    bands: list[tuple[float, float, bool]],
+    metric: str = "l2",
+    row_scale: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str | torch.device | None = None,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Which keys score inside each band against at least one query (every pair counts, not only the nearest).
+
+    Args:
+        queries (`torch.Tensor`), keys (`torch.Tensor`), metric (`str`), chunk_size (`int`), device: as in
+            [`nearest_neighbors`].
+        bands (`list[tuple[float, float, bool]]`): ``(low, high, includes_high)`` per band, in score units:
+            a pair is in the band when ``low <= score < high`` (``<= high`` when ``includes_high``).
+        row_scale (`torch.Tensor`, *optional*): ``(N_q,)`` divisor of each query's RMS L2 distances (Carlini's
+            normalizer); a query whose divisor is 0 scores 0 against every key.
+        show_progress (`bool`): show a progress bar over the query chunks.
+
+    Returns:
+        `torch.Tensor`: ``(len(bands), N_k)`` booleans on the CPU. Scores are the float32 matmul expansion
+        (relative error about 1e-6), so a pair that close to a band edge may be counted on either side.
+    """
+    _check_search_inputs(queries, keys, 1, metric, chunk_size)
+    device = torch.device(device or "cpu")
+    keys = keys.to(device)
+    hits = torch.zeros(len(bands), len(keys), dtype=torch.bool, device=device)
+    key_chunks = _prepare_key_chunks(keys, chunk_size, metric, device)
+    for start in tqdm(range(0, len(queries), chunk_size), desc="in-band pairs", disable=not show_progress):
+        query = _to_float(queries[start : start + chunk_size], device, torch.float32)
+        query_norms = query.pow(2).sum(dim=1, keepdim=True)
+        scale = None if row_scale is None else row_scale[start : start + chunk_size].to(device, torch.float32)[:, None]
+        for key_start, scaled_key, key_norms in key_chunks:
+            scores = _block_costs(query, scaled_key, key_norms)
+            if metric == COSINE:
+                scores = scores.neg_()
+            else:
+                scores = scores.add_(query_norms).clamp_min_(0.0).div_(keys.shape[1]).sqrt_()
+                if scale is not None:
+                    scores = torch.where(scale > 0, scores / scale.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+            columns = slice(key_start, key_start + len(scaled_key))
+            for position, (low, high, includes_high) in enumerate(bands):
+                below_high = scores <= high if includes_high else scores < high
+                hits[position, columns] |= ((scores >= low) & below_high).any(dim=0)
+    return hits.cpu()

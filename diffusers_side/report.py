@@ -75,11 +75,26 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def ums_counting(report: dict) -> str:
+    """How the report counted UMS: ``"best"`` or ``"pairs"`` (reports written before the choice existed: ``"best"``)."""
+    return report.get("ums", {}).get("counting", "best")
+
+
+def ums_sentence(report: dict) -> str:
+    """The definition of the report's UMS, which counting is the default and why."""
+    ums = report.get("ums")
+    if ums is None:
+        return "UMS counts best matches only (reports of this version had no other counting)."
+    default = "the default" if ums["counting"] == ums["default"] else f"not the default, `{ums['default']}`"
+    return f"{ums['definition']} Counting: `{ums['counting']}` ({default}). {ums['why_default']}"
+
+
 def format_table(report: dict) -> str:
     """The results as a Markdown table in the shape of the paper's Table 1.
 
     One row per method; AMS and UMS (in %) per band from least to most similar, the 95th-percentile
-    best-match similarity and Gu et al.'s memorization ratio (in %).
+    best-match similarity and Gu et al.'s memorization ratio (in %). The UMS headers name how UMS was
+    counted (``best`` or ``pairs``, see `diffusers_side.metrics.UMS_COUNTINGS`).
 
     Args:
         report (`dict`): the report returned by `diffusers_side.evaluation.evaluate` (it reads
@@ -90,7 +105,8 @@ def format_table(report: dict) -> str:
     """
     bands = display_order(_bands(report), report["similarity"]["kind"])
     header = ["Method", "N_G"]
-    header += [f"AMS {band.name} (%)" for band in bands] + [f"UMS {band.name} (%)" for band in bands]
+    counting = ums_counting(report)
+    header += [f"AMS {band.name} (%)" for band in bands] + [f"UMS {band.name} ({counting}, %)" for band in bands]
     header += ["p95 similarity", "Mem. ratio (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for method, result in report["methods"].items():
@@ -118,8 +134,7 @@ def render_markdown(report: dict) -> str:
         format_table(report),
         "",
         "AMS(band): fraction of generations whose best training match lies in the band. "
-        "UMS(band): number of distinct training images that are the best match of a generation in the band, "
-        "divided by N_G (a generation extracts at most one image). Compare UMS only at equal N_G. "
+        f"{ums_sentence(report)} Compare UMS only at equal N_G and with the same counting. "
         f"p95 similarity: {similarity['p95_definition']} "
         "Mem. ratio: fraction of generations whose nearest training image is closer than 1/3 of the "
         f"second nearest (Gu et al. 2023), on {similarity['memorization_distance']}.",
@@ -274,7 +289,7 @@ def plot_sweep(results_by_scale: dict[float, dict], path: str | os.PathLike) -> 
                     label=f"{band.name}" + (f" ({method})" if len(methods) > 1 else ""),
                 )
         axis.set_xlabel("guidance scale")
-        axis.set_ylabel(f"{metric.upper()} (%)")
+        axis.set_ylabel(f"{metric.upper()} (%)" + (f", {ums_counting(first)}" if metric == "ums" else ""))
         axis.set_title(f"{metric.upper()} per band ({first['similarity']['name']})")
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")

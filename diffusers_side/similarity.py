@@ -108,6 +108,8 @@ class Matches:
             on pixels for ``"l2"`` / ``"carlini"``, the embedding L2 ``sqrt(2 - 2 cos)`` for cosine.
         second_distance: ``(N_G,)`` the same distance to the second-best match.
         num_neighbors: how many neighbours the Carlini normalizer averaged (0 for other similarities).
+        normalizer: ``(N_G,)`` Carlini's normalizer ``alpha * mean(distance to the n nearest)`` of every
+            generation (``None`` for other similarities): the scale of all its pair scores.
     """
 
     best_index: np.ndarray
@@ -116,6 +118,7 @@ class Matches:
     nearest_distance: np.ndarray
     second_distance: np.ndarray
     num_neighbors: int = 0
+    normalizer: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> "Matches":
         """The matches of the generations selected by a boolean mask (or index array)."""
@@ -126,6 +129,7 @@ class Matches:
             self.nearest_distance[mask],
             self.second_distance[mask],
             self.num_neighbors,
+            None if self.normalizer is None else self.normalizer[mask],
         )
 
 
@@ -172,7 +176,8 @@ def find_best_matches(
         distances, indices = nearest_neighbors(generated, reference, used, "l2", chunk_size, device, show_progress)
         distances, indices = distances.numpy(), indices.numpy()
         normalized = carlini_normalized_l2(distances[:, :2], distances, alpha)
-        return Matches(indices[:, 0], normalized[:, 0], normalized[:, 1], distances[:, 0], distances[:, 1], used)
+        normalizer = alpha * distances.mean(axis=1)
+        return Matches(indices[:, 0], normalized[:, 0], normalized[:, 1], distances[:, 0], distances[:, 1], used, normalizer)
     scores, indices = nearest_neighbors(generated, reference, 2, "l2" if kind == "l2" else COSINE, chunk_size, device, show_progress)
     scores, indices = scores.numpy(), indices.numpy()
     distances = scores if kind == "l2" else np.sqrt(np.clip(2.0 - 2.0 * scores, 0.0, None))

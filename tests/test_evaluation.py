@@ -168,6 +168,31 @@ def test_bad_arguments_raise_before_any_data_is_read(tmp_path):
         evaluate([missing], missing, tmp_path, chunk_size=0)
     with pytest.raises(ValueError, match="channels=2"):
         evaluate([missing], missing, tmp_path, channels=2)
+    with pytest.raises(ValueError, match="ums='all' is not one of"):
+        evaluate([missing], missing, tmp_path, ums="all")
+
+
+def test_every_report_names_the_ums_counting_and_why_best_is_the_default(audit, capsys):
+    default = evaluate([audit["side"]], audit["reference"], audit["tmp"] / "best", similarity="l2")
+    assert default["ums"]["counting"] == default["ums"]["default"] == "best" and default["settings"]["ums"] == "best"
+    assert "near-duplicates" in default["ums"]["why_default"]
+    markdown = (audit["tmp"] / "best" / "report.md").read_text()
+    assert "Counting: `best` (the default)." in markdown and default["ums"]["why_default"] in markdown
+    assert "UMS high (best, %)" in format_table(default)
+
+    output = audit["tmp"] / "pairs"
+    argv = ["evaluate", "--generated", audit["side"], "--reference", audit["reference"], "--output", str(output),
+            "--similarity", "l2", "--ums", "pairs"]
+    assert main(argv) == 0
+    assert "UMS high (pairs, %)" in capsys.readouterr().out
+    pairs = json.loads((output / "report.json").read_text())
+    assert pairs["ums"]["counting"] == "pairs" and "Eqs. 8-9" in pairs["ums"]["definition"]
+    assert "Counting: `pairs` (not the default, `best`)." in (output / "report.md").read_text()
+    best_counts, pair_counts = default["methods"]["side"]["unique_counts"], pairs["methods"]["side"]["unique_counts"]
+    assert all(pair_counts[band] >= best_counts[band] for band in best_counts)
+    with pytest.raises(SystemExit) as refused:
+        main(argv[:-1] + ["all"])
+    assert refused.value.code == 2 and "invalid choice: 'all'" in capsys.readouterr().err
 
 
 def test_cli_prints_the_table_and_reports_bad_input(audit, capsys):

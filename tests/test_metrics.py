@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_side.bands import default_bands
-from diffusers_side.metrics import extraction_metrics, memorization_ratio, similarity_percentile
-from diffusers_side.similarity import Matches, find_best_matches
+from diffusers_side.bands import Band, assign_bands, default_bands
+from diffusers_side.metrics import (
+    check_ums,
+    extraction_metrics,
+    memorization_ratio,
+    similarity_percentile,
+    training_images_in_bands,
+)
+from diffusers_side.similarity import CARLINI_ALPHA, Matches, find_best_matches
 
 
 def test_memorization_ratio_on_a_constructed_case():
@@ -60,3 +66,73 @@ def test_extraction_metrics_rejects_an_empty_group():
     empty = Matches(*(np.zeros(0) for _ in range(5)))
     with pytest.raises(ValueError, match="empty"):
         extraction_metrics(empty, default_bands("l2"), "l2")
+
+
+def all_pair_scores(generated: np.ndarray, reference: np.ndarray, similarity: str) -> np.ndarray:
+    """Every (generation, training image) score in float64, by brute force."""
+    if similarity == "cosine":
+        return generated @ reference.T
+    distances = np.sqrt(((generated[:, None, :] - reference[None, :, :]) ** 2).mean(axis=2))
+    if similarity == "l2":
+        return distances
+    nearest = np.sort(distances, axis=1)[:, : min(50, len(reference))]
+    return distances / (CARLINI_ALPHA * nearest.mean(axis=1, keepdims=True))
+
+
+def brute_force_pairs_ums(generated, reference, bands, similarity) -> dict:
+    assigned = assign_bands(all_pair_scores(generated, reference, similarity), bands)
+    return {band.name: int((assigned == position).any(axis=0).sum()) for position, band in enumerate(bands)}
+
+
+def copies_and_neighbours(rng, similarity):
+    """Training images in tight groups (near-duplicates), generations that copy, nearly copy or miss them."""
+    centres = rng.uniform(0.2, 0.8, (6, 48))
+    reference = np.concatenate([centres + rng.normal(0, 0.02, (6, 48)) for _ in range(5)])
+    generated = np.concatenate([reference[:4], reference[4:12] + rng.normal(0, 0.03, (8, 48)), rng.uniform(0, 1, (4, 48))])
+    if similarity == "cosine":
+        reference = reference - 0.5
+        generated = generated - 0.5
+        reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+        generated /= np.linalg.norm(generated, axis=1, keepdims=True)
+    return generated, reference
+
+
+@pytest.mark.parametrize(
+    "similarity, bands",
+    [
+        ("l2", default_bands("l2")),
+        ("carlini", default_bands("carlini")),
+        ("cosine", [Band("low", 0.5, 0.8), Band("mid", 0.8, 0.95), Band("high", 0.95, 1.0)]),
+    ],
+)
+def test_ums_over_all_pairs_matches_brute_force_and_contains_best_matches(similarity, bands):
+    generated, reference = copies_and_neighbours(np.random.default_rng(7), similarity)
+    matches = find_best_matches(torch.from_numpy(generated), torch.from_numpy(reference), similarity, chunk_size=7,
+                                show_progress=False)
+    hits = training_images_in_bands(torch.from_numpy(generated), torch.from_numpy(reference), bands, similarity, matches,
+                                    chunk_size=7)
+    pairs = extraction_metrics(matches, bands, similarity, hits)
+    best = extraction_metrics(matches, bands, similarity)
+    assert pairs["unique_counts"] == brute_force_pairs_ums(generated, reference, bands, similarity)
+    assert pairs["ams"] == best["ams"]
+    assert all(pairs["unique_counts"][name] >= best["unique_counts"][name] for name in best["unique_counts"])
+    assert sum(pairs["unique_counts"].values()) > sum(best["unique_counts"].values())  # near-duplicates count too
+
+
+def test_ums_pairs_credits_the_near_duplicates_of_a_copied_image():
+    """One exact copy of A, whose near-duplicate B (RMS 0.01) is in the high band too: best 1, pairs 2."""
+    a = np.full(64, 0.5)
+    reference = np.stack([a, a + 0.01, a + 0.3, a - 0.3])
+    generated = torch.from_numpy(a[None])
+    matches = find_best_matches(generated, torch.from_numpy(reference), "l2", show_progress=False)
+    bands = default_bands("l2")
+    hits = training_images_in_bands(generated, torch.from_numpy(reference), bands, "l2", matches)
+    assert extraction_metrics(matches, bands, "l2")["unique_counts"]["high"] == 1
+    assert extraction_metrics(matches, bands, "l2", hits)["unique_counts"] == {"high": 2, "mid": 0, "low": 0}
+    assert extraction_metrics(matches, bands, "l2", hits)["ums"]["high"] == 2.0  # UMS can exceed AMS (1.0)
+
+
+def test_unknown_ums_counting_is_refused():
+    assert check_ums("pairs") == "pairs"
+    with pytest.raises(ValueError, match=r"ums='all' is not one of \('best', 'pairs'\)"):
+        check_ums("all")
