@@ -229,3 +229,23 @@ def test_keyword_flags_equal_the_parsed_command_line(tmp_path):
     assert vars(built) == vars(parse_args(argv))
     with pytest.raises(ValueError, match=r"Unknown training flag\(s\) \['max_steps'\]; choose from \[.*'max_train_steps'"):
         classifier_training_args(output_dir=str(tmp_path), max_steps=3)
+
+
+def test_same_command_gives_the_same_weights_with_one_or_two_threads(target, labelled, tmp_path):
+    """Reductions split across threads change the last bits of every step (with --torch_threads 0 the two runs
+    differ); training pins the thread count, so the caller's count does not matter."""
+    weights = []
+    threads = torch.get_num_threads()
+    try:
+        for caller_threads in (2, 1):
+            torch.set_num_threads(caller_threads)
+            output = tmp_path / f"threads-{caller_threads}"
+            argv = run_args(target, labelled, output, "--max_train_steps", "12", "--base_channels", "16",
+                            "--train_batch_size", "32")
+            train_classifier(parse_args(argv))
+            assert torch.get_num_threads() == caller_threads  # restored
+            weights.append(load_file(str(output / CLASSIFIER_WEIGHTS)))
+    finally:
+        torch.set_num_threads(threads)
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

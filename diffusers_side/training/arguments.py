@@ -16,6 +16,8 @@ from ..arg_types import finite_float, non_negative_float, non_negative_int, posi
 # diffusers' `SchedulerType` values, without "piecewise_constant" (it needs a rule string this script does not take).
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 CLASSIFIER_LAYERS = ("resnet18", "resnet34")
+# The intra-op thread count of classifier training by default (see `training.classifier.reproducible_reductions`).
+REPRODUCIBLE_THREADS = 1
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, with_dataset_name: bool = True) -> None:
@@ -145,6 +147,14 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         "--time_independent",
         action="store_true",
         help="Carlini Cond baseline: no time module, trained on clean images only.",
+    )
+    parser.add_argument(
+        "--torch_threads",
+        type=non_negative_int,
+        default=REPRODUCIBLE_THREADS,
+        help="CPU threads for training and the final evaluation. The default 1 makes the weights the same whatever "
+        "the machine's core count (several threads split reductions differently, and SIDE amplifies the last-bit "
+        "differences); 0 keeps torch's default, faster on many cores but tied to the thread count.",
     )
     add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
     return parser

@@ -30,6 +30,7 @@ side train-classifier --pretrained_model_name_or_path default --train_data_dir s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -374,6 +375,24 @@ def classifier_training_args(**flags: Any) -> argparse.Namespace:
     return namespace_from_flags(add_classifier_arguments(argparse.ArgumentParser()), flags, "python training/train_classifier.py")
 
 
+@contextlib.contextmanager
+def reproducible_reductions(num_threads: int):
+    """Run torch with ``num_threads`` intra-op threads (0: leave them) and deterministic cuDNN, then restore both.
+
+    On CPU the thread count decides how matmul and convolution gradients split their sums, so it decides the
+    last bits of every step; with a fixed count the same command gives the same weights on any core count.
+    """
+    previous = torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[1], previous[2]
+
+
 def train_classifier(args: argparse.Namespace) -> Path:
     """Train the classifier and save the `SIDEPipeline`; the target, data and labels are checked first.
 
@@ -415,9 +434,10 @@ def train_classifier(args: argparse.Namespace) -> Path:
         time_dependent=not args.time_independent,
         random_flip=args.random_flip,
     )
-    result = train(accelerator, args, classifier, dataloader, compute_loss, identity)
-    if accelerator.is_main_process:
-        save_outputs(args, accelerator, result, target, data, validation)
+    with reproducible_reductions(args.torch_threads):
+        result = train(accelerator, args, classifier, dataloader, compute_loss, identity)
+        if accelerator.is_main_process:
+            save_outputs(args, accelerator, result, target, data, validation)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return Path(args.output_dir)
