@@ -1,21 +1,26 @@
 """The chunked nearest-match search: the top-k training rows of every generation, in bounded memory.
 
-The nearest-match search ([`nearest_neighbors`]) never holds the full ``N_G x N_train`` matrix: the
-generations are processed in chunks of ``chunk_size`` rows and, for each chunk, the training images
-in chunks of ``chunk_size`` columns, keeping a running top-k. Candidates are selected in float32 with
-the matmul expansion ``||b||^2 - 2 a.b`` (the squared distance minus ``||a||^2``, which is constant per
-row and added back, then clamped at 0, only for the kept candidates). The best and second-best scores, the ones reported, used for the
-bands and for Gu et al.'s ratio, are then recomputed directly in float64 (an exact copy scores exactly
-0, or cosine 1) and ordered with ties broken by the lower training index, so they do not depend on the
-chunking. Further neighbours (only averaged by Carlini's normalizer) keep their float32 values, whose
-relative error is about 1e-6. Memory: about ``chunk_size * (chunk_size + k)`` floats for the search,
-one chunk of generations, and the reference held once as float32 (``N_train * D * 4`` bytes); the
-generations may stay uint8.
+The nearest-match search ([`nearest_neighbors`]) never holds the full ``N_G x N_train`` matrix: it
+works on blocks of costs of ``chunk_size / 4`` generations by ``16 * chunk_size`` training images (the
+counts evened out over the chunks), keeping a running top-k per generation. Wide blocks keep the
+selection cheap next to the matmul (see `_merge_block`): at 16x16 pixels a matmul entry costs about as
+much as a ``topk`` entry, so selecting from every column would halve the throughput. Candidates are
+selected in float32 with the matmul expansion ``||b||^2 - 2 a.b`` (the squared distance minus
+``||a||^2``, which is constant per row and added back, then clamped at 0, only for the kept
+candidates). The best and second-best scores, the ones reported, used for the bands and for Gu et al.'s
+ratio, are then recomputed directly in float64 (an exact copy scores exactly 0, or cosine 1) and ordered
+with ties broken by the lower training index, so they do not depend on the chunking. Further neighbours
+(only averaged by Carlini's normalizer) keep their float32 values, whose relative error is about 1e-6.
+Memory: one block of ``4 * chunk_size ** 2`` float32 costs (16 MiB at the default 1024), one chunk of
+generations, and the reference held once as float32 (``N_train * D * 4`` bytes); the generations may
+stay uint8.
 
 Self-contained (no package imports), so benchmarks/compare_search.py can load another checkout's copy.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers.utils import logging
@@ -26,6 +31,9 @@ logger = logging.get_logger(__name__)
 L2 = "l2"
 COSINE = "cosine"
 DEFAULT_CHUNK_SIZE = 1024
+# A block of costs is (chunk_size // QUERY_DIVISOR) queries by (KEY_MULTIPLIER * chunk_size) keys.
+QUERY_DIVISOR = 4
+KEY_MULTIPLIER = 16
 # How many nearest neighbours get their score recomputed exactly in float64 (best and second best).
 EXACT_NEIGHBORS = 2
 MAX_INT32_SQUARED_SUM_DIM = (2**31 - 1) // 255**2
@@ -55,8 +63,19 @@ def _check_search_inputs(queries: torch.Tensor, keys: torch.Tensor, k: int, metr
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
 
 
+def _even_chunk(total: int, largest: int) -> int:
+    """The chunk length that splits ``total`` rows into as few chunks of at most ``largest`` as possible, evenly."""
+    return math.ceil(total / math.ceil(total / max(1, largest)))
+
+
+def _block_shape(num_queries: int, num_keys: int, chunk_size: int) -> tuple[int, int]:
+    """Queries and keys per block of costs: ``chunk_size / 4`` by ``16 * chunk_size`` at most, evened out."""
+    return (_even_chunk(num_queries, chunk_size // QUERY_DIVISOR), _even_chunk(num_keys, KEY_MULTIPLIER * chunk_size))
+
+
 def _prepare_key_chunks(keys: torch.Tensor, chunk_size: int, metric: str, device: torch.device) -> list[tuple]:
-    """Float32 key chunks, pre-scaled so that one matmul plus one addition gives a block of selection costs.
+    """Float32 key chunks of ``chunk_size`` rows, pre-scaled so that one matmul plus one addition gives a block of
+    selection costs.
 
     For l2 the chunk holds ``-2 k`` and its squared norms ``||k||^2``; for cosine it holds ``-k`` (no norms).
     """
@@ -81,44 +100,55 @@ def _block_costs(query: torch.Tensor, scaled_key: torch.Tensor, key_norms: torch
     return costs if key_norms is None else costs.add_(key_norms)
 
 
-def _merge_top_k(
+def _keep_smallest(best_costs, best_indices, costs, indices, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest costs of each row among the running list and new candidates, with their indices (unordered)."""
+    all_costs = torch.cat([best_costs, costs], dim=1)
+    all_indices = torch.cat([best_indices, indices], dim=1)
+    kept, chosen = all_costs.topk(min(k, all_costs.shape[1]), dim=1, largest=False, sorted=False)
+    return kept, all_indices.gather(1, chosen)
+
+
+def _merge_block(
     best_costs: torch.Tensor, best_indices: torch.Tensor, costs: torch.Tensor, key_start: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold one block of costs into the running top-k of every row (ascending).
+    """Fold one block of costs into the running k smallest of every row (kept in no particular order).
 
-    Until a row holds k candidates, the block's own top-k is merged in. After that only the entries
-    below the row's k-th best can enter, and few do: they are gathered (one comparison pass over the
-    block) into a narrow block padded with ``inf``, and only the rows that have any are merged. This
-    keeps the selection cheap next to the matmul even for Carlini's 50 neighbours.
+    Rather than a ``topk`` over every column, the columns are dealt into ``g ~ sqrt(width / k)`` strided
+    groups and only the k groups with the smallest minima (plus the columns after the last whole group) are
+    searched: the k smallest group minima are k distinct entries, so the k-th of them bounds the row's k-th
+    smallest cost from above, and each of the k smallest costs lies in one of those groups. Rows whose block
+    minimum does not beat their running k-th best are skipped. What remains next to the matmul is one
+    ``amin`` pass over the block and two ``topk`` calls over about ``2 sqrt(width k)`` entries per row.
     """
-    if best_costs.shape[1] < k:
-        block_costs, block_positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
-        return _merge_rows(best_costs, best_indices, block_costs, block_positions + key_start, k)
-    thresholds = best_costs[:, -1]
-    rows = (costs.amin(dim=1) < thresholds).nonzero().squeeze(1)  # a cheap reduction skips most rows
-    if len(rows) == 0:
-        return best_costs, best_indices
-    block = costs.index_select(0, rows)
-    row_of, column_of = (block < thresholds.index_select(0, rows)[:, None]).nonzero(as_tuple=True)  # row-major
-    counts = torch.bincount(row_of, minlength=len(rows))
-    slot = torch.arange(len(row_of), device=costs.device) - (counts.cumsum(0) - counts).index_select(0, row_of)
-    new_costs = costs.new_full((len(rows), int(counts.max())), float("inf"))
-    new_indices = torch.zeros_like(new_costs, dtype=best_indices.dtype)
-    new_costs[row_of, slot] = block[row_of, column_of]
-    new_indices[row_of, slot] = column_of + key_start
-    merged_costs, merged_indices = _merge_rows(
-        best_costs.index_select(0, rows), best_indices.index_select(0, rows), new_costs, new_indices, k
+    rows, width = costs.shape
+    group = int(math.sqrt(width / k)) if k < width else 1
+    num_groups = width // group
+    if group < 2 or num_groups <= k:  # a narrow block: every column is a candidate
+        columns = torch.arange(key_start, key_start + width, device=costs.device).expand(rows, -1)
+        return _keep_smallest(best_costs, best_indices, costs, columns, k)
+    grouped = num_groups * group
+    group_minima = costs[:, :grouped].view(rows, group, num_groups).amin(dim=1)
+    active = torch.arange(rows, device=costs.device)
+    if best_costs.shape[1] == k:
+        block_minima = group_minima.amin(dim=1)
+        if grouped < width:
+            block_minima = torch.minimum(block_minima, costs[:, grouped:].amin(dim=1))
+        active = (block_minima < best_costs.amax(dim=1)).nonzero().squeeze(1)
+        if len(active) == 0:
+            return best_costs, best_indices
+    chosen = group_minima.index_select(0, active).topk(k, dim=1, largest=False, sorted=False).indices
+    columns = (chosen[:, :, None] + torch.arange(0, grouped, num_groups, device=costs.device)).flatten(1)
+    if grouped < width:
+        columns = torch.cat([columns, torch.arange(grouped, width, device=costs.device).expand(len(active), -1)], dim=1)
+    kept_costs, kept_indices = _keep_smallest(
+        best_costs.index_select(0, active), best_indices.index_select(0, active), costs[active[:, None], columns],
+        columns + key_start, k,
     )
-    best_costs[rows], best_indices[rows] = merged_costs, merged_indices
+    if len(active) == rows:
+        return kept_costs, kept_indices
+    best_costs, best_indices = best_costs.clone(), best_indices.clone()
+    best_costs[active], best_indices[active] = kept_costs, kept_indices
     return best_costs, best_indices
-
-
-def _merge_rows(costs_a, indices_a, costs_b, indices_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest costs of each row of two candidate lists, with their indices."""
-    costs = torch.cat([costs_a, costs_b], dim=1)
-    indices = torch.cat([indices_a, indices_b], dim=1)
-    kept_costs, positions = costs.topk(min(k, costs.shape[1]), dim=1, largest=False)
-    return kept_costs, indices.gather(1, positions)
 
 
 def _exact_scores(query: torch.Tensor, keys: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
@@ -170,8 +200,9 @@ def nearest_neighbors(
         k (`int`): how many neighbours to keep, ``1 <= k <= N_k``.
         metric (`str`, defaults to `"l2"`): ``"l2"`` (RMS L2 distance, ascending) or ``"cosine"``
             (dot product of L2-normalised rows, descending).
-        chunk_size (`int`): rows of queries and of keys handled at once; memory is bounded by about
-            ``chunk_size * (chunk_size + k)`` floats, whatever ``N_q`` and ``N_k`` are.
+        chunk_size (`int`): sets the block of costs computed at once, ``chunk_size / 4`` queries by
+            ``16 * chunk_size`` keys: memory is bounded by about ``4 * chunk_size ** 2`` floats, whatever ``N_q``
+            and ``N_k`` are.
         device: where to compute (defaults to the CPU).
         show_progress (`bool`): show a progress bar over the query chunks.
 
@@ -194,16 +225,19 @@ def nearest_neighbors(
     _check_search_inputs(queries, keys, k, metric, chunk_size)
     device = torch.device(device or "cpu")
     keys = keys.to(device)
-    key_chunks = _prepare_key_chunks(keys, chunk_size, metric, device)
+    query_rows, key_rows = _block_shape(len(queries), len(keys), chunk_size)
+    key_chunks = _prepare_key_chunks(keys, key_rows, metric, device)
     all_scores, all_indices = [], []
-    for start in tqdm(range(0, len(queries), chunk_size), desc="nearest-match search", disable=not show_progress):
-        raw_query = queries[start : start + chunk_size]
+    for start in tqdm(range(0, len(queries), query_rows), desc="nearest-match search", disable=not show_progress):
+        raw_query = queries[start : start + query_rows]
         query = _to_float(raw_query, device, torch.float32)
         best_costs = torch.empty(len(query), 0, device=device)
         best_indices = torch.empty(len(query), 0, dtype=torch.int64, device=device)
         for key_start, scaled_key, key_norms in key_chunks:
             costs = _block_costs(query, scaled_key, key_norms)
-            best_costs, best_indices = _merge_top_k(best_costs, best_indices, costs, key_start, k)
+            best_costs, best_indices = _merge_block(best_costs, best_indices, costs, key_start, k)
+        best_costs, order = best_costs.sort(dim=1)
+        best_indices = best_indices.gather(1, order)
         if metric == COSINE:
             scores = best_costs.double().neg()
         else:  # add back ||q||^2; rounding can make a near-copy's squared distance slightly negative
@@ -246,11 +280,12 @@ def keys_in_bands(
     device = torch.device(device or "cpu")
     keys = keys.to(device)
     hits = torch.zeros(len(bands), len(keys), dtype=torch.bool, device=device)
-    key_chunks = _prepare_key_chunks(keys, chunk_size, metric, device)
-    for start in tqdm(range(0, len(queries), chunk_size), desc="in-band pairs", disable=not show_progress):
-        query = _to_float(queries[start : start + chunk_size], device, torch.float32)
+    query_rows, key_rows = _block_shape(len(queries), len(keys), chunk_size)
+    key_chunks = _prepare_key_chunks(keys, key_rows, metric, device)
+    for start in tqdm(range(0, len(queries), query_rows), desc="in-band pairs", disable=not show_progress):
+        query = _to_float(queries[start : start + query_rows], device, torch.float32)
         query_norms = query.pow(2).sum(dim=1, keepdim=True)
-        scale = None if row_scale is None else row_scale[start : start + chunk_size].to(device, torch.float32)[:, None]
+        scale = None if row_scale is None else row_scale[start : start + query_rows].to(device, torch.float32)[:, None]
         for key_start, scaled_key, key_norms in key_chunks:
             scores = _block_costs(query, scaled_key, key_norms)
             if metric == COSINE:
