@@ -1,8 +1,8 @@
 """The chunked nearest-match search: the top-k training rows of every generation, in bounded memory.
 
 The nearest-match search ([`nearest_neighbors`]) never holds the full ``N_G x N_train`` matrix: it
-works on blocks of costs of ``chunk_size / 4`` generations by ``16 * chunk_size`` training images (the
-counts evened out over the chunks), keeping a running top-k per generation. Wide blocks keep the
+works on blocks of costs of ``chunk_size / 2`` generations by ``8 * chunk_size`` training images (the
+counts evened out over the chunks, the width a multiple of 64), keeping a running top-k per generation. Wide blocks keep the
 selection cheap next to the matmul (see `_merge_block`): at 16x16 pixels a matmul entry costs about as
 much as a ``topk`` entry, so selecting from every column would halve the throughput. Candidates are
 selected in float32 with the matmul expansion ``||b||^2 - 2 a.b`` (the squared distance minus
@@ -32,8 +32,9 @@ L2 = "l2"
 COSINE = "cosine"
 DEFAULT_CHUNK_SIZE = 1024
 # A block of costs is (chunk_size // QUERY_DIVISOR) queries by (KEY_MULTIPLIER * chunk_size) keys.
-QUERY_DIVISOR = 4
-KEY_MULTIPLIER = 16
+QUERY_DIVISOR = 2
+KEY_MULTIPLIER = 8
+KEY_ALIGNMENT = 64
 # How many nearest neighbours get their score recomputed exactly in float64 (best and second best).
 EXACT_NEIGHBORS = 2
 MAX_INT32_SQUARED_SUM_DIM = (2**31 - 1) // 255**2
@@ -63,14 +64,19 @@ def _check_search_inputs(queries: torch.Tensor, keys: torch.Tensor, k: int, metr
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
 
 
-def _even_chunk(total: int, largest: int) -> int:
-    """The chunk length that splits ``total`` rows into as few chunks of at most ``largest`` as possible, evenly."""
-    return math.ceil(total / math.ceil(total / max(1, largest)))
+def _even_chunk(total: int, largest: int, multiple: int = 1) -> int:
+    """The chunk length that splits ``total`` rows into as few chunks of at most ``largest`` as possible, evenly,
+    rounded up to a ``multiple`` (matrix products are markedly slower on some odd widths)."""
+    length = math.ceil(total / math.ceil(total / max(1, largest)))
+    return min(total, math.ceil(length / multiple) * multiple)
 
 
 def _block_shape(num_queries: int, num_keys: int, chunk_size: int) -> tuple[int, int]:
-    """Queries and keys per block of costs: ``chunk_size / 4`` by ``16 * chunk_size`` at most, evened out."""
-    return (_even_chunk(num_queries, chunk_size // QUERY_DIVISOR), _even_chunk(num_keys, KEY_MULTIPLIER * chunk_size))
+    """Queries and keys per block of costs: ``chunk_size / 2`` by ``8 * chunk_size`` at most, evened out."""
+    return (
+        _even_chunk(num_queries, chunk_size // QUERY_DIVISOR),
+        _even_chunk(num_keys, KEY_MULTIPLIER * chunk_size, KEY_ALIGNMENT),
+    )
 
 
 def _prepare_key_chunks(keys: torch.Tensor, chunk_size: int, metric: str, device: torch.device) -> list[tuple]:
@@ -116,9 +122,10 @@ def _merge_block(
     Rather than a ``topk`` over every column, the columns are dealt into ``g ~ sqrt(width / k)`` strided
     groups and only the k groups with the smallest minima (plus the columns after the last whole group) are
     searched: the k smallest group minima are k distinct entries, so the k-th of them bounds the row's k-th
-    smallest cost from above, and each of the k smallest costs lies in one of those groups. Rows whose block
-    minimum does not beat their running k-th best are skipped. What remains next to the matmul is one
-    ``amin`` pass over the block and two ``topk`` calls over about ``2 sqrt(width k)`` entries per row.
+    smallest cost from above, and each of the k smallest costs lies in one of those groups. When fewer than
+    half the rows have a block minimum below their running k-th best, only those rows are searched. What
+    remains next to the matmul is one ``amin`` pass over the block and two ``topk`` calls over about
+    ``2 sqrt(width k)`` entries per searched row.
     """
     rows, width = costs.shape
     group = int(math.sqrt(width / k)) if k < width else 1
@@ -128,7 +135,6 @@ def _merge_block(
         return _keep_smallest(best_costs, best_indices, costs, columns, k)
     grouped = num_groups * group
     group_minima = costs[:, :grouped].view(rows, group, num_groups).amin(dim=1)
-    active = torch.arange(rows, device=costs.device)
     if best_costs.shape[1] == k:
         block_minima = group_minima.amin(dim=1)
         if grouped < width:
@@ -136,19 +142,19 @@ def _merge_block(
         active = (block_minima < best_costs.amax(dim=1)).nonzero().squeeze(1)
         if len(active) == 0:
             return best_costs, best_indices
-    chosen = group_minima.index_select(0, active).topk(k, dim=1, largest=False, sorted=False).indices
+        if 2 * len(active) < rows:
+            kept_costs, kept_indices = _merge_block(
+                best_costs.index_select(0, active), best_indices.index_select(0, active), costs.index_select(0, active),
+                key_start, k,
+            )
+            best_costs, best_indices = best_costs.clone(), best_indices.clone()
+            best_costs[active], best_indices[active] = kept_costs, kept_indices
+            return best_costs, best_indices
+    chosen = group_minima.topk(k, dim=1, largest=False, sorted=False).indices
     columns = (chosen[:, :, None] + torch.arange(0, grouped, num_groups, device=costs.device)).flatten(1)
     if grouped < width:
-        columns = torch.cat([columns, torch.arange(grouped, width, device=costs.device).expand(len(active), -1)], dim=1)
-    kept_costs, kept_indices = _keep_smallest(
-        best_costs.index_select(0, active), best_indices.index_select(0, active), costs[active[:, None], columns],
-        columns + key_start, k,
-    )
-    if len(active) == rows:
-        return kept_costs, kept_indices
-    best_costs, best_indices = best_costs.clone(), best_indices.clone()
-    best_costs[active], best_indices[active] = kept_costs, kept_indices
-    return best_costs, best_indices
+        columns = torch.cat([columns, torch.arange(grouped, width, device=costs.device).expand(rows, -1)], dim=1)
+    return _keep_smallest(best_costs, best_indices, costs.gather(1, columns), columns + key_start, k)
 
 
 def _exact_scores(query: torch.Tensor, keys: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
@@ -200,8 +206,8 @@ def nearest_neighbors(
         k (`int`): how many neighbours to keep, ``1 <= k <= N_k``.
         metric (`str`, defaults to `"l2"`): ``"l2"`` (RMS L2 distance, ascending) or ``"cosine"``
             (dot product of L2-normalised rows, descending).
-        chunk_size (`int`): sets the block of costs computed at once, ``chunk_size / 4`` queries by
-            ``16 * chunk_size`` keys: memory is bounded by about ``4 * chunk_size ** 2`` floats, whatever ``N_q``
+        chunk_size (`int`): sets the block of costs computed at once, ``chunk_size / 2`` queries by
+            ``8 * chunk_size`` keys: memory is bounded by about ``4 * chunk_size ** 2`` floats, whatever ``N_q``
             and ``N_k`` are.
         device: where to compute (defaults to the CPU).
         show_progress (`bool`): show a progress bar over the query chunks.
