@@ -71,6 +71,7 @@ TABLE = {
             ("--validation_split", "1.5", "--validation_split", RUN),
             ("--classifier_layers", "bogus", "--classifier_layers", PARSE),
             ("--base_channels", "0", "--base_channels", PARSE),
+            ("--torch_threads", "-1", "--torch_threads", PARSE),
             ("--output_dir", "{file}", "is a file", RUN),
             ("--seed", "-1", "--seed", PARSE),
             ("--train_batch_size", "0", "--train_batch_size", PARSE),
@@ -112,6 +113,7 @@ TABLE = {
             ("--batch-size", "0", "--batch-size", PARSE),
             ("--pipeline", "{missing}", "missing", RUN, ["--similarity", "unet"]),
             ("--device", "bogus", "--device", PARSE),
+            ("--ums", "all", "--ums", PARSE),
         ],
     ),
     "sweep": (
