@@ -9,11 +9,13 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {
+    "SIDELoRAPipeline": "pipeline_side_lora",
+    "SIDELoRAPipelineOutput": "pipeline_side_lora",
     "SIDEPipeline": "pipeline_side",
     "SIDEPipelineOutput": "pipeline_side",
     "TimeDependentClassifier": "classifier",
 }
-__all__ = ["SIDEPipeline", "SIDEPipelineOutput", "TimeDependentClassifier", "__version__"]
+__all__ = ["SIDELoRAPipeline", "SIDELoRAPipelineOutput", "SIDEPipeline", "SIDEPipelineOutput", "TimeDependentClassifier", "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,0 +1,265 @@
+"""SIDE's LoRA branch: zero-init conditioning, adapters, sampling with CFG, saving/loading, training and resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DConditionModel
+from huggingface_hub import ModelCard
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from test_train_classifier import NUM_CLASSES, make_labelled_data, surrogate_labels
+
+from conftest import make_tiny_unet
+from diffusers_side import SIDELoRAPipeline
+from diffusers_side.lora import (
+    ADAPTER_WEIGHT_NAME,
+    CLASS_EMBEDDING_NAME,
+    LORA_CONFIG_NAME,
+    add_label_conditioning,
+    add_lora_adapters,
+)
+from diffusers_side.training.train_lora import main, parse_args
+
+TRAIN_STEPS = 100
+FAST = ["--rank", "4", "--train_batch_size", "8", "--learning_rate", "1e-3", "--checkpointing_steps", "2"]
+
+
+def generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def randomise_adapters(unet: torch.nn.Module, seed: int = 0) -> None:
+    """Give the adapters and the class embedding non-zero weights, as training would."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.3)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    """A tiny untrained DDIM pipeline folder (1x16x16, 100 diffusion steps) standing in for the audited model."""
+    path = tmp_path_factory.mktemp("target") / "ddim"
+    DDIMPipeline(unet=make_tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=TRAIN_STEPS)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    return make_labelled_data(tmp_path_factory.mktemp("labels") / "labels")
+
+
+def run_args(target: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    paths = ["--pretrained_model_name_or_path", str(target), "--train_data_dir", str(data)]
+    return [*paths, "--output_dir", str(output), *FAST, *extra]
+
+
+def test_zero_initialised_conditioning_and_adapters_leave_outputs_bit_identical(single_thread):
+    unet = make_tiny_unet()
+    conditional = add_label_conditioning(unet, num_labels=3)
+    add_lora_adapters(conditional, rank=4)
+    sample, timesteps = torch.randn(4, 1, 16, 16, generator=generator()), torch.tensor([0, 10, 50, 99])
+    with torch.no_grad():
+        expected = unet(sample, timesteps).sample
+        for label in range(4):  # the three surrogate labels and the null label
+            output = conditional(sample, timesteps, class_labels=torch.full((4,), label)).sample
+            assert torch.equal(output, expected), label
+    trainable = [name for name, p in conditional.named_parameters() if p.requires_grad]
+    adapted = {name.split(".lora_")[0].split(".", 1)[0] + ":" + name.split(".lora_")[0].rsplit(".", 1)[-1]
+               for name in trainable if ".lora_" in name}
+    assert "class_embedding.weight" in trainable and all(".lora_" in n for n in trainable if n != "class_embedding.weight")
+    assert adapted == {"down_blocks:conv1", "down_blocks:conv2", "down_blocks:time_emb_proj", "mid_block:to_q",
+                       "mid_block:to_k", "mid_block:to_v", "mid_block:0", "mid_block:conv1", "mid_block:conv2",
+                       "mid_block:time_emb_proj", "up_blocks:conv1", "up_blocks:conv2", "up_blocks:time_emb_proj"}
+    assert unet.class_embedding is None  # the original is left as it was
+
+
+@pytest.mark.parametrize("reference_pipeline, scheduler_class", [(DDIMPipeline, DDIMScheduler), (DDPMPipeline, DDPMScheduler)])
+@pytest.mark.parametrize("guidance_scale", [0.0, 1.0, 3.0])
+def test_untrained_pipeline_samples_exactly_like_diffusers(reference_pipeline, scheduler_class, guidance_scale, single_thread):
+    unet, scheduler = make_tiny_unet(), scheduler_class(num_train_timesteps=TRAIN_STEPS)
+    expected = reference_pipeline(unet, scheduler)(batch_size=3, num_inference_steps=6, generator=generator(2), output_type="np")
+    pipe = SIDELoRAPipeline.from_base(reference_pipeline(unet, scheduler), num_labels=3, rank=4)
+    out = pipe(batch_size=3, target=[0, 1, 2] if guidance_scale else None, guidance_scale=guidance_scale,
+               num_inference_steps=6, generator=generator(2), output_type="np")
+    if guidance_scale in (0, 1):  # one UNet call per step, with the null label or the targets
+        assert np.array_equal(out.images, expected.images)
+    else:  # the conditional and null predictions run as one batch of 6: equal up to float rounding
+        np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+
+
+def test_labels_and_guidance_scale_change_samples_and_keep_shapes():
+    pipe = SIDELoRAPipeline.from_base(DDIMPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)), 3, 4)
+    randomise_adapters(pipe.unet)
+
+    def sample(**kwargs):
+        return pipe(batch_size=2, num_inference_steps=4, generator=generator(5), output_type="pt", **kwargs)
+
+    per_label = [sample(target=label).images for label in range(3)]
+    unconditional, guided = sample(guidance_scale=0), sample(target=1, guidance_scale=3.0)
+    for images in [*per_label, unconditional.images, guided.images]:
+        assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
+    assert not torch.allclose(per_label[0], per_label[1]) and not torch.allclose(per_label[1], per_label[2])
+    assert not torch.allclose(guided.images, per_label[1]) and not torch.allclose(unconditional.images, per_label[1])
+    assert unconditional.targets is None and guided.targets.tolist() == [1, 1]
+    drawn = pipe(batch_size=6, num_inference_steps=1, generator=[generator(s) for s in range(6)], output_type="np")
+    again = pipe(batch_size=6, num_inference_steps=1, generator=[generator(s) for s in range(6)], output_type="np")
+    assert drawn.targets.tolist() == again.targets.tolist() and set(drawn.targets.tolist()) <= {0, 1, 2}
+
+
+def test_save_and_load_round_trip_restores_every_weight(tmp_path, target):
+    pipe = SIDELoRAPipeline.from_base(str(target), num_labels=3, rank=4, label_info={"extractor": "unet"})
+    randomise_adapters(pipe.unet)
+    pipe.save_pretrained(tmp_path / "lora")
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == sorted([ADAPTER_WEIGHT_NAME, CLASS_EMBEDDING_NAME, LORA_CONFIG_NAME])
+    saved_adapters = load_file(str(tmp_path / "lora" / ADAPTER_WEIGHT_NAME))
+    assert saved_adapters and all("lora_" in key for key in saved_adapters)  # adapters only, the base is referenced
+
+    loaded = SIDELoRAPipeline.from_pretrained(tmp_path / "lora")
+    expected, actual = pipe.unet.state_dict(), loaded.unet.state_dict()
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert loaded.label_info == {"num_labels": 3, "extractor": "unet"} and loaded.base_model == str(target)
+    assert get_peft_model_state_dict(loaded.unet).keys() == saved_adapters.keys()
+    pipe.unet.requires_grad_(False)  # as loaded: torch picks another convolution kernel for weights that require grad
+    kwargs = dict(batch_size=2, target=[0, 2], guidance_scale=2.0, num_inference_steps=3, output_type="np")
+    assert np.array_equal(pipe(generator=generator(1), **kwargs).images, loaded(generator=generator(1), **kwargs).images)
+
+
+def test_loading_refuses_pickle_a_foreign_folder_and_another_base(tmp_path, target):
+    pipe = SIDELoRAPipeline.from_base(str(target), num_labels=3, rank=4)
+    pipe.save_pretrained(tmp_path / "lora")
+    with pytest.raises(FileNotFoundError, match="not a LoRA-SIDE folder"):
+        SIDELoRAPipeline.from_pretrained(target)
+    other = tmp_path / "other-base"
+    DDIMPipeline(make_tiny_unet(sample_size=8), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)).save_pretrained(other)
+    with pytest.raises(ValueError, match=r"not the one these adapters were trained on .*\['sample_size'\]"):
+        SIDELoRAPipeline.from_pretrained(tmp_path / "lora", base_model=str(other))
+    weights = tmp_path / "lora" / ADAPTER_WEIGHT_NAME
+    torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(OSError, match="read from safetensors only"):
+        SIDELoRAPipeline.from_pretrained(tmp_path / "lora")
+
+
+def test_loads_from_hub_repo_ids_through_offline_cache(tmp_path, target):
+    """Both the adapters and the base they name resolve through huggingface_hub's cache with HF_HUB_OFFLINE=1."""
+    hub = tmp_path / "hub"
+    for repo, folder in (("auditor/ddim-tiny", target), ("auditor/lora-side-tiny", tmp_path / "lora")):
+        if repo.endswith("lora-side-tiny"):
+            pipe = SIDELoRAPipeline.from_base(str(target), num_labels=3, rank=4)
+            randomise_adapters(pipe.unet)
+            pipe.base_model = "auditor/ddim-tiny"
+            pipe.save_pretrained(folder)
+        commit = "0123456789abcdef0123456789abcdef0123456" + str(len(repo) % 10)
+        repo_cache = hub / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(folder, repo_cache / "snapshots" / commit)
+        (repo_cache / "refs").mkdir()
+        (repo_cache / "refs" / "main").write_text(commit)
+    script = (
+        "import torch; from diffusers_side import SIDELoRAPipeline\n"
+        "hub = SIDELoRAPipeline.from_pretrained('auditor/lora-side-tiny')\n"
+        f"local = SIDELoRAPipeline.from_pretrained({str(tmp_path / 'lora')!r}, base_model={str(target)!r})\n"
+        "a, b = hub.unet.state_dict(), local.unet.state_dict()\n"
+        "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)\n"
+        "print('hub-ok', hub.base_model, hub.num_labels)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hub-ok auditor/ddim-tiny 3" in result.stdout
+
+
+def test_fine_tuning_saves_adapters_card_and_log(target, labelled, tmp_path):
+    output = tmp_path / "lora"
+    argv = run_args(target, labelled, output, "--max_train_steps", "3")
+    main(parse_args(argv))
+
+    config = json.loads((output / LORA_CONFIG_NAME).read_text())
+    assert config["base_model"] == str(target.resolve()) and config["num_labels"] == NUM_CLASSES
+    assert config["label_info"] == surrogate_labels().to_label_info() and config["rank"] == 4
+    pipe = SIDELoRAPipeline.from_pretrained(output)
+    assert pipe.unet.class_embedding.weight.abs().sum() > 0  # trained away from zero
+    assert json.loads((output / "train_log.json").read_text())["global_step"] == 3
+    card = ModelCard.load(output / "README.md")
+    assert "side-lora" in card.data.tags and "rank 4, alpha 4" in card.text
+    assert "python training/train_lora.py " + " ".join(argv) in card.text
+    assert pipe(batch_size=2, target=[0, 2], num_inference_steps=2, output_type="pt").images.shape == (2, 1, 16, 16)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(target, labelled, tmp_path):
+    main(parse_args(run_args(target, labelled, tmp_path / "split", "--max_train_steps", "4", "--random_flip")))
+    resume = ["--max_train_steps", "7", "--resume_from_checkpoint", "latest", "--random_flip"]
+    main(parse_args(run_args(target, labelled, tmp_path / "split", *resume)))
+    main(parse_args(run_args(target, labelled, tmp_path / "whole", "--max_train_steps", "7", "--random_flip")))
+
+    for name in (ADAPTER_WEIGHT_NAME, CLASS_EMBEDDING_NAME):
+        resumed, whole = load_file(str(tmp_path / "split" / name)), load_file(str(tmp_path / "whole" / name))
+        assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole), name
+    log = json.loads((tmp_path / "split" / "train_log.json").read_text())
+    assert log["global_step"] == 7 and log["resumed_from"].endswith("checkpoint-4")
+
+
+def tiny_condition_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=2,
+    )
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: add_lora_adapters(add_label_conditioning(make_tiny_unet(), 3), rank=0), ValueError, r"rank=0 must be a positive integer"),
+        (lambda: add_lora_adapters(add_label_conditioning(make_tiny_unet(), 3), rank=-2), ValueError, r"rank=-2"),
+        (lambda: add_label_conditioning(make_tiny_unet(), 0), ValueError, r"num_labels=0 must be a positive integer"),
+        (lambda: add_label_conditioning(tiny_condition_unet(), 3), TypeError, r"needs a UNet2DModel, got UNet2DConditionModel"),
+        (lambda: add_label_conditioning(add_label_conditioning(make_tiny_unet(), 3), 3), ValueError, r"already class-conditional"),
+        (lambda: add_lora_adapters(add_label_conditioning(make_tiny_unet(), 3), 4, target_modules=["to_q", "proj_in"]),
+         ValueError, r"\['proj_in'\] match no linear or convolution layer of this UNet2DModel; .*'conv1'"),
+    ],
+)
+def test_bad_conditioning_and_adapters_are_refused(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": 3}, r"target=3 is out of range: the model has 3 surrogate labels \(valid targets are 0..2; 3 is the null"),
+        ({"target": [-1, 0]}, "out of range"),
+        ({"target": [0, 1, 2]}, "Got 3 targets for batch_size=2"),
+        ({"target": 0, "guidance_scale": 0.0}, "ignored with guidance_scale=0"),
+        ({"guidance_scale": -1.0}, "guidance_scale=-1.0 is negative"),
+        ({"output_type": "latent"}, "output_type='latent' is not supported"),
+    ],
+)
+def test_bad_sampling_inputs_raise_before_sampling(kwargs, message):
+    pipe = SIDELoRAPipeline.from_base(DDIMPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)), 3, 4)
+    with pytest.raises(ValueError, match=message):
+        pipe(batch_size=2, num_inference_steps=1, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rank", "0"], r"rank=0 must be a positive integer \(--rank"),
+        (["--label_dropout", "1"], r"--label_dropout must be in \[0, 1\), got 1.0"),
+        (["--use_ema"], "--use_ema is not supported"),
+        (["--resolution", "32"], "--resolution 32 differs from the target UNet's sample_size 16"),
+        (["--lora_target_modules", "attn1"], r"\['attn1'\] match no linear or convolution layer"),
+    ],
+)
+def test_bad_flags_fail_before_training(target, labelled, tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        main(parse_args(run_args(target, labelled, tmp_path / "out", *extra)))
+    assert not (tmp_path / "out" / "checkpoint-2").exists() and not (tmp_path / "out" / LORA_CONFIG_NAME).exists()

@@ -1,0 +1,250 @@
+"""Fine-tune LoRA adapters and a label embedding so the audited UNet samples one surrogate label at a time.
+
+SIDE's second branch (the paper's choice for large models; see `diffusers_side.lora`). Inputs: the target
+pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or ``"default"``) and the labelled
+synthetic set written by ``side label`` (``--train_data_dir``: columns image, label, ... and the
+``surrogate_labels.json`` sidecar). The target's UNet gets a zero-initialised class embedding over K' + 1
+labels (the last is the null label) and LoRA adapters of rank ``--rank``; both are trained with the
+target's own denoising loss and noise schedule, each label replaced by the null label with probability
+``--label_dropout`` so that classifier-free guidance works at sampling time.
+
+The output folder holds the adapters (``pytorch_lora_weights.safetensors``), the class embedding, a
+``side_lora.json`` naming the base pipeline, ``train_log.json`` and a model card; it loads with
+``SIDELoRAPipeline.from_pretrained``. The loop, checkpoints (``--checkpointing_steps``,
+``--resume_from_checkpoint latest``: exact resume) and ``accelerate launch`` behaviour are those of the
+other training scripts.
+
+Example:
+
+```bash
+python training/train_lora.py --pretrained_model_name_or_path default --train_data_dir side-demo/labels \\
+    --output_dir side-demo/lora-side --rank 8 --max_train_steps 1000
+accelerate launch training/train_lora.py ...   # or: side train-lora ...
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator
+from diffusers.utils import logging
+from huggingface_hub import ModelCardData
+
+from diffusers_side.atomic_io import write_json_atomic
+from diffusers_side.cards import render_card, write_card
+from diffusers_side.lora import check_rank
+from diffusers_side.pipeline_side_lora import SIDELoRAPipeline
+from diffusers_side.training.common import (
+    TRAIN_LOG_NAME,
+    ImageData,
+    StepOutput,
+    TrainingResult,
+    add_data_arguments,
+    add_training_arguments,
+    check_output_dir,
+    command_for_card,
+    create_accelerator,
+    image_dataloader,
+    load_training_images,
+    push_to_hub,
+    record_command,
+    run_identity,
+    start_output_dir,
+    train,
+    validate_training_args,
+)
+from diffusers_side.training.train_classifier import Target, check_labels, read_label_info
+from diffusers_side.training.train_dpm import denoising_loss
+
+logger = logging.get_logger(__name__)
+
+SCRIPT = "train_lora"
+DESCRIPTION = "Fine-tune LoRA adapters + a label embedding on surrogate labels (SIDE's LoRA branch)."
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every flag of ``train_lora.py`` to ``parser`` (also used by ``side train-lora``)."""
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default="default",
+        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
+    )
+    add_data_arguments(parser, with_dataset_name=False)
+    parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
+    parser.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
+    )
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--rank", type=int, default=8, help="LoRA rank (the paper uses 512 on Stable Diffusion).")
+    lora.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1).")
+    lora.add_argument(
+        "--lora_target_modules",
+        type=_comma_list,
+        default=None,
+        help="Comma-separated layer-name suffixes to adapt (default: attention to_q,to_k,to_v,to_out.0 and ResNet "
+        "conv1,conv2,time_emb_proj, those the UNet has).",
+    )
+    lora.add_argument(
+        "--label_dropout",
+        type=float,
+        default=0.1,
+        help="Probability of replacing a label by the null label (enables classifier-free guidance).",
+    )
+    add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """Parse the command line of ``train_lora.py`` (``argv`` defaults to ``sys.argv[1:]``)."""
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
+    return record_command(parser.parse_args(argv), argv, prog or "python training/train_lora.py")
+
+
+def validate_lora_args(args: argparse.Namespace, target: Target) -> None:
+    """Check the LoRA flags and the data flags against the target; raise before any work."""
+    check_rank(args.rank)
+    if args.train_data_dir is None:
+        raise ValueError("Pass --train_data_dir: the output directory of `side label`.")
+    if not 0 <= args.label_dropout < 1:
+        raise ValueError(
+            f"--label_dropout must be in [0, 1), got {args.label_dropout}; 0.1 is usual (0 disables classifier-free guidance)."
+        )
+    if args.use_ema:
+        raise ValueError("--use_ema is not supported for LoRA fine-tuning (the adapters are saved as trained); drop it.")
+    for flag, key in (("resolution", "sample_size"), ("channels", "in_channels")):
+        given, expected = getattr(args, flag), target.unet_config[key]
+        if given is not None and given != expected:
+            raise ValueError(
+                f"--{flag} {given} differs from the target UNet's {key} {expected}: fine-tuning uses the target's own "
+                f"samples; drop --{flag} or pass --{flag} {expected}."
+            )
+
+
+def base_reference(spec: str) -> str:
+    """How ``side_lora.json`` names the base: a local folder as an absolute path, ``"default"`` or a repo id as given."""
+    return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
+
+
+def lora_denoising_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    noise_scheduler,
+    label_column: str,
+    null_label: int,
+    label_dropout: float,
+    random_flip: bool,
+) -> StepOutput:
+    """The target's denoising loss with each image's label, dropped to the null label with probability ``label_dropout``.
+
+    All randomness (dropout, flips, noise, timesteps) comes from ``generator``, so resuming is exact.
+    """
+    labels = batch[label_column]
+    dropped = torch.rand(labels.shape[0], generator=generator).to(labels.device) < label_dropout
+    class_labels = torch.where(dropped, torch.full_like(labels, null_label), labels)
+    conditional = functools.partial(model, class_labels=class_labels)
+    return denoising_loss(conditional, batch, generator, noise_scheduler, random_flip)
+
+
+def write_model_card(
+    args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData, pipeline: SIDELoRAPipeline
+) -> Path:
+    """Render ``model_cards/train_lora.md`` into ``output_dir/README.md``."""
+    target = args.pretrained_model_name_or_path
+    base_model = None if target == "default" or Path(target).exists() else target
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        tags=["diffusers", "diffusers-side", "memorization-audit", "lora", "side-lora"],
+        base_model=base_model,
+        model_name=args.hub_model_id or Path(args.output_dir).name,
+    )
+    log = result.log()
+    fields = {
+        **vars(args),
+        "model_name": card_data.model_name,
+        "repo_id": args.hub_model_id or args.output_dir,
+        "target": target,
+        "lora": pipeline.lora_config(),
+        "label_info": pipeline.label_info,
+        "num_images": len(data.dataset),
+        "resolution": data.resolution,
+        "channels": data.channels,
+        "trainable_parameters": sum(p.numel() for p in pipeline.unet.parameters() if p.requires_grad),
+        "global_step": result.global_step,
+        "final_loss": log["final_loss"],
+        "num_processes": accelerator.num_processes,
+        "total_batch_size": args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+        "command": command_for_card(args, accelerator.num_processes),
+    }
+    return write_card(render_card(SCRIPT, card_data, **fields), args.output_dir)
+
+
+def save_outputs(
+    args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData, pipeline: SIDELoRAPipeline
+) -> None:
+    """Write the adapters, class embedding, ``side_lora.json``, ``train_log.json`` and the card; push if asked."""
+    pipeline.unet = result.use_final_weights()
+    pipeline.save_pretrained(args.output_dir)
+    write_json_atomic(Path(args.output_dir) / TRAIN_LOG_NAME, result.log())
+    write_model_card(args, accelerator, result, data, pipeline)
+    if args.push_to_hub:
+        push_to_hub(args, args.output_dir, commit_message=f"LoRA-SIDE adapters trained for {result.global_step} steps")
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Fine-tune and save; the flags, the target, the data, the labels and the adapters' fit are checked first."""
+    validate_training_args(args)
+    target = Target.load(args.pretrained_model_name_or_path)
+    validate_lora_args(args, target)
+    identity = run_identity(args, SCRIPT)
+    check_output_dir(args, identity)
+    data = load_training_images(
+        args.train_data_dir, args.image_column, target.unet_config["sample_size"], target.unet_config["in_channels"]
+    )
+    label_info = read_label_info(args)
+    label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
+
+    accelerator = create_accelerator(args)  # seeds torch: the adapters' initialisation is reproducible
+    pipeline = SIDELoRAPipeline.from_base(
+        base_reference(args.pretrained_model_name_or_path),
+        label_info["num_labels"],
+        args.rank,
+        args.lora_alpha,
+        args.lora_target_modules,
+        label_info,
+    )
+    start_output_dir(accelerator, args, identity)
+    dataloader = image_dataloader(data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column])
+    compute_loss = functools.partial(
+        lora_denoising_loss,
+        noise_scheduler=target.noise_scheduler,
+        label_column=args.label_column,
+        null_label=pipeline.null_label,
+        label_dropout=args.label_dropout,
+        random_flip=args.random_flip,
+    )
+    result = train(accelerator, args, pipeline.unet, dataloader, compute_loss, identity)
+    if accelerator.is_main_process:
+        save_outputs(args, accelerator, result, data, pipeline)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return Path(args.output_dir)
+
+
+if __name__ == "__main__":
+    main(parse_args())
