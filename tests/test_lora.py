@@ -16,7 +16,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from test_train_classifier import NUM_CLASSES, make_labelled_data, surrogate_labels
 
-from conftest import make_tiny_unet
+from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline
 from diffusers_side.lora import (
     ADAPTER_WEIGHT_NAME,
@@ -27,6 +27,7 @@ from diffusers_side.lora import (
 )
 from diffusers_side.training.train_lora import main, parse_args
 
+SCRIPT = Path(__file__).parents[1] / "training" / "train_lora.py"
 TRAIN_STEPS = 100
 FAST = ["--rank", "4", "--train_batch_size", "8", "--learning_rate", "1e-3", "--checkpointing_steps", "2"]
 
@@ -263,3 +264,14 @@ def test_bad_flags_fail_before_training(target, labelled, tmp_path, extra, messa
     with pytest.raises(ValueError, match=message):
         main(parse_args(run_args(target, labelled, tmp_path / "out", *extra)))
     assert not (tmp_path / "out" / "checkpoint-2").exists() and not (tmp_path / "out" / LORA_CONFIG_NAME).exists()
+
+
+@pytest.mark.multiprocess
+def test_two_processes_with_accelerate_launch(target, labelled, tmp_path):
+    output = tmp_path / "ddp"
+    result = launch_two_processes(str(SCRIPT), *run_args(target, labelled, output, "--max_train_steps", "3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((output / "checkpoint-2").glob("random_states_*.pkl"))) == 2
+    assert json.loads((output / "train_log.json").read_text())["global_step"] == 3
+    assert "batch 16 (8 per process x 2 processes x 1 accumulation)" in (output / "README.md").read_text()
+    assert SIDELoRAPipeline.from_pretrained(output).num_labels == NUM_CLASSES
