@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
 from huggingface_hub import snapshot_download
@@ -38,6 +38,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from .atomic_io import atomic_path, write_json_atomic
+from .default_model import resolve_pipeline_path
 
 logger = logging.get_logger(__name__)
 
@@ -278,3 +279,65 @@ def load_lora_conditioning(unet: torch.nn.Module, folder: Path, config: dict[str
             f"The adapters in {folder} do not fit this UNet (unexpected {result.unexpected_keys[:5]}, missing "
             f"{missing[:5]}); load them onto the base model they were trained on."
         )
+
+
+def check_targets(target, batch_size: int, num_labels: int, guidance_scale: float) -> None:
+    """Raise a `ValueError` unless ``target`` is ``None``, one label or one per image, each in ``[0, num_labels)``."""
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (conditional) or more (CFG).")
+    if target is None:
+        return
+    if guidance_scale == 0:
+        raise ValueError(f"target={target!r} is ignored with guidance_scale=0 (null label); pass a positive scale.")
+    targets = torch.as_tensor(target).reshape(-1)
+    if targets.numel() not in (1, batch_size):
+        raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
+    if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_labels:
+        raise ValueError(
+            f"target={target!r} is out of range: the model has {num_labels} surrogate labels (valid targets are "
+            f"0..{num_labels - 1}; {num_labels} is the null label, used through guidance_scale)."
+        )
+
+
+def draw_targets(target, batch_size: int, num_labels: int, generator, device: torch.device) -> torch.Tensor:
+    """Fixed targets, or one label drawn uniformly per image from the generator(s), as `SIDEPipeline` draws them."""
+    if target is not None:
+        return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
+    if isinstance(generator, list):
+        draws = [torch.randint(num_labels, (1,), generator=g, device=g.device) for g in generator]
+        return torch.cat([d.to(device) for d in draws])
+    generator_device = generator.device if generator is not None else "cpu"
+    return torch.randint(num_labels, (batch_size,), generator=generator, device=generator_device).to(device)
+
+
+def classifier_free_guidance(
+    unconditional: torch.Tensor, conditional: torch.Tensor, guidance_scale: float, channels: int
+) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)`` on the first ``channels`` channels; extra (learned-variance) channels from ``cond``."""
+    guided = conditional.clone()
+    guided[:, :channels] = unconditional[:, :channels] + guidance_scale * (
+        conditional[:, :channels] - unconditional[:, :channels]
+    )
+    return guided
+
+
+def check_base_unet(unet: torch.nn.Module, recorded: dict[str, Any], base_model: str) -> None:
+    """Raise if ``unet`` is not the UNet the adapters were trained on (its config differs from the recorded one)."""
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    differences = sorted(k for k in set(config) | set(recorded) if _jsonable(config.get(k)) != recorded.get(k))
+    if differences:
+        raise ValueError(
+            f"The base model {base_model!r} is not the one these adapters were trained on (its UNet config differs in "
+            f"{differences}); pass the original with base_model=..."
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def is_text_conditional(spec: str | os.PathLike) -> bool:
+    """Whether the pipeline folder ``spec`` is text-conditional (its ``model_index.json`` lists a text encoder)."""
+    folder = resolve_pipeline_path(spec)
+    return os.path.isdir(folder) and "text_encoder" in DiffusionPipeline.load_config(folder)

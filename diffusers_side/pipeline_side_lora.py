@@ -26,6 +26,11 @@ from .lora import (
     DEFAULT_UNET_TARGETS,
     add_label_conditioning,
     add_lora_adapters,
+    check_base_unet,
+    check_targets,
+    classifier_free_guidance,
+    draw_targets,
+    is_text_conditional,
     load_lora_conditioning,
     local_folder,
     read_lora_config,
@@ -147,6 +152,10 @@ class SIDELoRAPipeline(DiffusionPipeline):
                 `UNet2DModel` — all before anything is trained.
         """
         base_model = None if isinstance(base, DiffusionPipeline) else str(base)
+        if base_model is not None and is_text_conditional(base_model):
+            raise TypeError(
+                f"{base_model} is a text-conditional pipeline; use SIDELoRATextPipeline (one prompt per label) for it."
+            )
         if base_model is not None:
             base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
         unet = add_label_conditioning(base.unet, num_labels)
@@ -237,32 +246,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
             raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for batch_size={batch_size}; pass one per image.")
-        if guidance_scale < 0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (conditional) or more (CFG)."
-            )
-        if target is None:
-            return
-        if guidance_scale == 0:
-            raise ValueError(f"target={target!r} is ignored with guidance_scale=0 (null label); pass a positive scale.")
-        targets = torch.as_tensor(target).reshape(-1)
-        if targets.numel() not in (1, batch_size):
-            raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
-        if targets.is_floating_point() or targets.min() < 0 or targets.max() >= self.num_labels:
-            raise ValueError(
-                f"target={target!r} is out of range: the model has {self.num_labels} surrogate labels (valid targets "
-                f"are 0..{self.num_labels - 1}; {self.null_label} is the null label, used through guidance_scale)."
-            )
-
-    def prepare_targets(self, target, batch_size: int, generator, device: torch.device) -> torch.Tensor:
-        """Fixed targets, or one label drawn uniformly per image from the generator(s) (as `SIDEPipeline` does)."""
-        if target is not None:
-            return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-        if isinstance(generator, list):
-            draws = [torch.randint(self.num_labels, (1,), generator=g, device=g.device) for g in generator]
-            return torch.cat([d.to(device) for d in draws])
-        generator_device = generator.device if generator is not None else "cpu"
-        return torch.randint(self.num_labels, (batch_size,), generator=generator, device=generator_device).to(device)
+        check_targets(target, batch_size, self.num_labels, guidance_scale)
 
     def predict(self, model_input: torch.Tensor, t: torch.Tensor, targets: torch.Tensor | None, guidance_scale: float):
         """The model output for this step: null label, label, or their classifier-free guidance combination."""
@@ -272,13 +256,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
         if guidance_scale == 1:
             return self.unet(model_input, t, class_labels=targets).sample
         both = self.unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([null, targets])).sample
-        unconditional, conditional = both.chunk(2)
-        channels = model_input.shape[1]  # a learned-variance UNet returns extra channels: keep the conditional ones
-        guided = conditional.clone()
-        guided[:, :channels] = unconditional[:, :channels] + guidance_scale * (
-            conditional[:, :channels] - unconditional[:, :channels]
-        )
-        return guided
+        return classifier_free_guidance(*both.chunk(2), guidance_scale, channels=model_input.shape[1])
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -317,7 +295,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
         """
         self.check_inputs(batch_size, target, guidance_scale, generator, output_type)
         device = self._execution_device
-        targets = self.prepare_targets(target, batch_size, generator, device) if guidance_scale > 0 else None
+        targets = draw_targets(target, batch_size, self.num_labels, generator, device) if guidance_scale > 0 else None
 
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -341,20 +319,4 @@ class SIDELoRAPipeline(DiffusionPipeline):
         if not return_dict:
             return (image, targets)
         return SIDELoRAPipelineOutput(images=image, targets=targets)
-
-
-def check_base_unet(unet: UNet2DModel, recorded: dict[str, Any], base_model: str) -> None:
-    """Raise if ``unet`` is not the UNet the adapters were trained on (its config differs from the recorded one)."""
-    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    differences = sorted(k for k in set(config) | set(recorded) if _jsonable(config.get(k)) != recorded.get(k))
-    if differences:
-        raise ValueError(
-            f"The base model {base_model!r} is not the one these adapters were trained on (its UNet config differs in "
-            f"{differences}); pass the original with base_model=..."
-        )
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as JSON reads it back (tuples become lists)."""
-    return list(value) if isinstance(value, tuple) else value
 

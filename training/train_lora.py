@@ -28,18 +28,21 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
+from diffusers import AutoencoderKL
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
 from diffusers_side.atomic_io import write_json_atomic
 from diffusers_side.cards import render_card, write_card
-from diffusers_side.lora import check_rank
+from diffusers_side.lora import check_rank, is_text_conditional
 from diffusers_side.pipeline_side_lora import SIDELoRAPipeline
+from diffusers_side.pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
 from diffusers_side.training.common import (
+    PIXEL_VALUES,
     TRAIN_LOG_NAME,
     ImageData,
     StepOutput,
@@ -52,6 +55,7 @@ from diffusers_side.training.common import (
     image_dataloader,
     load_training_images,
     push_to_hub,
+    random_horizontal_flip,
     record_command,
     run_identity,
     start_output_dir,
@@ -99,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "conv1,conv2,time_emb_proj, those the UNet has).",
     )
     lora.add_argument(
+        "--prompt",
+        type=str,
+        default=None,
+        help="Text-conditional pipelines only (required there): the prompt the synthetic set was generated from; "
+        "label k is trained as '<prompt> <identifier of k>'.",
+    )
+    lora.add_argument(
         "--label_dropout",
         type=float,
         default=0.1,
@@ -114,9 +125,25 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     return record_command(parser.parse_args(argv), argv, prog or "python training/train_lora.py")
 
 
-def validate_lora_args(args: argparse.Namespace, target: Target) -> None:
+def training_image_shape(target: Target, text: bool) -> tuple[int, int]:
+    """(resolution, channels) of the images the target generates: its UNet's, or for a latent model its VAE's."""
+    if not text:
+        return target.unet_config["sample_size"], target.unet_config["in_channels"]
+    vae_config = AutoencoderKL.load_config(target.path, subfolder="vae")
+    scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return target.unet_config["sample_size"] * scale_factor, vae_config["in_channels"]
+
+
+def validate_lora_args(args: argparse.Namespace, target: Target, text: bool) -> None:
     """Check the LoRA flags and the data flags against the target; raise before any work."""
     check_rank(args.rank)
+    if text and not args.prompt:
+        raise ValueError(
+            f"{args.pretrained_model_name_or_path} is a text-conditional pipeline: pass --prompt, the prompt its "
+            "synthetic set was generated from (label k is trained as '<prompt> <identifier of k>')."
+        )
+    if not text and args.prompt:
+        raise ValueError(f"--prompt is for text-conditional pipelines; {args.pretrained_model_name_or_path} is unconditional.")
     if args.train_data_dir is None:
         raise ValueError("Pass --train_data_dir: the output directory of `side label`.")
     if not 0 <= args.label_dropout < 1:
@@ -125,11 +152,11 @@ def validate_lora_args(args: argparse.Namespace, target: Target) -> None:
         )
     if args.use_ema:
         raise ValueError("--use_ema is not supported for LoRA fine-tuning (the adapters are saved as trained); drop it.")
-    for flag, key in (("resolution", "sample_size"), ("channels", "in_channels")):
-        given, expected = getattr(args, flag), target.unet_config[key]
+    for flag, expected in zip(("resolution", "channels"), training_image_shape(target, text)):
+        given = getattr(args, flag)
         if given is not None and given != expected:
             raise ValueError(
-                f"--{flag} {given} differs from the target UNet's {key} {expected}: fine-tuning uses the target's own "
+                f"--{flag} {given} differs from the target's {flag} {expected}: fine-tuning uses the target's own "
                 f"samples; drop --{flag} or pass --{flag} {expected}."
             )
 
@@ -145,9 +172,9 @@ def lora_denoising_loss(
     generator: torch.Generator,
     noise_scheduler,
     label_column: str,
-    null_label: int,
     label_dropout: float,
     random_flip: bool,
+    null_label: int,
 ) -> StepOutput:
     """The target's denoising loss with each image's label, dropped to the null label with probability ``label_dropout``.
 
@@ -160,15 +187,78 @@ def lora_denoising_loss(
     return denoising_loss(conditional, batch, generator, noise_scheduler, random_flip)
 
 
+def text_lora_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    noise_scheduler,
+    vae: AutoencoderKL,
+    prompt_embeddings: torch.Tensor,
+    label_column: str,
+    label_dropout: float,
+    random_flip: bool,
+) -> StepOutput:
+    """The latent denoising loss with ``prompt_embeddings[label]`` (row K' = the prompt alone, used with prob. ``label_dropout``).
+
+    Images are flipped (if asked) before the frozen VAE encodes them; all randomness comes from ``generator``.
+    """
+    labels = batch[label_column]
+    dropped = torch.rand(labels.shape[0], generator=generator).to(labels.device) < label_dropout
+    rows = torch.where(dropped, torch.full_like(labels, len(prompt_embeddings) - 1), labels)
+    pixels = batch[PIXEL_VALUES]
+    if random_flip:
+        pixels = random_horizontal_flip(pixels, generator)
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
+    conditional = functools.partial(model, encoder_hidden_states=prompt_embeddings[rows])
+    return denoising_loss(conditional, {PIXEL_VALUES: latents}, generator, noise_scheduler, random_flip=False)
+
+
+@torch.no_grad()
+def label_prompt_embeddings(pipeline: SIDELoRATextPipeline, prompt: str) -> torch.Tensor:
+    """Text embeddings of the K' label prompts followed by the prompt alone (the null label), shape (K' + 1, L, D)."""
+    prompts = [label_prompt(prompt, k) for k in range(pipeline.num_labels)] + [label_prompt(prompt, None)]
+    return pipeline.encode_prompts(prompts)
+
+
+def build_pipeline(
+    args: argparse.Namespace, accelerator: Accelerator, target: Target, label_info: dict, text: bool
+) -> tuple[SIDELoRAPipeline | SIDELoRATextPipeline, Callable]:
+    """The pipeline to fine-tune (adapters attached) and the loss of one batch."""
+    common = (base_reference(args.pretrained_model_name_or_path), label_info["num_labels"], args.rank)
+    lora = (args.lora_alpha, args.lora_target_modules, label_info)
+    if not text:
+        pipeline = SIDELoRAPipeline.from_base(*common, *lora)
+        loss = functools.partial(lora_denoising_loss, null_label=pipeline.null_label)
+    else:
+        pipeline = SIDELoRATextPipeline.from_base(*common, *lora, prompt=args.prompt)
+        pipeline.vae.requires_grad_(False).to(accelerator.device)
+        pipeline.text_encoder.requires_grad_(False).to(accelerator.device)
+        embeddings = label_prompt_embeddings(pipeline, args.prompt)
+        loss = functools.partial(text_lora_loss, vae=pipeline.vae, prompt_embeddings=embeddings)
+    compute_loss = functools.partial(
+        loss,
+        noise_scheduler=target.noise_scheduler,
+        label_column=args.label_column,
+        label_dropout=args.label_dropout,
+        random_flip=args.random_flip,
+    )
+    return pipeline, compute_loss
+
+
 def write_model_card(
-    args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData, pipeline: SIDELoRAPipeline
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    result: TrainingResult,
+    data: ImageData,
+    pipeline: SIDELoRAPipeline | SIDELoRATextPipeline,
 ) -> Path:
     """Render ``model_cards/train_lora.md`` into ``output_dir/README.md``."""
     target = args.pretrained_model_name_or_path
     base_model = None if target == "default" or Path(target).exists() else target
     card_data = ModelCardData(
         library_name="diffusers",
-        pipeline_tag="unconditional-image-generation",
+        pipeline_tag="text-to-image" if isinstance(pipeline, SIDELoRATextPipeline) else "unconditional-image-generation",
         tags=["diffusers", "diffusers-side", "memorization-audit", "lora", "side-lora"],
         base_model=base_model,
         model_name=args.hub_model_id or Path(args.output_dir).name,
@@ -195,7 +285,11 @@ def write_model_card(
 
 
 def save_outputs(
-    args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData, pipeline: SIDELoRAPipeline
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    result: TrainingResult,
+    data: ImageData,
+    pipeline: SIDELoRAPipeline | SIDELoRATextPipeline,
 ) -> None:
     """Write the adapters, class embedding, ``side_lora.json``, ``train_log.json`` and the card; push if asked."""
     pipeline.unet = result.use_final_weights()
@@ -210,34 +304,18 @@ def main(args: argparse.Namespace) -> Path:
     """Fine-tune and save; the flags, the target, the data, the labels and the adapters' fit are checked first."""
     validate_training_args(args)
     target = Target.load(args.pretrained_model_name_or_path)
-    validate_lora_args(args, target)
+    text = is_text_conditional(target.path)
+    validate_lora_args(args, target, text)
     identity = run_identity(args, SCRIPT)
     check_output_dir(args, identity)
-    data = load_training_images(
-        args.train_data_dir, args.image_column, target.unet_config["sample_size"], target.unet_config["in_channels"]
-    )
+    data = load_training_images(args.train_data_dir, args.image_column, *training_image_shape(target, text))
     label_info = read_label_info(args)
     label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
 
     accelerator = create_accelerator(args)  # seeds torch: the adapters' initialisation is reproducible
-    pipeline = SIDELoRAPipeline.from_base(
-        base_reference(args.pretrained_model_name_or_path),
-        label_info["num_labels"],
-        args.rank,
-        args.lora_alpha,
-        args.lora_target_modules,
-        label_info,
-    )
+    pipeline, compute_loss = build_pipeline(args, accelerator, target, label_info, text)
     start_output_dir(accelerator, args, identity)
     dataloader = image_dataloader(data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column])
-    compute_loss = functools.partial(
-        lora_denoising_loss,
-        noise_scheduler=target.noise_scheduler,
-        label_column=args.label_column,
-        null_label=pipeline.null_label,
-        label_dropout=args.label_dropout,
-        random_flip=args.random_flip,
-    )
     result = train(accelerator, args, pipeline.unet, dataloader, compute_loss, identity)
     if accelerator.is_main_process:
         save_outputs(args, accelerator, result, data, pipeline)
