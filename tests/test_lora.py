@@ -256,7 +256,7 @@ def test_bad_sampling_inputs_raise_before_sampling(kwargs, message):
         (["--rank", "0"], r"rank=0 must be a positive integer \(--rank"),
         (["--label_dropout", "1"], r"--label_dropout must be in \[0, 1\), got 1.0"),
         (["--use_ema"], "--use_ema is not supported"),
-        (["--resolution", "32"], "--resolution 32 differs from the target UNet's sample_size 16"),
+        (["--resolution", "32"], "--resolution 32 differs from the target's resolution 16"),
         (["--lora_target_modules", "attn1"], r"\['attn1'\] match no linear or convolution layer"),
     ],
 )
