@@ -10,14 +10,17 @@ training drops the identifier), which gives classifier-free guidance between "p"
 As for the `UNet2DModel` branch, only the adapters and ``side_lora.json`` (base pipeline, labels, prompt)
 are saved; `from_pretrained` loads the base with diffusers and puts the adapters back on its UNet.
 
-The command a GPU user runs on Stable Diffusion 1.5 (the paper: rank 512, lr 1e-5):
+What a GPU user runs on Stable Diffusion 1.5 (the paper: rank 512, lr 1e-5; ``SD`` below stands for
+``stable-diffusion-v1-5/stable-diffusion-v1-5``). ``side synthesize`` / ``side extract`` drive
+`UNet2DModel` pipelines only, so steps 1 and 4 are Python:
 
 ```bash
-side synthesize --pipeline stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a photo" --num-samples 2000 --output sd/synthetic
-side label --synthetic sd/synthetic --features facebook/dinov2-small --clusters 100 --output sd/labels
-accelerate launch training/train_lora.py --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
-    --train_data_dir sd/labels --prompt "a photo" --rank 512 --learning_rate 1e-5 --max_train_steps 5000 \\
-    --train_batch_size 8 --mixed_precision bf16 --output_dir sd/lora-side
+# 1. sample the prompt: StableDiffusionPipeline.from_pretrained(SD)("a photo", guidance_scale=1.0, ...) saved as PNGs in sd/synthetic/
+side label --synthetic sd/synthetic --features facebook/dinov2-small --clusters 100 --output sd/labels   # 2. labels
+accelerate launch training/train_lora.py --pretrained_model_name_or_path SD --train_data_dir sd/labels \
+    --prompt "a photo" --rank 512 --learning_rate 1e-5 --max_train_steps 5000 --train_batch_size 8 \
+    --mixed_precision bf16 --checkpointing_steps 500 --output_dir sd/lora-side                     # 3. fine-tune
+# 4. SIDELoRATextPipeline.from_pretrained("sd/lora-side").to("cuda")(batch_size=8, target=k, guidance_scale=3.0)
 ```
 """
 
