@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_synthesize_command,
         add_label_command,
         add_train_classifier_command,
+        add_train_lora_command,
         add_extract_command,
         add_evaluate_command,
         add_sweep_command,
@@ -269,6 +270,43 @@ def run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train-lora: the same flags and function as `python training/train_lora.py` ----------------------
+
+
+def add_train_lora_command(subparsers) -> None:
+    """Register ``side train-lora`` on ``subparsers``."""
+    from .training.lora import add_arguments
+
+    parser = subparsers.add_parser(
+        "train-lora",
+        help="SIDE's LoRA branch: fine-tune the target on the surrogate labels (for `side extract --method side-lora`)",
+        description=(
+            "SIDE step 6, second branch: make the target conditional on the `side label` output (a zero-initialised\n"
+            "label embedding + LoRA adapters, label dropout for classifier-free guidance) and save the adapters with a\n"
+            "model card. The flags and the loop are those of training/train_lora.py (also runnable with accelerate launch)."
+        ),
+        epilog=_example(
+            "side train-lora --pretrained_model_name_or_path default --train_data_dir side-demo/labels "
+            "--output_dir side-demo/lora-side --rank 8 --max_train_steps 1500 --resume_from_checkpoint latest"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run_train_lora)
+
+
+def run_train_lora(args: argparse.Namespace) -> int:
+    """Run ``side train-lora`` with the parsed arguments; return the exit code."""
+    from .training.common import record_command
+    from .training.lora import train_lora
+
+    started = time.perf_counter()
+    script_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("command", "debug", "func")})
+    output = train_lora(record_command(script_args, sys.argv[1:], "side"))
+    summary("train-lora", started, str(output))
+    return 0
+
+
 # --- generation: synthesize and extract --------------------------------------------------------------
 
 
@@ -317,7 +355,8 @@ def add_extract_command(subparsers) -> None:
         help="SIDE step 7 and its baselines: generate extraction candidates (resumable, accelerate-aware)",
         description=(
             "Generate N candidates with SIDE (time-dependent classifier guidance toward one surrogate condition per\n"
-            "image), Carlini UnCond (plain sampling) or Carlini Cond (a time-independent classifier). Run under\n"
+            "image), SIDE's LoRA branch (side-lora: --pipeline is a `side train-lora` folder), Carlini UnCond (plain\n"
+            "sampling) or Carlini Cond (a time-independent classifier). Run under\n"
             "`accelerate launch --num_processes P -m diffusers_side extract ...` to split the shards over P processes."
         ),
         epilog=_example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
@@ -325,7 +364,7 @@ def add_extract_command(subparsers) -> None:
     )
     parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method")
     parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of candidates (N_G)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score; for side-lora the classifier-free guidance scale, 1.0: plain conditional)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
     parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
@@ -341,10 +380,10 @@ def run_extract(args: argparse.Namespace) -> int:
     from .methods import get_method
 
     method = get_method(args.method)
-    if not method.needs_classifier and args.guidance_scale:
+    if not method.guided and args.guidance_scale:
         raise CommandError(f"--method {args.method} samples without guidance; drop --guidance-scale {args.guidance_scale}.")
     guidance_scale = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    if not method.needs_classifier:
+    if not method.guided:
         guidance_scale = 0.0
     if args.public and not args.push_to_hub:
         raise CommandError("--public only applies to --push-to-hub REPO; add --push-to-hub or drop --public.")
@@ -416,13 +455,16 @@ def _float_list(text: str) -> list[float]:
 
 def add_sweep_command(subparsers) -> None:
     """Register ``side sweep`` on ``subparsers``."""
+    from .methods import guided_method_names
+
     parser = subparsers.add_parser(
         "sweep",
         help="extract with SIDE at several guidance scales and plot AMS/UMS against lambda (paper Fig. 10)",
-        description="Run `side extract --method side` at every scale (same seeds), evaluate each, and plot the curves.",
+        description="Run `side extract --method side` (or --method) at every scale (same seeds), evaluate each, and plot the curves.",
         epilog=_example("side sweep --pipeline side-demo/classifier-side --guidance-scales 0,1,2,5,10,20 --num-images 500 --output side-sweep"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--method", default="side", choices=guided_method_names(), help="guided method to sweep (default: side; side-lora sweeps the classifier-free guidance scale of a `side train-lora` folder)")
     parser.add_argument("--guidance-scales", type=_float_list, default=[0, 1, 2, 5, 10, 20], metavar="L1,L2,...", help="lambdas (default: 0,1,2,5,10,20)")
     parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="candidates per scale (N_G)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help="training set to score against (default: the embedded subset)")
@@ -439,7 +481,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     base = GenerationSettings(
-        pipeline=args.pipeline, method="side", num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
+        pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
         num_inference_steps=args.num_inference_steps, scheduler=args.scheduler, classifier=args.classifier,
     )
     plot = sweep(

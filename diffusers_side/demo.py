@@ -192,7 +192,7 @@ class Demo:
 
     def evaluate(self) -> dict:
         """Stage 5: score every extraction method against the reference and write the report."""
-        generated = [self.path(f"extract-{method}") for method in extraction_method_names()]
+        generated = [self.path(f"extract-{method}") for method in demo_methods()]
         return evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
 
     def run(self) -> dict:
@@ -206,13 +206,19 @@ class Demo:
         for name, time_independent in (("classifier-side", False), ("classifier-cond", True)):
             if not (self.path(name) / "model_index.json").exists():
                 self.stage(f"train {name}", self.path(name), lambda: self.train_classifier(name, time_independent))
-        for method in extraction_method_names():
+        for method in demo_methods():
             self.stage(f"extract {method}", self.path(f"extract-{method}"), lambda: self.extract(method))
         report = {}
         self.stage("evaluate", self.output_dir, lambda: report.update(self.evaluate()))
         self.timings["total"] = round(sum(self.timings.values()), 2)
         write_json_atomic(self.path(TIMINGS_FILE), self.timings)
         return report
+
+
+def demo_methods() -> list[str]:
+    """The extraction methods the demo compares: every registered one except the LoRA branch, whose fine-tuning
+    stage the demo does not run (README, "LoRA-SIDE", has its commands and numbers)."""
+    return [name for name in extraction_method_names() if not get_method(name).needs_lora]
 
 
 def run_demo(

@@ -50,8 +50,8 @@ def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int)
     seeds = [image_seed(settings.seed, i) for i in indices]
     device = pipe._execution_device
     method = get_method(settings.method)
-    guided = method.needs_classifier
-    targets = [image_target(seed, pipe.classifier.config.num_classes) for seed in seeds] if guided else None
+    guided = method.guided
+    targets = [image_target(seed, method.num_conditions(pipe)) for seed in seeds] if guided else None
     guidance_scale = settings.guidance_scale if guided else 0.0
     request = ShardRequest(
         seeds=seeds,

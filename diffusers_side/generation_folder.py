@@ -89,8 +89,8 @@ class GenerationSettings:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0.")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
-        if not method.needs_classifier and self.guidance_scale != 0:
-            guided = [name for name, other in METHODS.items() if other.needs_classifier]
+        if not method.guided and self.guidance_scale != 0:
+            guided = [name for name, other in METHODS.items() if other.guided]
             raise ValueError(
                 f"method={self.method!r} samples without guidance but guidance_scale={self.guidance_scale}; "
                 f"use --method {' or '.join(guided)} for guided sampling, or drop --guidance-scale."

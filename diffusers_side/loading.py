@@ -19,7 +19,9 @@ from diffusers import (
 from .arg_types import SCHEDULER_NAMES
 from .classifier import TimeDependentClassifier
 from .default_model import check_model_source, resolve_pipeline_path
+from .lora import is_lora_folder
 from .pipeline_side import SIDEPipeline
+from .pipeline_side_lora import SIDELoRAPipeline
 
 # Names accepted by --scheduler; each is built with `from_config` from the target's own scheduler, so the
 # noise schedule (betas, abar_t) and prediction type stay those the model was trained with.
@@ -53,9 +55,9 @@ def load_pipeline(
     classifier: str | os.PathLike | None = None,
     allow_pickle: bool = False,
     device: str | torch.device | None = None,
-) -> SIDEPipeline:
+) -> SIDEPipeline | SIDELoRAPipeline:
     """
-    Load the pipeline to audit.
+    Load the pipeline to audit, or a LoRA-SIDE result (a folder or repo holding ``side_lora.json``) with its base.
 
     Args:
         spec: ``"default"`` (the embedded digits model), a folder, or a Hub repo id.
@@ -65,14 +67,18 @@ def load_pipeline(
         device (*optional*): where to run.
 
     Returns:
-        [`SIDEPipeline`]
+        [`SIDEPipeline`], or [`SIDELoRAPipeline`] for a LoRA-SIDE result.
     """
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
     check_model_source(spec, "--pipeline")
     if classifier is not None:
         check_model_source(classifier, "--classifier")
-    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
+    lora = is_lora_folder(resolve_pipeline_path(spec))
+    if lora and classifier is not None:
+        raise ValueError(f"{spec} is a LoRA-SIDE result, which samples without a classifier; drop --classifier.")
+    pipeline_class = SIDELoRAPipeline if lora else SIDEPipeline
+    pipe = pipeline_class.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if classifier is not None:

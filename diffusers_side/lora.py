@@ -32,7 +32,8 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
-from huggingface_hub import snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -232,6 +233,23 @@ def local_folder(spec: str | os.PathLike, what: str, **download_kwargs) -> Path:
     return Path(snapshot_download(source, **download_kwargs))
 
 
+def is_lora_folder(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` (a folder or a Hub repo id) holds a LoRA-SIDE result (``side_lora.json``).
+
+    For a repo id only that one file is fetched (from the cache when ``HF_HUB_OFFLINE`` is set).
+    """
+    source = str(spec)
+    if os.path.isdir(source):
+        return (Path(source) / LORA_CONFIG_NAME).is_file()
+    if os.path.isabs(source) or source.startswith(".") or os.path.exists(source) or source.count("/") != 1:
+        return False
+    try:
+        hf_hub_download(source, LORA_CONFIG_NAME)
+    except (EntryNotFoundError, RepositoryNotFoundError):  # includes "not in the offline cache"
+        return False
+    return True
+
+
 def read_lora_config(folder: Path) -> dict[str, Any]:
     """``side_lora.json`` of a saved LoRA-SIDE folder, with a clear error when the folder is something else."""
     path = folder / LORA_CONFIG_NAME
@@ -287,8 +305,6 @@ def check_targets(target, batch_size: int, num_labels: int, guidance_scale: floa
         raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (conditional) or more (CFG).")
     if target is None:
         return
-    if guidance_scale == 0:
-        raise ValueError(f"target={target!r} is ignored with guidance_scale=0 (null label); pass a positive scale.")
     targets = torch.as_tensor(target).reshape(-1)
     if targets.numel() not in (1, batch_size):
         raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
@@ -338,6 +354,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def is_text_conditional(spec: str | os.PathLike) -> bool:
-    """Whether the pipeline folder ``spec`` is text-conditional (its ``model_index.json`` lists a text encoder)."""
-    folder = resolve_pipeline_path(spec)
-    return os.path.isdir(folder) and "text_encoder" in DiffusionPipeline.load_config(folder)
+    """Whether pipeline ``spec`` (folder, repo id or ``"default"``) is text-conditional: its ``model_index.json`` lists a text encoder.
+
+    Only ``model_index.json`` is read (downloaded for a repo id).
+    """
+    return "text_encoder" in DiffusionPipeline.load_config(resolve_pipeline_path(spec))

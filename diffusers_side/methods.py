@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the registry itself stays light: `side --help` reads it wit
     import torch
 
     from .pipeline_side import SIDEPipeline
+    from .pipeline_side_lora import SIDELoRAPipeline
 
 
 @dataclass
@@ -72,6 +73,8 @@ class ExtractionMethod:
         needs_classifier: whether it samples with classifier guidance (and draws a target per image).
         time_dependent: the kind of classifier it needs (``True``: p(y | x_t, t), ``False``: p(y | x));
             ``None`` when it needs none.
+        needs_lora: whether it samples a model fine-tuned on the surrogate labels (a `SIDELoRAPipeline` from
+            ``side train-lora``; draws a target per image, the guidance scale is the classifier-free one).
         default_guidance_scale: lambda when none is given (0 for unguided methods).
         extractable: offered by ``side extract`` and the demo (``False`` for the synthetic set).
         sample: samples one shard; see [`sample_with_pipeline`].
@@ -81,12 +84,34 @@ class ExtractionMethod:
     description: str
     needs_classifier: bool = False
     time_dependent: bool | None = None
+    needs_lora: bool = False
     default_guidance_scale: float = 0.0
     extractable: bool = True
     sample: SampleFn = sample_with_pipeline
 
-    def check_pipeline(self, pipe: SIDEPipeline) -> None:
-        """Raise `ValueError` when ``pipe`` lacks the classifier this method needs, or has the other kind."""
+    @property
+    def guided(self) -> bool:
+        """Whether it draws a surrogate condition per image and takes a guidance scale."""
+        return self.needs_classifier or self.needs_lora
+
+    def num_conditions(self, pipe: SIDEPipeline | SIDELoRAPipeline) -> int:
+        """The number of surrogate conditions targets are drawn from (the classifier's, or the LoRA model's labels)."""
+        return pipe.num_labels if self.needs_lora else pipe.classifier.config.num_classes
+
+    def check_pipeline(self, pipe: SIDEPipeline | SIDELoRAPipeline) -> None:
+        """Raise `ValueError` when ``pipe`` is not the kind this method samples, or lacks the classifier it needs."""
+        from .pipeline_side_lora import SIDELoRAPipeline  # here, not at the top: the registry imports no torch
+
+        if self.needs_lora != isinstance(pipe, SIDELoRAPipeline):
+            if self.needs_lora:
+                raise ValueError(
+                    f"method={self.name!r} samples a model fine-tuned on the surrogate labels; pass the output folder "
+                    "of `side train-lora` as --pipeline."
+                )
+            raise ValueError(
+                f"method={self.name!r} samples the audited model itself, but --pipeline is a LoRA-SIDE folder; pass the "
+                "base pipeline (or use --method side-lora)."
+            )
         if not self.needs_classifier:
             return
         if pipe.classifier is None:
@@ -126,6 +151,11 @@ def extraction_method_names() -> tuple[str, ...]:
     return tuple(name for name, method in METHODS.items() if method.extractable)
 
 
+def guided_method_names() -> tuple[str, ...]:
+    """The methods that take a guidance scale (what ``side sweep`` can sweep)."""
+    return tuple(name for name in extraction_method_names() if METHODS[name].guided)
+
+
 register_method(
     ExtractionMethod("synthetic", "unguided samples used to build surrogate labels", extractable=False)
 )
@@ -145,6 +175,15 @@ register_method(
         "Carlini et al. Cond: guidance by a time-independent classifier",
         needs_classifier=True,
         time_dependent=False,
+        default_guidance_scale=1.0,
+    )
+)
+register_method(
+    ExtractionMethod(
+        "side-lora",
+        "SIDE, LoRA branch: the model fine-tuned on the surrogate labels with LoRA, sampled one label per image "
+        "(guidance scale = classifier-free guidance scale)",
+        needs_lora=True,
         default_guidance_scale=1.0,
     )
 )

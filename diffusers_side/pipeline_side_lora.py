@@ -279,6 +279,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
             batch_size (`int`, defaults to 1): number of images.
             target (`int`, `list[int]` or `torch.Tensor`, *optional*): the surrogate label(s), one for all images or
                 one per image. `None` draws one uniformly per image from `generator` (when `guidance_scale > 0`).
+                With `guidance_scale=0` given targets are returned but not used (as `SIDEPipeline` does).
             guidance_scale (`float`, defaults to 1.0): 0 = null label (unconditional), 1 = conditional, > 1 = CFG.
             num_inference_steps (`int`, defaults to 50): denoising steps.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image.
@@ -295,7 +296,8 @@ class SIDELoRAPipeline(DiffusionPipeline):
         """
         self.check_inputs(batch_size, target, guidance_scale, generator, output_type)
         device = self._execution_device
-        targets = draw_targets(target, batch_size, self.num_labels, generator, device) if guidance_scale > 0 else None
+        conditional = guidance_scale > 0 or target is not None  # as SIDEPipeline: scale 0 keeps given targets, unused
+        targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
 
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -305,7 +307,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
         step_kwargs = SIDEPipeline.prepare_step_kwargs(self, generator, eta)  # reads only self.scheduler
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self.predict(model_input, t, targets, guidance_scale)
+            model_output = self.predict(model_input, t, targets if guidance_scale > 0 else None, guidance_scale)
             image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)

@@ -325,9 +325,10 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         """
         prompts = self.check_inputs(prompt, batch_size, target, guidance_scale, generator, output_type)
         device = self._execution_device
-        targets = draw_targets(target, batch_size, self.num_labels, generator, device) if guidance_scale > 0 else None
+        conditional = guidance_scale > 0 or target is not None  # scale 0 keeps given targets, unused
+        targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
         null_embeddings = self.encode_prompts(prompts)
-        if targets is not None:
+        if guidance_scale > 0:
             label_embeddings = self.encode_prompts([label_prompt(p, int(k)) for p, k in zip(prompts, targets)])
 
         size = self.unet.config.sample_size
@@ -338,7 +339,7 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         step_kwargs = SIDEPipeline.prepare_step_kwargs(self, generator, eta)  # reads only self.scheduler
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
-            if targets is None:
+            if guidance_scale == 0:
                 model_output = self.unet(model_input, t, encoder_hidden_states=null_embeddings).sample
             elif guidance_scale == 1:
                 model_output = self.unet(model_input, t, encoder_hidden_states=label_embeddings).sample

@@ -18,6 +18,10 @@ from test_train_classifier import NUM_CLASSES, make_labelled_data, surrogate_lab
 
 from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline
+from diffusers_side.cli import main as side
+from diffusers_side.data import load_image_dataset
+from diffusers_side.generation import image_seed, image_target
+from diffusers_side.loading import load_pipeline
 from diffusers_side.lora import (
     ADAPTER_WEIGHT_NAME,
     CLASS_EMBEDDING_NAME,
@@ -25,7 +29,7 @@ from diffusers_side.lora import (
     add_label_conditioning,
     add_lora_adapters,
 )
-from diffusers_side.training.train_lora import main, parse_args
+from diffusers_side.training.lora import parse_args, train_lora
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train_lora.py"
 TRAIN_STEPS = 100
@@ -89,7 +93,7 @@ def test_untrained_pipeline_samples_exactly_like_diffusers(reference_pipeline, s
     unet, scheduler = make_tiny_unet(), scheduler_class(num_train_timesteps=TRAIN_STEPS)
     expected = reference_pipeline(unet, scheduler)(batch_size=3, num_inference_steps=6, generator=generator(2), output_type="np")
     pipe = SIDELoRAPipeline.from_base(reference_pipeline(unet, scheduler), num_labels=3, rank=4)
-    out = pipe(batch_size=3, target=[0, 1, 2] if guidance_scale else None, guidance_scale=guidance_scale,
+    out = pipe(batch_size=3, target=[0, 1, 2], guidance_scale=guidance_scale,
                num_inference_steps=6, generator=generator(2), output_type="np")
     if guidance_scale in (0, 1):  # one UNet call per step, with the null label or the targets
         assert np.array_equal(out.images, expected.images)
@@ -111,6 +115,8 @@ def test_labels_and_guidance_scale_change_samples_and_keep_shapes():
     assert not torch.allclose(per_label[0], per_label[1]) and not torch.allclose(per_label[1], per_label[2])
     assert not torch.allclose(guided.images, per_label[1]) and not torch.allclose(unconditional.images, per_label[1])
     assert unconditional.targets is None and guided.targets.tolist() == [1, 1]
+    null_with_targets = sample(target=[0, 2], guidance_scale=0)  # targets kept for the record, not used
+    assert torch.equal(null_with_targets.images, unconditional.images) and null_with_targets.targets.tolist() == [0, 2]
     drawn = pipe(batch_size=6, num_inference_steps=1, generator=[generator(s) for s in range(6)], output_type="np")
     again = pipe(batch_size=6, num_inference_steps=1, generator=[generator(s) for s in range(6)], output_type="np")
     assert drawn.targets.tolist() == again.targets.tolist() and set(drawn.targets.tolist()) <= {0, 1, 2}
@@ -170,18 +176,19 @@ def test_loads_from_hub_repo_ids_through_offline_cache(tmp_path, target):
         f"local = SIDELoRAPipeline.from_pretrained({str(tmp_path / 'lora')!r}, base_model={str(target)!r})\n"
         "a, b = hub.unet.state_dict(), local.unet.state_dict()\n"
         "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)\n"
-        "print('hub-ok', hub.base_model, hub.num_labels)\n"
+        "from diffusers_side.loading import load_pipeline\n"
+        "print('hub-ok', hub.base_model, hub.num_labels, type(load_pipeline('auditor/lora-side-tiny')).__name__)\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "hub-ok auditor/ddim-tiny 3" in result.stdout
+    assert "hub-ok auditor/ddim-tiny 3 SIDELoRAPipeline" in result.stdout
 
 
 def test_fine_tuning_saves_adapters_card_and_log(target, labelled, tmp_path):
     output = tmp_path / "lora"
     argv = run_args(target, labelled, output, "--max_train_steps", "3")
-    main(parse_args(argv))
+    train_lora(parse_args(argv))
 
     config = json.loads((output / LORA_CONFIG_NAME).read_text())
     assert config["base_model"] == str(target.resolve()) and config["num_labels"] == NUM_CLASSES
@@ -196,10 +203,10 @@ def test_fine_tuning_saves_adapters_card_and_log(target, labelled, tmp_path):
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(target, labelled, tmp_path):
-    main(parse_args(run_args(target, labelled, tmp_path / "split", "--max_train_steps", "4", "--random_flip")))
+    train_lora(parse_args(run_args(target, labelled, tmp_path / "split", "--max_train_steps", "4", "--random_flip")))
     resume = ["--max_train_steps", "7", "--resume_from_checkpoint", "latest", "--random_flip"]
-    main(parse_args(run_args(target, labelled, tmp_path / "split", *resume)))
-    main(parse_args(run_args(target, labelled, tmp_path / "whole", "--max_train_steps", "7", "--random_flip")))
+    train_lora(parse_args(run_args(target, labelled, tmp_path / "split", *resume)))
+    train_lora(parse_args(run_args(target, labelled, tmp_path / "whole", "--max_train_steps", "7", "--random_flip")))
 
     for name in (ADAPTER_WEIGHT_NAME, CLASS_EMBEDDING_NAME):
         resumed, whole = load_file(str(tmp_path / "split" / name)), load_file(str(tmp_path / "whole" / name))
@@ -239,7 +246,6 @@ def test_bad_conditioning_and_adapters_are_refused(build, error, message):
         ({"target": 3}, r"target=3 is out of range: the model has 3 surrogate labels \(valid targets are 0..2; 3 is the null"),
         ({"target": [-1, 0]}, "out of range"),
         ({"target": [0, 1, 2]}, "Got 3 targets for batch_size=2"),
-        ({"target": 0, "guidance_scale": 0.0}, "ignored with guidance_scale=0"),
         ({"guidance_scale": -1.0}, "guidance_scale=-1.0 is negative"),
         ({"output_type": "latent"}, "output_type='latent' is not supported"),
     ],
@@ -262,7 +268,7 @@ def test_bad_sampling_inputs_raise_before_sampling(kwargs, message):
 )
 def test_bad_flags_fail_before_training(target, labelled, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
-        main(parse_args(run_args(target, labelled, tmp_path / "out", *extra)))
+        train_lora(parse_args(run_args(target, labelled, tmp_path / "out", *extra)))
     assert not (tmp_path / "out" / "checkpoint-2").exists() and not (tmp_path / "out" / LORA_CONFIG_NAME).exists()
 
 
@@ -275,3 +281,40 @@ def test_two_processes_with_accelerate_launch(target, labelled, tmp_path):
     assert json.loads((output / "train_log.json").read_text())["global_step"] == 3
     assert "batch 16 (8 per process x 2 processes x 1 accumulation)" in (output / "README.md").read_text()
     assert SIDELoRAPipeline.from_pretrained(output).num_labels == NUM_CLASSES
+
+
+@pytest.fixture(scope="module")
+def trained_lora(target, labelled, tmp_path_factory) -> Path:
+    """A LoRA-SIDE folder trained for 3 steps through `side train-lora`."""
+    output = tmp_path_factory.mktemp("lora") / "lora-side"
+    assert side(["train-lora", *run_args(target, labelled, output, "--max_train_steps", "3")]) == 0
+    return output
+
+
+def test_side_lora_extracts_through_the_engine_with_the_classifier_branch_targets(trained_lora, target, tmp_path, capsys):
+    common = ["--num-images", "5", "--batch-size", "2", "--num-inference-steps", "2", "--seed", "7"]
+    assert side(["extract", "--method", "side-lora", "--pipeline", str(trained_lora), *common, "--output", str(tmp_path / "x")]) == 0
+    dataset = load_image_dataset(tmp_path / "x")
+    assert dataset["target"] == [image_target(image_seed(7, i), NUM_CLASSES) for i in range(5)]  # as `side extract --method side`
+    assert set(dataset["guidance_scale"]) == {1.0} and set(dataset["method"]) == {"side-lora"}
+
+    pipe = load_pipeline(str(trained_lora))
+    assert isinstance(pipe, SIDELoRAPipeline) and pipe.num_labels == NUM_CLASSES
+    first = pipe(target=dataset["target"][0], num_inference_steps=2, generator=torch.Generator().manual_seed(image_seed(7, 0)),
+                 output_type="np").images[0]
+    assert np.array_equal(np.asarray(dataset["image"][0]), (first[..., 0] * 255).round().astype(np.uint8))
+
+    for method, pipeline, message in (("side", trained_lora, "is a LoRA-SIDE folder; pass the base pipeline"),
+                                      ("uncond", trained_lora, "is a LoRA-SIDE folder"),
+                                      ("side-lora", target, "pass the output folder of `side train-lora`")):
+        assert side(["extract", "--method", method, "--pipeline", str(pipeline), *common, "--output", str(tmp_path / method)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_sweep_over_the_classifier_free_guidance_scale(trained_lora, tmp_path):
+    argv = ["sweep", "--method", "side-lora", "--pipeline", str(trained_lora), "--guidance-scales", "0,2",
+            "--num-images", "2", "--num-inference-steps", "2", "--output", str(tmp_path / "sweep")]
+    assert side(argv) == 0
+    results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert set(results) == {"0", "2"}
+    assert set(load_image_dataset(tmp_path / "sweep" / "scale-2")["guidance_scale"]) == {2.0}

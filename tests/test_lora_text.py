@@ -24,7 +24,7 @@ from conftest import make_tiny_unet
 from diffusers_side.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
 from diffusers_side.pipeline_side_lora import SIDELoRAPipeline
 from diffusers_side.pipeline_side_lora_text import SIDELoRATextPipeline, label_identifier, label_prompt
-from diffusers_side.training.train_lora import main, parse_args
+from diffusers_side.training.lora import parse_args, train_lora
 
 PROMPT = "a photo"
 NUM_LABELS = 3
@@ -141,7 +141,7 @@ def test_fine_tuning_saves_adapters_that_load_back(target, labelled, tmp_path):
     output = tmp_path / "lora"
     argv = ["--pretrained_model_name_or_path", str(target), "--train_data_dir", str(labelled), "--output_dir", str(output),
             "--prompt", PROMPT, "--rank", "2", "--train_batch_size", "4", "--max_train_steps", "2", "--learning_rate", "1e-3"]
-    main(parse_args(argv))
+    train_lora(parse_args(argv))
 
     config = json.loads((output / LORA_CONFIG_NAME).read_text())
     assert config["pipeline_class"] == "SIDELoRATextPipeline" and config["prompt"] == PROMPT
@@ -171,7 +171,7 @@ def test_bad_flags_fail_before_training(target, labelled, tmp_path, extra, messa
     argv = ["--pretrained_model_name_or_path", str(target), "--train_data_dir", str(labelled),
             "--output_dir", str(tmp_path / "out"), *extra]
     with pytest.raises(ValueError, match=message):
-        main(parse_args(argv))
+        train_lora(parse_args(argv))
     assert not (tmp_path / "out" / LORA_CONFIG_NAME).exists()
 
 
