@@ -250,6 +250,20 @@ def is_lora_folder(spec: str | os.PathLike) -> bool:
     return True
 
 
+def check_shareable_base(base_model: str | None) -> None:
+    """Refuse to publish adapters whose base is a local folder: nobody else could load them.
+
+    Raises:
+        `ValueError`: ``base_model`` is a local path (the message says how to fix it).
+    """
+    if base_model is not None and (os.path.isabs(base_model) or os.path.isdir(base_model)):
+        raise ValueError(
+            f"The adapters' base model is the local folder {base_model!r}, which a Hub user cannot load; push the base "
+            "pipeline first and fine-tune from its repo id (--pretrained_model_name_or_path user/repo), or keep the "
+            "adapters local."
+        )
+
+
 def read_lora_config(folder: Path) -> dict[str, Any]:
     """``side_lora.json`` of a saved LoRA-SIDE folder, with a clear error when the folder is something else."""
     path = folder / LORA_CONFIG_NAME

@@ -24,6 +24,7 @@ from .generation import generate
 from .generation_folder import GenerationSettings, check_output_dir, is_generation_folder, read_settings
 from .hub import push_extraction, push_folder
 from .loading import load_pipeline
+from .lora import LORA_CONFIG_NAME, check_shareable_base, read_lora_config
 from .report import plot_sweep
 
 SWEEP_PLOT = "sweep.png"
@@ -152,7 +153,8 @@ def push(
     """Upload a pipeline folder (with its README.md card) or a generation folder (as a data set with a card).
 
     Args:
-        folder: a folder with ``model_index.json`` (written by the training scripts) or ``generation.json``.
+        folder: a folder with ``model_index.json`` or ``side_lora.json`` (written by the training scripts) or
+            ``generation.json``.
         repo_id: the Hub repository.
         command: the command line shown on a data set card.
         token: as in `huggingface_hub.create_repo`.
@@ -165,9 +167,13 @@ def push(
 
     Raises:
         `FileNotFoundError`: a pipeline folder without its card, or a folder of neither kind.
+        `ValueError`: LoRA-SIDE adapters whose base model is a local folder.
     """
     folder = Path(folder)
-    if (folder / "model_index.json").exists():
+    lora = (folder / LORA_CONFIG_NAME).exists()
+    if lora:
+        check_shareable_base(read_lora_config(folder)["base_model"])
+    if (folder / "model_index.json").exists() or lora:
         if not (folder / "README.md").exists():
             raise FileNotFoundError(f"{folder} has no README.md model card; write one (the training scripts do) before pushing.")
         if public:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -318,3 +319,24 @@ def test_sweep_over_the_classifier_free_guidance_scale(trained_lora, tmp_path):
     results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert set(results) == {"0", "2"}
     assert set(load_image_dataset(tmp_path / "sweep" / "scale-2")["guidance_scale"]) == {2.0}
+
+
+def test_push_uploads_adapters_only_when_the_base_is_shareable(trained_lora, target, labelled, tmp_path, monkeypatch, capsys):
+    uploads = {}
+
+    class Repo:
+        repo_id = "me/lora-side"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kwargs: Repo())
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: uploads.update(kwargs) or "commit-url")
+    assert side(["push", str(trained_lora), "--repo", "me/lora-side"]) == 2  # its base is a local folder
+    assert "which a Hub user cannot load; push the base pipeline first" in capsys.readouterr().err
+    shareable = tmp_path / "shareable"
+    shutil.copytree(trained_lora, shareable)
+    config = json.loads((shareable / LORA_CONFIG_NAME).read_text())
+    (shareable / LORA_CONFIG_NAME).write_text(json.dumps({**config, "base_model": "me/ddim-tiny"}))
+    assert side(["push", str(shareable), "--repo", "me/lora-side"]) == 0
+    assert uploads["folder_path"] == str(shareable) and "checkpoint-*" in uploads["ignore_patterns"]
+    with pytest.raises(ValueError, match="which a Hub user cannot load"):  # refused before training
+        train_lora(parse_args(run_args(target, labelled, tmp_path / "out", "--push_to_hub", "--hub_model_id", "me/x")))
+    assert not (tmp_path / "out").exists()

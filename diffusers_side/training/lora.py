@@ -45,7 +45,7 @@ from ..atomic_io import write_json_atomic
 from ..cards import render_card, write_card
 from ..default_model import resolve_pipeline_path
 from ..loading import load_pipeline
-from ..lora import check_rank, is_text_conditional
+from ..lora import check_rank, check_shareable_base, is_text_conditional
 from ..pipeline_side_lora import SIDELoRAPipeline
 from ..pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
 from .classifier import check_labels, read_label_info
@@ -178,6 +178,8 @@ def validate_lora_args(args: argparse.Namespace, target: LoRATarget) -> None:
             f"{args.pretrained_model_name_or_path} is a text-conditional pipeline: pass --prompt, the prompt its "
             "synthetic set was generated from (label k is trained as '<prompt> <identifier of k>')."
         )
+    if args.push_to_hub:
+        check_shareable_base(target.reference)
     if not target.text and args.prompt:
         raise ValueError(f"--prompt is for text-conditional pipelines; {args.pretrained_model_name_or_path} is unconditional.")
     for flag, expected in (("resolution", target.resolution), ("channels", target.channels)):
