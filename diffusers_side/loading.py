@@ -19,9 +19,10 @@ from diffusers import (
 from .arg_types import SCHEDULER_NAMES
 from .classifier import TimeDependentClassifier
 from .default_model import check_model_source, resolve_pipeline_path
-from .lora import is_lora_folder
+from .lora import is_lora_folder, local_folder, read_lora_config
 from .pipeline_side import SIDEPipeline
 from .pipeline_side_lora import SIDELoRAPipeline
+from .pipeline_side_lora_text import SIDELoRATextPipeline
 
 # Names accepted by --scheduler; each is built with `from_config` from the target's own scheduler, so the
 # noise schedule (betas, abar_t) and prediction type stay those the model was trained with.
@@ -49,13 +50,19 @@ def _use_safetensors(allow_pickle: bool) -> bool | None:
     return None if allow_pickle else True
 
 
+def lora_pipeline_class(spec: str | os.PathLike) -> type[SIDELoRAPipeline] | type[SIDELoRATextPipeline]:
+    """The pipeline class a LoRA-SIDE folder or repo was saved from (its ``side_lora.json`` names it)."""
+    name = read_lora_config(local_folder(resolve_pipeline_path(spec), "LoRA-SIDE"))["pipeline_class"]
+    return {cls.__name__: cls for cls in (SIDELoRAPipeline, SIDELoRATextPipeline)}[name]
+
+
 def load_pipeline(
     spec: str | os.PathLike,
     scheduler: str | None = None,
     classifier: str | os.PathLike | None = None,
     allow_pickle: bool = False,
     device: str | torch.device | None = None,
-) -> SIDEPipeline | SIDELoRAPipeline:
+) -> SIDEPipeline | SIDELoRAPipeline | SIDELoRATextPipeline:
     """
     Load the pipeline to audit, or a LoRA-SIDE result (a folder or repo holding ``side_lora.json``) with its base.
 
@@ -67,7 +74,7 @@ def load_pipeline(
         device (*optional*): where to run.
 
     Returns:
-        [`SIDEPipeline`], or [`SIDELoRAPipeline`] for a LoRA-SIDE result.
+        [`SIDEPipeline`], or [`SIDELoRAPipeline`] / [`SIDELoRATextPipeline`] for a LoRA-SIDE result.
     """
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
@@ -77,7 +84,7 @@ def load_pipeline(
     lora = is_lora_folder(resolve_pipeline_path(spec))
     if lora and classifier is not None:
         raise ValueError(f"{spec} is a LoRA-SIDE result, which samples without a classifier; drop --classifier.")
-    pipeline_class = SIDELoRAPipeline if lora else SIDEPipeline
+    pipeline_class = lora_pipeline_class(spec) if lora else SIDEPipeline
     pipe = pipeline_class.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)

@@ -73,8 +73,9 @@ class ExtractionMethod:
         needs_classifier: whether it samples with classifier guidance (and draws a target per image).
         time_dependent: the kind of classifier it needs (``True``: p(y | x_t, t), ``False``: p(y | x));
             ``None`` when it needs none.
-        needs_lora: whether it samples a model fine-tuned on the surrogate labels (a `SIDELoRAPipeline` from
-            ``side train-lora``; draws a target per image, the guidance scale is the classifier-free one).
+        needs_lora: whether it samples a model fine-tuned on the surrogate labels (a `SIDELoRAPipeline` or, with
+            its training prompt, a `SIDELoRATextPipeline` from ``side train-lora``; draws a target per image, the
+            guidance scale is the classifier-free one).
         default_guidance_scale: lambda when none is given (0 for unguided methods).
         extractable: offered by ``side extract`` and the demo (``False`` for the synthetic set).
         sample: samples one shard; see [`sample_with_pipeline`].
@@ -100,9 +101,11 @@ class ExtractionMethod:
 
     def check_pipeline(self, pipe: SIDEPipeline | SIDELoRAPipeline) -> None:
         """Raise `ValueError` when ``pipe`` is not the kind this method samples, or lacks the classifier it needs."""
-        from .pipeline_side_lora import SIDELoRAPipeline  # here, not at the top: the registry imports no torch
+        # Imported here, not at the top: the registry imports no torch.
+        from .pipeline_side_lora import SIDELoRAPipeline
+        from .pipeline_side_lora_text import SIDELoRATextPipeline
 
-        if self.needs_lora != isinstance(pipe, SIDELoRAPipeline):
+        if self.needs_lora != isinstance(pipe, (SIDELoRAPipeline, SIDELoRATextPipeline)):
             if self.needs_lora:
                 raise ValueError(
                     f"method={self.name!r} samples a model fine-tuned on the surrogate labels; pass the output folder "

@@ -11,8 +11,8 @@ As for the `UNet2DModel` branch, only the adapters and ``side_lora.json`` (base 
 are saved; `from_pretrained` loads the base with diffusers and puts the adapters back on its UNet.
 
 What a GPU user runs on Stable Diffusion 1.5 (the paper: rank 512, lr 1e-5; ``SD`` below stands for
-``stable-diffusion-v1-5/stable-diffusion-v1-5``). ``side synthesize`` / ``side extract`` drive
-`UNet2DModel` pipelines only, so steps 1 and 4 are Python:
+``stable-diffusion-v1-5/stable-diffusion-v1-5``). ``side synthesize`` drives `UNet2DModel` pipelines only,
+so step 1 is Python; ``side extract`` samples the adapters with their training prompt:
 
 ```bash
 # 1. sample the prompt: StableDiffusionPipeline.from_pretrained(SD)("a photo", guidance_scale=1.0, ...) saved as PNGs in sd/synthetic/
@@ -20,7 +20,7 @@ side label --synthetic sd/synthetic --features facebook/dinov2-small --clusters 
 accelerate launch training/train_lora.py --pretrained_model_name_or_path SD --train_data_dir sd/labels \
     --prompt "a photo" --rank 512 --learning_rate 1e-5 --max_train_steps 5000 --train_batch_size 8 \
     --mixed_precision bf16 --checkpointing_steps 500 --output_dir sd/lora-side                     # 3. fine-tune
-# 4. SIDELoRATextPipeline.from_pretrained("sd/lora-side").to("cuda")(batch_size=8, target=k, guidance_scale=3.0)
+side extract --pipeline sd/lora-side --method side-lora --guidance-scale 3 --num-images 1000 --output sd/side-lora
 ```
 """
 

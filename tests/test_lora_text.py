@@ -21,6 +21,9 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from conftest import make_tiny_unet
+from diffusers_side.cli import main as side
+from diffusers_side.data import load_image_dataset
+from diffusers_side.generation import image_seed, image_target
 from diffusers_side.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
 from diffusers_side.pipeline_side_lora import SIDELoRAPipeline
 from diffusers_side.pipeline_side_lora_text import SIDELoRATextPipeline, label_identifier, label_prompt
@@ -187,3 +190,15 @@ def test_missing_prompt_and_wrong_pipeline_kind_are_refused(target, tmp_path):
         SIDELoRATextPipeline.from_base(DDIMPipeline(make_tiny_unet(), DDIMScheduler()), NUM_LABELS, rank=2)
     with pytest.raises(TypeError, match="use SIDELoRATextPipeline"):
         SIDELoRAPipeline.from_base(str(target), NUM_LABELS, rank=2)
+
+
+def test_side_extract_samples_a_text_lora_folder_with_its_training_prompt(target, labelled, tmp_path):
+    output = tmp_path / "lora"
+    train_lora(parse_args(["--pretrained_model_name_or_path", str(target), "--train_data_dir", str(labelled),
+                           "--output_dir", str(output), "--prompt", PROMPT, "--rank", "2", "--max_train_steps", "1"]))
+    argv = ["extract", "--method", "side-lora", "--pipeline", str(output), "--num-images", "3", "--batch-size", "2",
+            "--num-inference-steps", "2", "--seed", "3", "--output", str(tmp_path / "x")]
+    assert side(argv) == 0
+    dataset = load_image_dataset(tmp_path / "x")
+    assert dataset["target"] == [image_target(image_seed(3, i), NUM_LABELS) for i in range(3)]
+    assert dataset[0]["image"].size == (16, 16) and dataset[0]["image"].mode == "RGB"
