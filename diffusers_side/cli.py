@@ -275,7 +275,7 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 def add_train_lora_command(subparsers) -> None:
     """Register ``side train-lora`` on ``subparsers``."""
-    from .training.lora import add_arguments
+    from .training.arguments import add_lora_arguments
 
     parser = subparsers.add_parser(
         "train-lora",
@@ -291,7 +291,7 @@ def add_train_lora_command(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_arguments(parser)
+    add_lora_arguments(parser)
     parser.set_defaults(func=run_train_lora)
 
 

@@ -99,6 +99,49 @@ TABLE = {
             ("--hub_model_id", "not a repo id!", "--hub_model_id", RUN, ["--push_to_hub"]),
         ],
     ),
+    "train-lora": (
+        ["--pretrained_model_name_or_path", "{pipe}", "--train_data_dir", "{labels}", "--output_dir", "{out}"],
+        [
+            ("--pretrained_model_name_or_path", "{missing}", "missing", RUN),
+            ("--train_data_dir", "{missing}", "missing", RUN),
+            ("--image_column", "nope", "nope", RUN),
+            ("--resolution", "0", "--resolution", PARSE),
+            ("--channels", "2", "--channels", PARSE),
+            ("--dataloader_num_workers", "-1", "--dataloader_num_workers", PARSE),
+            ("--label_column", "nope", "nope", RUN),
+            ("--num_classes", "1", "--num_classes", RUN),
+            ("--rank", "0", "--rank", PARSE),
+            ("--lora_alpha", "-1", "--lora_alpha", PARSE),
+            ("--lora_target_modules", "nope", "['nope'] match no linear or convolution layer", RUN),
+            ("--prompt", "a photo", "--prompt is for text-conditional pipelines", RUN),
+            ("--label_dropout", "1", "--label_dropout", RUN),
+            ("--output_dir", "{file}", "is a file", RUN),
+            ("--seed", "-1", "--seed", PARSE),
+            ("--train_batch_size", "0", "--train_batch_size", PARSE),
+            ("--num_epochs", "0", "--num_epochs", PARSE),
+            ("--max_train_steps", "0", "--max_train_steps", PARSE),
+            ("--gradient_accumulation_steps", "0", "--gradient_accumulation_steps", PARSE),
+            ("--learning_rate", "nan", "--learning_rate", PARSE),
+            ("--lr_scheduler", "bogus", "--lr_scheduler", PARSE),
+            ("--lr_warmup_steps", "-1", "--lr_warmup_steps", PARSE),
+            ("--adam_beta1", "1.5", "--adam_beta1", PARSE),
+            ("--adam_beta2", "nan", "--adam_beta2", PARSE),
+            ("--adam_weight_decay", "-1", "--adam_weight_decay", PARSE),
+            ("--adam_epsilon", "0", "--adam_epsilon", PARSE),
+            ("--max_grad_norm", "inf", "--max_grad_norm", PARSE),
+            ("--ema_max_decay", "2", "--ema_max_decay", PARSE),
+            ("--ema_inv_gamma", "0", "--ema_inv_gamma", PARSE),
+            ("--ema_power", "nan", "--ema_power", PARSE),
+            ("--mixed_precision", "bogus", "--mixed_precision", PARSE),
+            ("--checkpointing_steps", "0", "--checkpointing_steps", PARSE),
+            ("--checkpoints_total_limit", "0", "--checkpoints_total_limit", PARSE),
+            ("--resume_from_checkpoint", "{missing}", "--resume_from_checkpoint", RUN),
+            ("--logging_steps", "0", "--logging_steps", PARSE),
+            ("--report_to", "bogus", "--report_to", RUN),
+            ("--logging_dir", "../outside", "--logging_dir", RUN),
+            ("--hub_model_id", "not a repo id!", "--hub_model_id", RUN, ["--push_to_hub"]),
+        ],
+    ),
     "evaluate": (
         ["--generated", "{synthetic}", "--reference", "{reference}", "--output", "{out}"],
         [
@@ -119,6 +162,7 @@ TABLE = {
     "sweep": (
         ["--num-images", "2", "--pipeline", "{pipe}", "--output", "{out}"],
         [
+            ("--method", "uncond", "--method", PARSE),
             ("--guidance-scales", "1,x", "--guidance-scales", PARSE),
             ("--num-images", "0", "--num-images", PARSE),
             ("--reference", "{missing}", "missing", RUN),
@@ -147,7 +191,7 @@ TABLE = {
     ),
 }
 # Flags whose every value is acceptable to check locally: a token is only checked by the Hub when used.
-EXEMPT = {"train-classifier": {"--hub_token"}, "push": {"--token"}}
+EXEMPT = {"train-classifier": {"--hub_token"}, "train-lora": {"--hub_token"}, "push": {"--token"}}
 
 ROWS = [(command, *row[:4], row[4] if len(row) > 4 else []) for command, (_, rows) in TABLE.items() for row in rows]
 

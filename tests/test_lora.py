@@ -257,10 +257,17 @@ def test_bad_sampling_inputs_raise_before_sampling(kwargs, message):
         pipe(batch_size=2, num_inference_steps=1, **kwargs)
 
 
+def test_bad_numbers_are_refused_when_parsing(capsys):
+    for flag, value, message in (("--rank", "0", "expected a positive integer"), ("--lora_alpha", "-1", "expected a finite number > 0"),
+                                 ("--label_dropout", "nan", "expected a finite number")):
+        with pytest.raises(SystemExit):
+            parse_args(["--output_dir", "out", flag, value])
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--rank", "0"], r"rank=0 must be a positive integer \(--rank"),
         (["--label_dropout", "1"], r"--label_dropout must be in \[0, 1\), got 1.0"),
         (["--use_ema"], "--use_ema is not supported"),
         (["--resolution", "32"], "--resolution 32 differs from the target's resolution 16"),

@@ -165,7 +165,6 @@ def test_fine_tuning_saves_adapters_that_load_back(target, labelled, tmp_path):
     "extra, message",
     [
         ([], r"is a text-conditional pipeline: pass --prompt"),
-        (["--prompt", PROMPT, "--rank", "0"], r"rank=0 must be a positive integer"),
         (["--prompt", PROMPT, "--resolution", "8"], "--resolution 8 differs from the target's resolution 16"),
         (["--prompt", PROMPT, "--lora_target_modules", "conv1,proj_x"], r"\['proj_x'\] match no linear or convolution"),
     ],

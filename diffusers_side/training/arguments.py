@@ -158,3 +158,51 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     )
     add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_lora_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every flag of ``train_lora.py`` to ``parser`` (also used by ``side train-lora``)."""
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default="default",
+        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
+    )
+    add_data_arguments(parser, with_dataset_name=False)
+    parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
+    parser.add_argument(
+        "--num_classes",
+        type=positive_int,
+        default=None,
+        help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
+    )
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (the paper uses 512 on Stable Diffusion).")
+    lora.add_argument("--lora_alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1).")
+    lora.add_argument(
+        "--lora_target_modules",
+        type=_comma_list,
+        default=None,
+        help="Comma-separated layer-name suffixes to adapt (default: attention to_q,to_k,to_v,to_out.0 and ResNet "
+        "conv1,conv2,time_emb_proj, those the UNet has).",
+    )
+    lora.add_argument(
+        "--prompt",
+        type=str,
+        default=None,
+        help="Text-conditional pipelines only (required there): the prompt the synthetic set was generated from; "
+        "label k is trained as '<prompt> <identifier of k>'.",
+    )
+    lora.add_argument(
+        "--label_dropout",
+        type=finite_float,
+        default=0.1,
+        help="Probability in [0, 1) of replacing a label by the null label (enables classifier-free guidance).",
+    )
+    add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
+    return parser

@@ -37,17 +37,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
 from ..atomic_io import write_json_atomic
 from ..cards import render_card, write_card
-from ..default_model import resolve_pipeline_path
+from ..data import check_image_source
+from ..default_model import check_model_source, resolve_pipeline_path
 from ..loading import load_pipeline
-from ..lora import check_rank, check_shareable_base, is_text_conditional
+from ..lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional
 from ..pipeline_side_lora import SIDELoRAPipeline
 from ..pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
+from .arguments import add_lora_arguments
 from .classifier import check_labels, read_label_info
 from .common import (
     PIXEL_VALUES,
@@ -55,8 +57,6 @@ from .common import (
     ImageData,
     StepOutput,
     TrainingResult,
-    add_data_arguments,
-    add_training_arguments,
     check_output_dir,
     command_for_card,
     create_accelerator,
@@ -79,57 +79,9 @@ SCRIPT = "train_lora"
 DESCRIPTION = "Fine-tune LoRA adapters + a label embedding on surrogate labels (SIDE's LoRA branch)."
 
 
-def _comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every flag of ``train_lora.py`` to ``parser`` (also used by ``side train-lora``)."""
-    target = parser.add_argument_group("target")
-    target.add_argument(
-        "--pretrained_model_name_or_path",
-        type=str,
-        default="default",
-        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
-    )
-    add_data_arguments(parser, with_dataset_name=False)
-    parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
-    parser.add_argument(
-        "--num_classes",
-        type=int,
-        default=None,
-        help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
-    )
-    lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--rank", type=int, default=8, help="LoRA rank (the paper uses 512 on Stable Diffusion).")
-    lora.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1).")
-    lora.add_argument(
-        "--lora_target_modules",
-        type=_comma_list,
-        default=None,
-        help="Comma-separated layer-name suffixes to adapt (default: attention to_q,to_k,to_v,to_out.0 and ResNet "
-        "conv1,conv2,time_emb_proj, those the UNet has).",
-    )
-    lora.add_argument(
-        "--prompt",
-        type=str,
-        default=None,
-        help="Text-conditional pipelines only (required there): the prompt the synthetic set was generated from; "
-        "label k is trained as '<prompt> <identifier of k>'.",
-    )
-    lora.add_argument(
-        "--label_dropout",
-        type=float,
-        default=0.1,
-        help="Probability of replacing a label by the null label (enables classifier-free guidance).",
-    )
-    add_training_arguments(parser, learning_rate=1e-4, adam_weight_decay=0.0, use_ema=False, num_epochs=20)
-    return parser
-
-
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """Parse the command line of ``train_lora.py`` (``argv`` defaults to ``sys.argv[1:]``)."""
-    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
+    parser = add_lora_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
     return record_command(parser.parse_args(argv), argv, prog or "python training/train_lora.py")
 
 
@@ -159,7 +111,7 @@ class LoRATarget:
 
 
 def validate_lora_flags(args: argparse.Namespace) -> None:
-    """Check the LoRA flags on their own; raise before anything is loaded."""
+    """Check the flags against each other and against the target's configs; raise before any data or model is loaded."""
     check_rank(args.rank)
     if args.train_data_dir is None:
         raise ValueError("Pass --train_data_dir: the output directory of `side label`.")
@@ -169,26 +121,45 @@ def validate_lora_flags(args: argparse.Namespace) -> None:
         )
     if args.use_ema:
         raise ValueError("--use_ema is not supported for LoRA fine-tuning (the adapters are saved as trained); drop it.")
-
-
-def validate_lora_args(args: argparse.Namespace, target: LoRATarget) -> None:
-    """Check the prompt and the data flags against the target; raise before any training."""
-    if target.text and not args.prompt:
+    check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
+    check_image_source(args.train_data_dir)
+    if args.push_to_hub:
+        check_shareable_base(base_reference(args.pretrained_model_name_or_path))
+    text = is_text_conditional(args.pretrained_model_name_or_path)  # reads model_index.json only
+    if text and not args.prompt:
         raise ValueError(
             f"{args.pretrained_model_name_or_path} is a text-conditional pipeline: pass --prompt, the prompt its "
             "synthetic set was generated from (label k is trained as '<prompt> <identifier of k>')."
         )
-    if args.push_to_hub:
-        check_shareable_base(target.reference)
-    if not target.text and args.prompt:
+    if not text and args.prompt:
         raise ValueError(f"--prompt is for text-conditional pipelines; {args.pretrained_model_name_or_path} is unconditional.")
-    for flag, expected in (("resolution", target.resolution), ("channels", target.channels)):
+    if args.lora_target_modules:  # the layer names, from a weightless copy of the UNet built from its config
+        config = UNet2DConditionModel.load_config(resolve_pipeline_path(args.pretrained_model_name_or_path), subfolder="unet")
+        unet_class = UNet2DConditionModel if text else UNet2DModel
+        with torch.device("meta"):
+            unet = unet_class.from_config(config)
+        find_lora_targets(unet, args.lora_target_modules, ())
+
+
+def match_target(args: argparse.Namespace, data: ImageData, target: LoRATarget) -> ImageData:
+    """The training images at the size and channels of the target's samples (as the classifier's `match_target`):
+    other images are refused unless ``--resolution`` / ``--channels`` asks for the conversion."""
+    for flag, expected, found in (
+        ("resolution", target.resolution, data.resolution),
+        ("channels", target.channels, data.channels),
+    ):
         given = getattr(args, flag)
         if given is not None and given != expected:
             raise ValueError(
                 f"--{flag} {given} differs from the target's {flag} {expected}: fine-tuning uses the target's own "
                 f"samples; drop --{flag} or pass --{flag} {expected}."
             )
+        if given is None and found != expected:
+            raise ValueError(
+                f"The images of {args.train_data_dir} have {flag} {found} but the target samples {flag} {expected}: label "
+                f"samples of this target, or pass --{flag} {expected} to convert them on purpose."
+            )
+    return dataclasses.replace(data, resolution=target.resolution, channels=target.channels)
 
 
 def base_reference(spec: str) -> str:
@@ -350,7 +321,7 @@ def lora_training_args(**flags: Any) -> argparse.Namespace:
     >>> train_lora(lora_training_args(train_data_dir="side-demo/labels", output_dir="side-demo/lora-side", rank=8))
     ```
     """
-    return namespace_from_flags(add_arguments(argparse.ArgumentParser()), flags, "python training/train_lora.py")
+    return namespace_from_flags(add_lora_arguments(argparse.ArgumentParser()), flags, "python training/train_lora.py")
 
 
 def train_lora(args: argparse.Namespace) -> Path:
@@ -365,13 +336,13 @@ def train_lora(args: argparse.Namespace) -> Path:
     """
     validate_training_args(args)
     validate_lora_flags(args)
-    target = LoRATarget.load(args.pretrained_model_name_or_path)
-    validate_lora_args(args, target)
     identity = run_identity(args, SCRIPT)
     check_output_dir(args, identity)
-    data = load_training_images(args.train_data_dir, args.image_column, target.resolution, target.channels)
+    data = load_training_images(args.train_data_dir, args.image_column, args.resolution, args.channels)
     label_info = read_label_info(args)
     label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
+    target = LoRATarget.load(args.pretrained_model_name_or_path)
+    data = match_target(args, data, target)
 
     accelerator = create_accelerator(args)  # seeds torch: the adapters' initialisation is reproducible
     pipeline, compute_loss = build_pipeline(args, accelerator, target, label_info)
