@@ -23,6 +23,7 @@ the `LoraConfig` in its metadata), the class embedding (``class_embedding.safete
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -373,3 +374,9 @@ def is_text_conditional(spec: str | os.PathLike) -> bool:
     Only ``model_index.json`` is read (downloaded for a repo id).
     """
     return "text_encoder" in DiffusionPipeline.load_config(resolve_pipeline_path(spec))
+
+
+def scheduler_step_kwargs(scheduler, generator, eta: float) -> dict:
+    """The optional arguments ``scheduler.step`` accepts among ``generator`` and DDIM's ``eta``."""
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}

@@ -35,6 +35,7 @@ from .lora import (
     local_folder,
     read_lora_config,
     save_lora_conditioning,
+    scheduler_step_kwargs,
 )
 from .pipeline_side import OUTPUT_TYPES, SIDEPipeline
 
@@ -304,7 +305,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         image = image * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps)
-        step_kwargs = SIDEPipeline.prepare_step_kwargs(self, generator, eta)  # reads only self.scheduler
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator, eta)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(image, t)
             model_output = self.predict(model_input, t, targets if guidance_scale > 0 else None, guidance_scale)

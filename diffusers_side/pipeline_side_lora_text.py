@@ -52,8 +52,9 @@ from .lora import (
     local_folder,
     read_lora_config,
     save_lora_conditioning,
+    scheduler_step_kwargs,
 )
-from .pipeline_side import OUTPUT_TYPES, SIDEPipeline
+from .pipeline_side import OUTPUT_TYPES
 
 logger = logging.get_logger(__name__)
 
@@ -336,7 +337,7 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = SIDEPipeline.prepare_step_kwargs(self, generator, eta)  # reads only self.scheduler
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator, eta)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             if guidance_scale == 0:
