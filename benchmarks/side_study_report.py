@@ -1,0 +1,116 @@
+"""Summarise `side_study.py` runs: a markdown table, a compact JSON and the figures.
+
+Reads the JSON lines written by ``side_study.py --output`` and writes, next to ``--output``:
+
+- ``NAME.json``: every configuration without its per-generation arrays (AMS / UMS with 95 % intervals,
+  hit rate, seconds, distinct images per CPU-minute, distinct-vs-N_G curve);
+- ``NAME-distinct.png``: distinct training images (high and mid band) against N_G for every
+  configuration of the report seed (the paper's Fig. 5);
+- ``NAME-lambda.png``: AMS mid / high against lambda per variant (selection seed).
+
+Usage::
+
+    python benchmarks/side_study_report.py outputs/study/emb-*.jsonl --output benchmarks/results/side_study_embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PER_GENERATION = ("best_index", "score", "machine")
+
+
+def load(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in paths:
+        rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows
+
+
+def cell(interval: list[float]) -> str:
+    value, low, high = (100 * v for v in interval)
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| configuration | seed | N_G | AMS mid (%) | AMS high (%) | UMS mid (%) | UMS high (%) | hit (%) | distinct high+mid / CPU-min |",
+        "|---|---:|---:|---|---|---|---|---:|---:|",
+    ]
+    for row in rows:
+        hit = "-" if row["hit_rate"] is None else f"{100 * row['hit_rate']:.1f}"
+        per_minute = row["distinct_per_cpu_minute"]
+        lines.append(
+            f"| {row['config']} | {row['seed']} | {row['num_images']} | {cell(row['ams']['mid'])} | {cell(row['ams']['high'])} | "
+            f"{cell(row['ums']['mid'])} | {cell(row['ums']['high'])} | {hit} | {per_minute['high'] + per_minute['mid']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_distinct(rows: list[dict], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, band in zip(axes, ("high", "mid")):
+        for row in rows:
+            curve = sorted((int(k), v) for k, v in row["curve"][band].items())
+            axis.plot([k for k, _ in curve], [v for _, v in curve], marker="o", label=row["config"])
+        axis.set_xlabel("N_G")
+        axis.set_ylabel(f"distinct training images, {band} band")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_lambda(rows: list[dict], path: Path) -> None:
+    curves = defaultdict(list)
+    for row in rows:
+        if row["method"] in ("side", "exemplar", "cond"):
+            window = "all" if row["window"][0] == float("-inf") else f"{row['window'][0]:g}:{row['window'][1]:g}"
+            curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}"].append(row)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, band in zip(axes, ("mid", "high")):
+        for name, points in curves.items():
+            points = sorted(points, key=lambda r: r["scale"])
+            axis.plot([p["scale"] for p in points], [100 * p["ams"][band][0] for p in points], marker="o", label=name)
+        for row in rows:
+            if row["method"] == "uncond":
+                axis.axhline(100 * row["ams"][band][0], linestyle="--", color="grey" if row["sampler"] == "ddim" else "black",
+                             label=f"uncond/{row['sampler']}")
+        axis.set_xlabel("lambda")
+        axis.set_ylabel(f"AMS {band} (%)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="JSON-lines files written by side_study.py")
+    parser.add_argument("--output", required=True, help="output path without suffix")
+    args = parser.parse_args()
+    rows = load(args.inputs)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compact = [{k: v for k, v in row.items() if k not in PER_GENERATION} for row in rows]
+    output.with_suffix(".json").write_text(json.dumps(compact, indent=1) + "\n")
+    print(table(rows))
+    seeds = sorted({row["seed"] for row in rows})
+    report = [row for row in rows if row["seed"] == max(seeds)]
+    plot_distinct(report, output.with_name(output.name + "-distinct.png"))
+    selection = [row for row in rows if row["seed"] == min(seeds)]
+    plot_lambda(selection, output.with_name(output.name + "-lambda.png"))
+
+
+if __name__ == "__main__":
+    main()
