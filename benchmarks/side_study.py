@@ -15,8 +15,9 @@ Protocol (fixed before any run):
 - **Equal N_G, same seeds, same evaluation** for every method; bands, metric and reference are the
   library defaults and never change.
 - **Intervals.** AMS: 95 % Wilson score interval (a binomial proportion over generations). UMS (distinct
-  training images / N_G): 95 % percentile bootstrap over generations (1,000 resamples; a distinct count
-  is biased low under resampling, so the interval is conservative on the low side).
+  training images / N_G): 95 % basic (reverse-percentile) bootstrap over generations, 1,000 resamples
+  (a distinct count shrinks under resampling with replacement; the basic interval corrects that shift,
+  a plain percentile interval would lie entirely below the estimate).
 - **Every method under both samplers**: ``ddim`` (the target's 50-step DDIM, eta 0) and ``ddpm``
   (50-step ancestral `DDPMScheduler`, as ``side extract --scheduler ddpm``). UnCond gets its best.
 - **Compute**: wall seconds of sampling (one thread), plus the one-off cost of the method's inputs
@@ -34,7 +35,10 @@ A configuration is ``method/sampler/lambda/selection/window``:
 - ``lambda``: the guidance scale;
 - ``selection``: how each generation's target cluster is drawn: ``uniform`` over the kept clusters
   (paper), ``weighted`` (probability proportional to the cluster's cohesion minus the cut tau), or
-  ``topF`` (uniform over the most cohesive fraction F, e.g. ``top0.2``);
+  ``topF`` (uniform over the most cohesive fraction F, e.g. ``top0.2``), or ``duplicates``
+  (probability proportional to the fraction of the cluster's synthetic images that have a
+  near-duplicate in the synthetic set, normalized L2 < 0.5 within the synthetic set: Carlini et al.'s
+  training-data-free sign of a memorized image);
 - ``window``: ``tmin:tmax``, guide only at timesteps in that range (``all`` for every step).
 
 Usage::
@@ -57,11 +61,19 @@ from bench_common import machine_info
 from diffusers_side.data import find_image_column, images_to_tensor, load_image_dataset
 from diffusers_side.generation import image_seed
 from diffusers_side.loading import load_classifier, load_pipeline
-from diffusers_side.metrics import default_bands, extraction_metrics, find_best_matches
+from diffusers_side.metrics import (
+    CARLINI_ALPHA,
+    CARLINI_NUM_NEIGHBORS,
+    assign_bands,
+    default_bands,
+    extraction_metrics,
+    find_best_matches,
+)
 from diffusers_side.pipeline_side import SIDEPipeline
 from diffusers_side.surrogate_labels import SurrogateLabels
 
 SIMILARITY = "carlini"
+DUPLICATE_THRESHOLD = 0.5
 BOOTSTRAP_RESAMPLES = 1000
 CURVE_POINTS = (50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 4000, 5000)
 # One-off stages each method needs (names as in the demo's timings.json).
@@ -135,10 +147,30 @@ def parse_config(text: str) -> dict:
             "window": (low, high)}
 
 
-def target_probabilities(labels: SurrogateLabels, selection: str) -> np.ndarray:
+def duplicate_fraction(images: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:
+    """Per label, the fraction of its synthetic images that have a near-duplicate in the synthetic set.
+
+    Near-duplicate: Carlini's normalized L2 to the nearest *other* synthetic image below
+    `DUPLICATE_THRESHOLD` (the same normalizer as the evaluation, computed within the synthetic set;
+    no training image is used). Memorized images come back several times, so their clusters hold
+    near-duplicates.
+    """
+    rows = (images.flatten(1).double() + 1) / 2
+    distances = torch.cdist(rows, rows) / rows.shape[1] ** 0.5
+    distances.fill_diagonal_(float("inf"))
+    nearest = distances.sort(dim=1).values[:, :CARLINI_NUM_NEIGHBORS]
+    scores = nearest[:, 0] / (CARLINI_ALPHA * nearest.mean(dim=1))
+    duplicate = (scores < DUPLICATE_THRESHOLD).double()
+    counts = torch.bincount(labels, minlength=num_labels).clamp(min=1)
+    return (torch.zeros(num_labels, dtype=torch.float64).index_add_(0, labels, duplicate) / counts).numpy()
+
+
+def target_probabilities(labels: SurrogateLabels, selection: str, duplicates: np.ndarray) -> np.ndarray:
     """Probability of drawing each surrogate label as a generation's target."""
     cohesion = np.array([labels.cohesion[k] for k in labels.kept_cluster_ids])
-    if selection == "uniform":
+    if selection == "duplicates":
+        weights = duplicates.copy()
+    elif selection == "uniform":
         weights = np.ones_like(cohesion)
     elif selection == "weighted":
         weights = cohesion - labels.resolved_cohesion_threshold + 1e-6
@@ -147,7 +179,7 @@ def target_probabilities(labels: SurrogateLabels, selection: str) -> np.ndarray:
         weights = np.zeros_like(cohesion)
         weights[np.argsort(-cohesion)[:keep]] = 1.0
     else:
-        raise ValueError(f"selection {selection!r}: use uniform, weighted or topF")
+        raise ValueError(f"selection {selection!r}: use uniform, weighted, topF or duplicates")
     return weights / weights.sum()
 
 
@@ -189,7 +221,9 @@ def bootstrap_distinct(in_band: np.ndarray, best_index: np.ndarray, seed: int) -
     for _ in range(BOOTSTRAP_RESAMPLES):
         pick = rng.integers(n, size=n)
         values.append(np.unique(best_index[pick][in_band[pick]]).size / n)
-    return [np.unique(best_index[in_band]).size / n, *np.percentile(values, [2.5, 97.5]).tolist()]
+    estimate = np.unique(best_index[in_band]).size / n
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [estimate, max(0.0, 2 * estimate - high), 2 * estimate - low]
 
 
 def score(images: torch.Tensor, reference_rows: torch.Tensor) -> dict:
@@ -199,8 +233,9 @@ def score(images: torch.Tensor, reference_rows: torch.Tensor) -> dict:
     n = len(matches.score)
     result = {"ams": {}, "ums": {}, "curve": {}}
     metrics = extraction_metrics(matches, bands, SIMILARITY)
-    for band in bands:
-        in_band = (matches.score >= band.low) & (matches.score < band.high)
+    assigned = assign_bands(matches.score, bands)
+    for position, band in enumerate(bands):
+        in_band = assigned == position
         result["ams"][band.name] = wilson(int(in_band.sum()), n)
         result["ums"][band.name] = bootstrap_distinct(in_band, matches.best_index, seed=0)
         result["curve"][band.name] = {
@@ -211,7 +246,7 @@ def score(images: torch.Tensor, reference_rows: torch.Tensor) -> dict:
     result["counts"] = metrics["counts"]
     result["memorization_ratio"] = metrics["memorization_ratio"]
     result["best_index"] = matches.best_index.tolist()
-    result["score"] = [round(float(s), 4) for s in matches.score]
+    result["score"] = [round(float(s), 6) for s in matches.score]
     return result
 
 
@@ -243,6 +278,7 @@ def main() -> None:
         synthetic_images, synthetic_labels = load_labelled_synthetic(run / "labels")
         exemplar = ExemplarPosterior(synthetic_images, synthetic_labels, labels.num_labels)
         classifiers = {name: load_classifier(str(run / f"classifier-{name}")) for name in ("side", "cond")}
+        duplicates = duplicate_fraction(synthetic_images, synthetic_labels, labels.num_labels)
     reference = load_image_dataset(args.reference)
     reference_rows = (images_to_tensor(reference[find_image_column(reference)]) * 255).round().to(torch.uint8).flatten(1)
     seeds = [image_seed(args.seed, i) for i in range(args.num_images)]
@@ -254,7 +290,7 @@ def main() -> None:
         pipe = StudyPipeline(base.unet, base.scheduler, classifier)
         pipe.exemplar = exemplar if config["method"] == "exemplar" else None
         pipe.set_progress_bar_config(disable=True)
-        targets = draw_targets(seeds, target_probabilities(labels, config["selection"])) if guided else None
+        targets = draw_targets(seeds, target_probabilities(labels, config["selection"], duplicates)) if guided else None
         started = time.perf_counter()
         images = sample(pipe, config, seeds, targets, args.batch_size, args.num_inference_steps)
         seconds = time.perf_counter() - started
@@ -265,7 +301,7 @@ def main() -> None:
                 predicted = exemplar.predict(images * 2 - 1, pipe.scheduler.alphas_cumprod[0].double())
             else:
                 predicted = classifier(images * 2 - 1, torch.zeros(len(images), dtype=torch.long)).argmax(dim=-1)
-        overhead = sum(timings.get(stage, {}).get("seconds", 0.0) for stage in METHOD_STAGES[config["method"]])
+        overhead = sum(timings.get(stage, 0.0) for stage in METHOD_STAGES[config["method"]])
         result = {
             "config": config["name"], **{k: v for k, v in config.items() if k != "name"}, "seed": args.seed,
             "num_images": args.num_images, "pipeline": args.pipeline, "reference": args.reference, "run": str(run),

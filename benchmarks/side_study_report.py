@@ -21,17 +21,32 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from side_study import bootstrap_distinct
+
+from diffusers_side.metrics import assign_bands, default_bands
 
 PER_GENERATION = ("best_index", "score", "machine")
 
 
 def load(paths: list[str]) -> list[dict]:
+    """The rows of every file, UMS intervals recomputed from the stored per-generation matches."""
     rows = []
     for path in paths:
         rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for row in rows:
+        scores, best_index = np.array(row["score"]), np.array(row["best_index"])
+        bands = default_bands("carlini")
+        assigned = assign_bands(scores, bands)
+        for position, band in enumerate(bands):
+            in_band = assigned == position
+            interval = bootstrap_distinct(in_band, best_index, seed=0)
+            if round(interval[0] * len(scores)) != row["unique_counts"][band.name]:
+                raise ValueError(f"{row['config']}: stored scores do not reproduce the {band.name}-band count")
+            row["ums"][band.name] = interval
     return rows
 
 
