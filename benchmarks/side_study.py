@@ -30,7 +30,7 @@ A configuration is ``method/sampler/lambda/selection/window``:
 
 - ``method``: ``uncond`` (Carlini UnCond), ``cond`` (Carlini Cond, time-independent classifier),
   ``side`` (the paper: time-dependent classifier), ``exemplar`` (Bayes guidance: the exact posterior
-  p(c | x_t) of the noised labelled synthetic set, see `ExemplarPosterior`);
+  p(c | x_t) of the noised labelled synthetic set, `diffusers_side.exemplar.ExemplarPosterior`);
 - ``sampler``: ``ddim`` or ``ddpm``;
 - ``lambda``: the guidance scale;
 - ``selection``: how each generation's target cluster is drawn: ``uniform`` over the kept clusters
@@ -58,18 +58,14 @@ import numpy as np
 import torch
 from bench_common import machine_info
 
+from diffusers_side.bands import assign_bands, default_bands
 from diffusers_side.data import find_image_column, images_to_tensor, load_image_dataset
+from diffusers_side.exemplar import ExemplarPosterior
 from diffusers_side.generation import image_seed
 from diffusers_side.loading import load_classifier, load_pipeline
-from diffusers_side.metrics import (
-    CARLINI_ALPHA,
-    CARLINI_NUM_NEIGHBORS,
-    assign_bands,
-    default_bands,
-    extraction_metrics,
-    find_best_matches,
-)
+from diffusers_side.metrics import extraction_metrics
 from diffusers_side.pipeline_side import SIDEPipeline
+from diffusers_side.similarity import CARLINI_ALPHA, CARLINI_NUM_NEIGHBORS, find_best_matches
 from diffusers_side.surrogate_labels import SurrogateLabels
 
 SIMILARITY = "carlini"
@@ -83,42 +79,6 @@ METHOD_STAGES = {
     "side": ("synthesize", "label", "train classifier-side"),
     "exemplar": ("synthesize", "label"),
 }
-
-
-class ExemplarPosterior:
-    """Exact p(c | x_t) of a labelled image set under the forward process, and its gradient.
-
-    With images m (in [-1, 1]) and labels y(m), q(x_t | m) = N(sqrt(abar) m, (1 - abar) I) gives
-    p(c | x_t) = sum_{m in c} w_m / sum_m w_m, w_m = exp(-||x_t - sqrt(abar) m||^2 / (2 (1 - abar))), and
-    grad_x log p(c | x_t) = sqrt(abar) (E[m | x_t, c] - E[m | x_t]) / (1 - abar). Float64, log-sum-exp.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        self.images = images.flatten(1).double()
-        self.labels = labels.long()
-        self.num_classes = num_classes
-
-    def log_weights(self, x_t: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        flat = x_t.flatten(1).double()
-        distances = torch.cdist(flat, abar.sqrt() * self.images).pow(2)
-        return -distances / (2 * (1 - abar))
-
-    def gradient(self, x_t: torch.Tensor, abar: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_w = self.log_weights(x_t, abar)
-        all_weights = log_w.softmax(dim=1)
-        in_target = self.labels.unsqueeze(0) == targets.unsqueeze(1)
-        target_weights = log_w.masked_fill(~in_target, float("-inf")).softmax(dim=1)
-        difference = (target_weights - all_weights) @ self.images
-        return (abar.sqrt() * difference / (1 - abar)).view_as(x_t).to(x_t.dtype)
-
-    def predict(self, x_0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        log_w = self.log_weights(x_0, abar)
-        per_class = torch.full((len(x_0), self.num_classes), float("-inf"), dtype=log_w.dtype)
-        for label in range(self.num_classes):
-            members = self.labels == label
-            if members.any():
-                per_class[:, label] = log_w[:, members].logsumexp(dim=1)
-        return per_class.argmax(dim=1)
 
 
 class StudyPipeline(SIDEPipeline):

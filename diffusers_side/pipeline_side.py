@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
 from .classifier import TimeDependentClassifier
+from .exemplar import ExemplarPosterior
 
 logger = logging.get_logger(__name__)
 
@@ -199,6 +200,8 @@ class SIDEPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
         use_clipped_model_output: bool | None = None,
+        exemplars: ExemplarPosterior | None = None,
+        guidance_window: tuple[float, float] | None = None,
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -216,14 +219,25 @@ class SIDEPipeline(DiffusionPipeline):
             )
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
-        if self.classifier is None:
+        if guidance_window is not None and (len(guidance_window) != 2 or not guidance_window[0] <= guidance_window[1]):
+            raise ValueError(f"guidance_window={guidance_window!r} must be (t_min, t_max) with t_min <= t_max.")
+        if exemplars is not None:
+            sample_shape = (self.unet.config.in_channels, *_sample_hw(self.unet.config.sample_size))
+            if exemplars.image_shape != sample_shape:
+                raise ValueError(
+                    f"The exemplars are {exemplars.image_shape} images but the UNet samples {sample_shape}; label a "
+                    "synthetic set sampled from this UNet."
+                )
+        elif self.classifier is None:
             if guidance_scale > 0 or target is not None:
                 raise ValueError(
                     f"guidance_scale={guidance_scale}, target={target!r} need a classifier, but this pipeline has none; "
-                    "build it with `SIDEPipeline(unet, scheduler, classifier=...)` or set guidance_scale=0 and target=None."
+                    "build it with `SIDEPipeline(unet, scheduler, classifier=...)`, pass `exemplars=`, or set "
+                    "guidance_scale=0 and target=None."
                 )
             return
-        check_classifier_matches_unet(self.classifier, self.unet)
+        else:
+            check_classifier_matches_unet(self.classifier, self.unet)
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if guidance_scale > 0 and prediction_type not in PREDICTION_TYPES:
             raise ValueError(
@@ -231,22 +245,31 @@ class SIDEPipeline(DiffusionPipeline):
             )
         if target is not None:
             targets = torch.as_tensor(target).reshape(-1)
-            num_classes = self.classifier.config.num_classes
+            num_classes = self.num_conditions(exemplars)
             if targets.numel() not in (1, batch_size):
                 raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
             if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_classes:
                 raise ValueError(
-                    f"target={target!r} is out of range: the classifier has {num_classes} surrogate conditions "
+                    f"target={target!r} is out of range: there are {num_classes} surrogate conditions "
                     f"(valid targets are 0..{num_classes - 1})."
                 )
 
+    def num_conditions(self, exemplars: ExemplarPosterior | None = None) -> int:
+        """K', the number of surrogate conditions of the guide (the exemplar set's, else the classifier's)."""
+        return exemplars.num_classes if exemplars is not None else self.classifier.config.num_classes
+
     def prepare_targets(
-        self, target, batch_size: int, generator: torch.Generator | list[torch.Generator] | None, device: torch.device
+        self,
+        target,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        device: torch.device,
+        exemplars: ExemplarPosterior | None = None,
     ) -> torch.Tensor:
         """Fixed targets, or one condition drawn uniformly per image from the generator(s)."""
         if target is not None:
             return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-        num_classes = self.classifier.config.num_classes
+        num_classes = self.num_conditions(exemplars)
         if isinstance(generator, list):
             draws = [torch.randint(num_classes, (1,), generator=g, device=g.device) for g in generator]
             return torch.cat([d.to(device) for d in draws])
@@ -277,15 +300,22 @@ class SIDEPipeline(DiffusionPipeline):
         step_index: int,
         targets: torch.Tensor,
         guidance_scale: float,
+        exemplars: ExemplarPosterior | None = None,
     ) -> torch.Tensor:
-        """Shift the model's prediction so that its implied noise is eps - sqrt(1 - abar_t) * lambda * g."""
-        gradient = self.classifier_gradient(model_input, timestep, targets)
+        """Shift the model's prediction so that its implied noise is eps - sqrt(1 - abar_t) * lambda * g.
+
+        g is the classifier's gradient, or the exact one of the exemplar posterior when `exemplars` is given.
+        """
+        abar = self.alpha_bar(step_index, timestep)
+        if exemplars is not None:
+            gradient = exemplars.gradient(model_input, abar, targets)
+        else:
+            gradient = self.classifier_gradient(model_input, timestep, targets)
         if not torch.isfinite(gradient).all():
             raise ValueError(
                 f"The classifier gradient is not finite at step {step_index} (t={float(timestep):g}); "
                 "check the classifier weights or lower guidance_scale."
             )
-        abar = self.alpha_bar(step_index, timestep)
         alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
         eps_shift = (-sigma_t * guidance_scale * gradient.double()).to(model_output.dtype)
         # Express the same change of eps in the model's own parameterisation
@@ -315,6 +345,8 @@ class SIDEPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["SIDEPipeline", int, torch.Tensor, dict], dict] | None = None,
+        exemplars: ExemplarPosterior | None = None,
+        guidance_window: tuple[float, float] | None = None,
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when a classifier and a positive scale are given.
@@ -343,6 +375,10 @@ class SIDEPipeline(DiffusionPipeline):
                 use the default `return_dict=True` (or pass `target`) to know them.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after
                 every step; it may return `{"image": replacement}`.
+            exemplars ([`~diffusers_side.exemplar.ExemplarPosterior`], *optional*): guide with the exact posterior
+                of this labelled synthetic set instead of the classifier (exemplar guidance; not in the SIDE paper).
+            guidance_window (`tuple[float, float]`, *optional*): guide only at the steps whose timestep t lies in
+                `[t_min, t_max]`; `None` guides at every step (the paper).
 
         Examples:
 
@@ -351,13 +387,18 @@ class SIDEPipeline(DiffusionPipeline):
             `(images,)` when `return_dict=False`.
         """
         if guidance_scale is None:
-            guidance_scale = 1.0 if self.classifier is not None else 0.0
+            guidance_scale = 1.0 if self.classifier is not None or exemplars is not None else 0.0
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps()
-        self.check_inputs(batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output)
+        self.check_inputs(
+            batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output, exemplars, guidance_window
+        )
         device = self._execution_device
         guided = guidance_scale > 0
-        targets = self.prepare_targets(target, batch_size, generator, device) if guided or target is not None else None
+        targets = None
+        if guided or target is not None:
+            targets = self.prepare_targets(target, batch_size, generator, device, exemplars)
+        window = guidance_window or (-math.inf, math.inf)
 
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -366,12 +407,12 @@ class SIDEPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
 
-        with frozen(self.classifier) if guided else contextlib.nullcontext():
+        with frozen(self.classifier) if guided and exemplars is None else contextlib.nullcontext():
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 model_input = self.scheduler.scale_model_input(image, t)
                 model_output = self.unet(model_input, t).sample
-                if guided:
-                    model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale)
+                if guided and window[0] <= float(t) <= window[1]:
+                    model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale, exemplars)
                 image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
@@ -407,6 +448,10 @@ class SIDEPipeline(DiffusionPipeline):
         if use_clipped_model_output is not None:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
+
+
+def _sample_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def check_classifier_matches_unet(classifier: TimeDependentClassifier, unet: UNet2DModel) -> None:

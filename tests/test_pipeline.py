@@ -284,3 +284,59 @@ def test_classifier_rejects_tiny_images_and_bad_layout():
         TimeDependentClassifier(sample_size=4)
     with pytest.raises(ValueError, match="layers='resnet50' is not a known layout"):
         TimeDependentClassifier(layers="resnet50")
+
+
+@pytest.fixture(scope="module")
+def dark_and_bright_exemplars():
+    """Two surrogate conditions as exemplar sets: label 0 = dark images, label 1 = bright images."""
+    from diffusers_side.exemplar import ExemplarPosterior
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1] * 10)
+    images = (labels.float() * 1.4 - 0.7)[:, None, None, None] + 0.1 * torch.randn(20, 1, 16, 16)
+    return ExemplarPosterior(images.clamp(-1, 1), labels, num_classes=2)
+
+
+@pytest.mark.parametrize("scheduler", [DDPMScheduler(num_train_timesteps=TRAIN_STEPS), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)])
+def test_exemplar_guidance_reaches_its_target_without_a_classifier(scheduler, dark_and_bright_exemplars):
+    pipe = SIDEPipeline(make_tiny_unet(), scheduler)
+    for target in (0, 1):
+        out = pipe(batch_size=4, target=target, guidance_scale=1.0, num_inference_steps=10, generator=generator(),
+                   output_type="pt", exemplars=dark_and_bright_exemplars)
+        assert out.targets.tolist() == [target] * 4
+        assert dark_and_bright_exemplars.predict(out.images * 2 - 1, torch.tensor(0.999)).tolist() == [target] * 4
+
+
+def test_exemplar_guidance_at_scale_zero_is_unguided(dark_and_bright_exemplars):
+    pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS))
+    plain = pipe(batch_size=2, num_inference_steps=6, guidance_scale=0, generator=generator(), output_type="pt").images
+    zero = pipe(batch_size=2, num_inference_steps=6, guidance_scale=0, generator=generator(), output_type="pt",
+                exemplars=dark_and_bright_exemplars).images
+    assert torch.equal(plain, zero)
+
+
+def test_guidance_window_guides_only_inside_it(brightness_classifier):
+    pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS), brightness_classifier)
+    def run(**kwargs):
+        return pipe(batch_size=2, num_inference_steps=6, generator=generator(), output_type="pt", **kwargs).images
+
+    plain = run(guidance_scale=0)
+    outside = run(target=1, guidance_scale=5.0, guidance_window=(1000, 2000))
+    everywhere = run(target=1, guidance_scale=5.0)
+    wide = run(target=1, guidance_scale=5.0, guidance_window=(0, TRAIN_STEPS))
+    assert torch.equal(outside, plain)
+    assert torch.equal(wide, everywhere)
+    assert not torch.equal(everywhere, plain)
+
+
+def test_exemplar_and_window_bad_input(dark_and_bright_exemplars):
+    from diffusers_side.exemplar import ExemplarPosterior
+
+    pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS))
+    with pytest.raises(ValueError, match=r"guidance_window=\(500, 100\) must be \(t_min, t_max\)"):
+        pipe(target=0, guidance_scale=1.0, exemplars=dark_and_bright_exemplars, guidance_window=(500, 100))
+    small = ExemplarPosterior(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), num_classes=2)
+    with pytest.raises(ValueError, match=r"exemplars are \(1, 8, 8\) images but the UNet samples \(1, 16, 16\)"):
+        pipe(target=0, guidance_scale=1.0, exemplars=small)
+    with pytest.raises(ValueError, match="target=5 is out of range: there are 2 surrogate conditions"):
+        pipe(target=5, guidance_scale=1.0, exemplars=dark_and_bright_exemplars)
