@@ -87,3 +87,26 @@ def device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1 (types: {', '.join(DEVICE_TYPES)}), got {text!r}")
     return text
 
+
+
+def timestep_window(text: str) -> list[float]:
+    """``T_MIN:T_MAX`` with 0 <= T_MIN <= T_MAX (a guidance window along the diffusion time)."""
+    low, colon, high = text.partition(":")
+    if colon:
+        try:
+            window = [float(low), float(high)]
+        except ValueError:
+            window = []
+        if len(window) == 2 and all(math.isfinite(t) for t in window) and 0 <= window[0] <= window[1]:
+            return window
+    raise argparse.ArgumentTypeError(f"expected T_MIN:T_MAX with 0 <= T_MIN <= T_MAX (e.g. 500:1000), got {text!r}")
+
+
+def target_selection(text: str) -> str:
+    """``uniform``, ``weighted``, ``duplicates`` or ``topF`` with 0 < F <= 1 (see `diffusers_side.targets`)."""
+    if text in ("uniform", "weighted", "duplicates"):
+        return text
+    match = re.fullmatch(r"top(0?\.\d+|1(\.0*)?)", text)
+    if match and 0 < float(match.group(1)) <= 1:
+        return text
+    raise argparse.ArgumentTypeError(f"expected uniform, weighted, duplicates or topF with 0 < F <= 1 (e.g. top0.2), got {text!r}")

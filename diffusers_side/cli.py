@@ -19,6 +19,8 @@ from .arg_types import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    target_selection,
+    timestep_window,
 )
 
 
@@ -367,6 +369,19 @@ def add_extract_command(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score; for side-lora the classifier-free guidance scale, 1.0: plain conditional)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
     parser.add_argument(
+        "--exemplars", default=None, metavar="DIR",
+        help="side-exemplar: the labelled synthetic set (output of `side label`) whose exact posterior guides instead of a classifier",
+    )
+    parser.add_argument(
+        "--target-selection", type=target_selection, default="uniform", metavar="S",
+        help="how each image's target cluster is drawn: uniform (paper, default), weighted (by cohesion), topF "
+        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar)",
+    )
+    parser.add_argument(
+        "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",
+        help="guide only at timesteps in [T_MIN, T_MAX] (default: every step, as the paper)",
+    )
+    parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
     )
     parser.add_argument("--public", action="store_true", help="with --push-to-hub: make the data set public (default: private)")
@@ -392,7 +407,8 @@ def run_extract(args: argparse.Namespace) -> int:
     settings = GenerationSettings(
         pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
-        scheduler=args.scheduler, classifier=args.classifier,
+        scheduler=args.scheduler, classifier=args.classifier, exemplars=args.exemplars,
+        target_selection=args.target_selection, guidance_window=args.guidance_window,
     )
     dataset = _run_generation("extract", args, settings)
     if dataset is not None and args.push_to_hub:

@@ -12,7 +12,7 @@ one-process run, batch for batch.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,13 @@ from tqdm.auto import tqdm
 
 from .atomic_io import atomic_path
 from .data import load_image_dataset
+from .exemplar import ExemplarPosterior
 from .generation_folder import RECORD_FEATURES, GenerationSettings, prepare_output_dir, shard_path
 from .loading import weights_fingerprint
 from .methods import ShardRequest, get_method
 from .pipeline_side import SIDEPipeline
+from .surrogate_labels import SurrogateLabels
+from .targets import duplicate_fraction, target_probabilities
 
 logger = logging.get_logger(__name__)
 
@@ -39,19 +42,62 @@ def image_seed(run_seed: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
-def image_target(seed: int, num_classes: int) -> int:
-    """The surrogate condition of an image, drawn uniformly from its own seed (independent of its noise)."""
-    return int(np.random.default_rng(seed).integers(num_classes))
+def image_target(seed: int, num_classes: int, probabilities: np.ndarray | None = None) -> int:
+    """The surrogate condition of an image, drawn from its own seed (independent of its noise).
+
+    Uniform over the ``num_classes`` conditions (the paper) unless ``probabilities`` are given
+    (see `diffusers_side.targets.target_probabilities`).
+    """
+    if probabilities is None:
+        return int(np.random.default_rng(seed).integers(num_classes))
+    return int(np.random.default_rng(seed).choice(num_classes, p=probabilities))
 
 
-def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int) -> Dataset:
-    """Generate the images of one shard (every image from its own seed)."""
+@dataclass
+class Guide:
+    """What steers a guided run, loaded once per run: the exemplar set (if any) and the target distribution."""
+
+    num_classes: int
+    exemplars: ExemplarPosterior | None = None
+    probabilities: np.ndarray | None = None
+
+
+def prepare_guide(pipe: SIDEPipeline, settings: GenerationSettings) -> Guide | None:
+    """Load the exemplar set and the target probabilities of ``settings`` (``None`` for unguided methods)."""
+    if not get_method(settings.method).guided:
+        return None
+    exemplars, duplicates = None, None
+    if settings.exemplars is not None:
+        labels = SurrogateLabels.load(settings.exemplars)
+        exemplars = ExemplarPosterior.from_labelled_set(settings.exemplars, num_classes=labels.num_labels)
+        cohesion = [labels.cohesion[k] for k in labels.kept_cluster_ids]
+        threshold = labels.resolved_cohesion_threshold
+        if settings.target_selection == "duplicates":
+            duplicates = duplicate_fraction(exemplars.images.view(-1, *exemplars.image_shape), exemplars.labels, labels.num_labels)
+    else:
+        classifier = getattr(pipe, "classifier", None)
+        info = (classifier.config.label_info if classifier is not None else None) or {}
+        cohesion, threshold = info.get("kept_cohesion"), info.get("resolved_cohesion_threshold")
+        if settings.target_selection != "uniform" and (cohesion is None or threshold is None):
+            raise ValueError(
+                f"target_selection={settings.target_selection!r} needs the clusters' cohesion, but this classifier's "
+                "config records none (train it on the output of `side label`)."
+            )
+    num_classes = exemplars.num_classes if exemplars is not None else get_method(settings.method).num_conditions(pipe)
+    probabilities = target_probabilities(settings.target_selection, cohesion or [0.0] * num_classes, threshold or 0.0, duplicates)
+    return Guide(num_classes, exemplars, probabilities)
+
+
+def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int, guide: Guide | None = None) -> Dataset:
+    """Generate the images of one shard (every image from its own seed); ``guide`` from `prepare_guide`."""
     indices = range(shard * settings.batch_size, min((shard + 1) * settings.batch_size, settings.num_images))
     seeds = [image_seed(settings.seed, i) for i in indices]
     device = pipe._execution_device
     method = get_method(settings.method)
     guided = method.guided
-    targets = [image_target(seed, method.num_conditions(pipe)) for seed in seeds] if guided else None
+    if guided and guide is None:
+        guide = prepare_guide(pipe, settings)
+    targets = [image_target(seed, guide.num_classes, guide.probabilities) for seed in seeds] if guided else None
     guidance_scale = settings.guidance_scale if guided else 0.0
     request = ShardRequest(
         seeds=seeds,
@@ -59,6 +105,8 @@ def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int)
         targets=targets,
         guidance_scale=guidance_scale,
         num_inference_steps=settings.num_inference_steps,
+        exemplars=guide.exemplars if guided else None,
+        guidance_window=tuple(settings.guidance_window) if guided and settings.guidance_window else None,
     )
     records = {
         "image": method.sample(pipe, request),
@@ -112,9 +160,10 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     if len(todo) < len(own_shards):
         logger.info(f"Resuming: {len(own_shards) - len(todo)} of {len(own_shards)} shards already done in {output_dir}.")
     pipe.set_progress_bar_config(disable=True)
+    guide = prepare_guide(pipe, settings)
     with tqdm(total=len(todo), desc=f"{settings.method} shards", unit="shard", disable=process_index != 0) as bar:
         for shard in todo:
-            write_shard_atomic(generate_shard(pipe, settings, shard), shard_path(output_dir, shard))
+            write_shard_atomic(generate_shard(pipe, settings, shard, guide), shard_path(output_dir, shard))
             bar.update(1)
     if accelerator:
         accelerator.wait_for_everyone()

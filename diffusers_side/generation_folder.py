@@ -22,6 +22,7 @@ from datasets import Features, Image, Value
 from .atomic_io import write_json_atomic
 from .default_model import canonical_model_source
 from .methods import METHODS, get_method
+from .targets import check_target_selection
 
 SETTINGS_FILE = "generation.json"
 SHARDS_DIR = "shards"
@@ -61,10 +62,15 @@ class GenerationSettings:
     classifier: str | None = None
     model_fingerprint: str | None = None
     classifier_fingerprint: str | None = None
+    exemplars: str | None = None
+    target_selection: str = "uniform"
+    guidance_window: list[float] | None = None
 
     def __post_init__(self):
         self.pipeline = canonical_model_source(self.pipeline)
         self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
+        self.exemplars = None if self.exemplars is None else str(Path(self.exemplars).resolve())
+        self.guidance_window = None if self.guidance_window is None else [float(t) for t in self.guidance_window]
 
     @classmethod
     def from_dict(cls, payload: dict) -> "GenerationSettings":
@@ -95,6 +101,25 @@ class GenerationSettings:
                 f"method={self.method!r} samples without guidance but guidance_scale={self.guidance_scale}; "
                 f"use --method {' or '.join(guided)} for guided sampling, or drop --guidance-scale."
             )
+        self.validate_guidance_options(method)
+
+    def validate_guidance_options(self, method) -> None:
+        """The exemplar set, target selection and guidance window suit the method."""
+        check_target_selection(self.target_selection)
+        if method.needs_exemplars and self.exemplars is None:
+            raise ValueError(f"method={self.method!r} needs exemplars=DIR (--exemplars, the output of `side label`).")
+        if self.exemplars is not None and not method.needs_exemplars:
+            raise ValueError(f"exemplars={self.exemplars!r} only applies to method='side-exemplar'; drop it.")
+        if not method.guided and (self.target_selection != "uniform" or self.guidance_window is not None):
+            raise ValueError(
+                f"method={self.method!r} samples without guidance; drop target_selection={self.target_selection!r} "
+                f"and guidance_window={self.guidance_window!r}."
+            )
+        if self.target_selection == "duplicates" and self.exemplars is None:
+            raise ValueError("target_selection='duplicates' reads the labelled synthetic images; use --method side-exemplar.")
+        window = self.guidance_window
+        if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
+            raise ValueError(f"guidance_window={window!r} must be [t_min, t_max] with 0 <= t_min <= t_max.")
 
     @property
     def num_shards(self) -> int:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the registry itself stays light: `side --help` reads it wit
     import PIL.Image
     import torch
 
+    from .exemplar import ExemplarPosterior
     from .pipeline_side import SIDEPipeline
     from .pipeline_side_lora import SIDELoRAPipeline
 
@@ -39,6 +40,8 @@ class ShardRequest:
         targets: one surrogate condition per image for methods that need a classifier, else ``None``.
         guidance_scale: lambda (0 for unguided methods).
         num_inference_steps: denoising steps.
+        exemplars: the exemplar posterior that guides instead of the classifier (``side-exemplar``).
+        guidance_window: guide only at timesteps in ``[t_min, t_max]`` (``None``: every step).
     """
 
     seeds: list[int]
@@ -46,6 +49,8 @@ class ShardRequest:
     targets: list[int] | None
     guidance_scale: float
     num_inference_steps: int
+    exemplars: ExemplarPosterior | None = None
+    guidance_window: tuple[float, float] | None = None
 
 
 SampleFn = Callable[["SIDEPipeline", ShardRequest], "list[PIL.Image.Image]"]
@@ -60,6 +65,8 @@ def sample_with_pipeline(pipe: SIDEPipeline, request: ShardRequest) -> list[PIL.
         num_inference_steps=request.num_inference_steps,
         generator=request.generators,
         output_type="pil",
+        exemplars=request.exemplars,
+        guidance_window=request.guidance_window,
     ).images
 
 
@@ -71,6 +78,8 @@ class ExtractionMethod:
         name: the ``--method`` value, stored in ``generation.json`` and the ``method`` column.
         description: one line for dataset cards.
         needs_classifier: whether it samples with classifier guidance (and draws a target per image).
+        needs_exemplars: whether it is guided by the exact posterior of a labelled synthetic set
+            (``--exemplars DIR``, the output of ``side label``) instead of a classifier.
         time_dependent: the kind of classifier it needs (``True``: p(y | x_t, t), ``False``: p(y | x));
             ``None`` when it needs none.
         needs_lora: whether it samples a model fine-tuned on the surrogate labels (a `SIDELoRAPipeline` or, with
@@ -84,6 +93,7 @@ class ExtractionMethod:
     name: str
     description: str
     needs_classifier: bool = False
+    needs_exemplars: bool = False
     time_dependent: bool | None = None
     needs_lora: bool = False
     default_guidance_scale: float = 0.0
@@ -93,7 +103,7 @@ class ExtractionMethod:
     @property
     def guided(self) -> bool:
         """Whether it draws a surrogate condition per image and takes a guidance scale."""
-        return self.needs_classifier or self.needs_lora
+        return self.needs_classifier or self.needs_lora or self.needs_exemplars
 
     def num_conditions(self, pipe: SIDEPipeline | SIDELoRAPipeline) -> int:
         """The number of surrogate conditions targets are drawn from (the classifier's, or the LoRA model's labels)."""
@@ -187,6 +197,15 @@ register_method(
         "SIDE, LoRA branch: the model fine-tuned on the surrogate labels with LoRA, sampled one label per image "
         "(guidance scale = classifier-free guidance scale)",
         needs_lora=True,
+        default_guidance_scale=1.0,
+    )
+)
+register_method(
+    ExtractionMethod(
+        "side-exemplar",
+        "SIDE with exemplar (Bayes) guidance: the exact posterior of the noised labelled synthetic set instead of "
+        "a trained classifier (not in the paper)",
+        needs_exemplars=True,
         default_guidance_scale=1.0,
     )
 )
