@@ -6,7 +6,7 @@ Stages (each one a library call the individual commands also use):
 2. label them (embed with the target's own UNet, KMeans, cohesion filter, relabel);
 3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
    `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
-4. extract N_G candidates with SIDE, Carlini UnCond and Carlini Cond at the same seeds;
+4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance) at the same seeds;
 5. evaluate all three against the training subset and write ``report.md``, ``report.json`` and figures.
 
 Every stage writes into its own folder under the output directory and is skipped when its result is
@@ -124,8 +124,9 @@ class Demo:
             classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
         return GenerationSettings(
             pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
-            num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale if record.needs_classifier else 0.0,
+            num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale if record.guided else 0.0,
             scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
+            exemplars=str(self.path("labels")) if record.needs_exemplars else None,
         )
 
     def check(self) -> None:

@@ -30,20 +30,20 @@ def test_embedded_training_subset_is_the_recorded_one():
     assert subset[0]["image"].size == (16, 16) and subset[0]["image"].mode == "L"
 
 
-def test_quick_demo_writes_report_for_three_methods(tmp_path, capsys):
+def test_quick_demo_writes_report_for_every_method(tmp_path, capsys):
     assert side(["demo", "--quick", "--output", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    for stage in ("synthesize", "label", "train classifier-side", "train classifier-cond", "extract side", "extract uncond", "extract cond", "evaluate"):
+    for stage in ("synthesize", "label", "train classifier-side", "train classifier-cond", "extract side", "extract uncond", "extract cond", "extract side-exemplar", "evaluate"):
         assert f"[side] {stage} done in" in out
 
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert set(report["methods"]) == {"side", "uncond", "cond"}
+    assert set(report["methods"]) == {"side", "uncond", "cond", "side-exemplar"}
     band_names = [band["name"] for band in report["bands"]]
     assert len(band_names) == 3
     for method in report["methods"].values():
         assert set(method["ams"]) == set(band_names) and set(method["ums"]) == set(band_names)
     markdown = (tmp_path / "demo" / "report.md").read_text()
-    assert all(name in markdown for name in ("side", "uncond", "cond"))
+    assert all(name in markdown for name in ("side", "uncond", "cond", "side-exemplar"))
     for figure in report["files"]["figures"].values():
         with PIL.Image.open(tmp_path / "demo" / figure) as image:
             assert image.format == "PNG" and image.size[0] > 0
