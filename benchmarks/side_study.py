@@ -15,9 +15,9 @@ Protocol (fixed before any run):
 - **Equal N_G, same seeds, same evaluation** for every method; bands, metric and reference are the
   library defaults and never change.
 - **Intervals.** AMS: 95 % Wilson score interval (a binomial proportion over generations). UMS (distinct
-  training images / N_G): 95 % basic (reverse-percentile) bootstrap over generations, 1,000 resamples
-  (a distinct count shrinks under resampling with replacement; the basic interval corrects that shift,
-  a plain percentile interval would lie entirely below the estimate).
+  training images / N_G): estimate +- 1.96 bootstrap standard errors, 1,000 resamples of the generations
+  with replacement (a distinct count shrinks under such resampling, so percentile and basic bootstrap
+  intervals lie off-centre; the bootstrap is used for the spread only).
 - **Every method under both samplers**: ``ddim`` (the target's 50-step DDIM, eta 0) and ``ddpm``
   (50-step ancestral `DDPMScheduler`, as ``side extract --scheduler ddpm``). UnCond gets its best.
 - **Compute**: wall seconds of sampling (one thread), plus the one-off cost of the method's inputs
@@ -182,8 +182,8 @@ def bootstrap_distinct(in_band: np.ndarray, best_index: np.ndarray, seed: int) -
         pick = rng.integers(n, size=n)
         values.append(np.unique(best_index[pick][in_band[pick]]).size / n)
     estimate = np.unique(best_index[in_band]).size / n
-    low, high = np.percentile(values, [2.5, 97.5])
-    return [estimate, max(0.0, 2 * estimate - high), 2 * estimate - low]
+    half_width = 1.96 * float(np.std(values, ddof=1))
+    return [estimate, max(0.0, estimate - half_width), estimate + half_width]
 
 
 def score(images: torch.Tensor, reference_rows: torch.Tensor) -> dict:

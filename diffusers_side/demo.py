@@ -7,7 +7,7 @@ Stages (each one a library call the individual commands also use):
 3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
    `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
 4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance) at the same seeds;
-5. evaluate all three against the training subset and write ``report.md``, ``report.json`` and figures.
+5. evaluate them all against the training subset and write ``report.md``, ``report.json`` and figures.
 
 Every stage writes into its own folder under the output directory and is skipped when its result is
 already there, so an interrupted demo picks up where it stopped.
