@@ -81,23 +81,6 @@ METHOD_STAGES = {
 }
 
 
-class StudyPipeline(SIDEPipeline):
-    """`SIDEPipeline` with a guidance window and, optionally, the exemplar posterior as the guide."""
-
-    window: tuple[float, float] = (float("-inf"), float("inf"))
-    exemplar: ExemplarPosterior | None = None
-
-    def classifier_gradient(self, model_input, timestep, targets):
-        if self.exemplar is None:
-            return super().classifier_gradient(model_input, timestep, targets)
-        return self.exemplar.gradient(model_input, self.scheduler.alphas_cumprod[int(timestep)].double(), targets)
-
-    def guide(self, model_output, model_input, timestep, step_index, targets, guidance_scale):
-        if not self.window[0] <= float(timestep) <= self.window[1]:
-            return model_output
-        return super().guide(model_output, model_input, timestep, step_index, targets, guidance_scale)
-
-
 def parse_config(text: str) -> dict:
     method, sampler, scale, selection, window = text.split("/")
     low, high = (float(edge) for edge in window.split(":")) if window != "all" else (float("-inf"), float("inf"))
@@ -148,8 +131,9 @@ def draw_targets(seeds: list[int], probabilities: np.ndarray) -> torch.Tensor:
     return torch.tensor([int(np.random.default_rng(s).choice(len(probabilities), p=probabilities)) for s in seeds])
 
 
-def sample(pipe: StudyPipeline, config: dict, seeds: list[int], targets: torch.Tensor, batch_size: int, steps: int):
-    pipe.window = config["window"]
+def sample(pipe: SIDEPipeline, config: dict, seeds: list[int], targets: torch.Tensor, batch_size: int, steps: int,
+           exemplars: ExemplarPosterior | None):
+    window = None if config["window"][0] == float("-inf") else config["window"]
     images = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
@@ -162,6 +146,8 @@ def sample(pipe: StudyPipeline, config: dict, seeds: list[int], targets: torch.T
                 num_inference_steps=steps,
                 generator=[torch.Generator().manual_seed(s) for s in batch],
                 output_type="pt",
+                exemplars=exemplars if config["method"] == "exemplar" else None,
+                guidance_window=window,
             ).images
         )
     return torch.cat(images)
@@ -247,12 +233,11 @@ def main() -> None:
         base = load_pipeline(args.pipeline, None if config["sampler"] == "ddim" else "ddpm")
         guided = config["method"] != "uncond"
         classifier = classifiers["cond" if config["method"] == "cond" else "side"] if guided else None
-        pipe = StudyPipeline(base.unet, base.scheduler, classifier)
-        pipe.exemplar = exemplar if config["method"] == "exemplar" else None
+        pipe = SIDEPipeline(base.unet, base.scheduler, classifier)
         pipe.set_progress_bar_config(disable=True)
         targets = draw_targets(seeds, target_probabilities(labels, config["selection"], duplicates)) if guided else None
         started = time.perf_counter()
-        images = sample(pipe, config, seeds, targets, args.batch_size, args.num_inference_steps)
+        images = sample(pipe, config, seeds, targets, args.batch_size, args.num_inference_steps, exemplar if run else None)
         seconds = time.perf_counter() - started
         with torch.no_grad():
             if not guided:
