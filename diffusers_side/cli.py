@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .arg_types import (
     SCHEDULER_NAMES,
@@ -402,6 +403,8 @@ def run_extract(args: argparse.Namespace) -> int:
         guidance_scale = 0.0
     if args.public and not args.push_to_hub:
         raise CommandError("--public only applies to --push-to-hub REPO; add --push-to-hub or drop --public.")
+    if args.exemplars is not None and not (Path(args.exemplars) / "surrogate_labels.json").is_file():
+        raise CommandError(f"--exemplars {args.exemplars} is not the output of `side label` (no surrogate_labels.json there).")
     if args.push_to_hub:
         check_repo_id(args.push_to_hub, "--push-to-hub")
     settings = GenerationSettings(
