@@ -12,7 +12,7 @@ Example:
 1.0
 >>> get_method("sidee")
 Traceback (most recent call last):
-ValueError: method='sidee' is not one of ('synthetic', 'uncond', 'cond', 'side'); ...
+ValueError: method='sidee' is not one of ('synthetic', 'side', 'uncond', 'cond', 'side-lora', 'side-exemplar'); ...
 ```
 """
 

@@ -70,11 +70,11 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     real_generate_shard, calls = generation.generate_shard, []
 
-    def crash_on_third_shard(pipe, settings, shard):
+    def crash_on_third_shard(pipe, settings, shard, guide=None):
         calls.append(shard)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
-        return real_generate_shard(pipe, settings, shard)
+        return real_generate_shard(pipe, settings, shard, guide)
 
     monkeypatch.setattr(generation, "generate_shard", crash_on_third_shard)
     with pytest.raises(KeyboardInterrupt):

@@ -15,15 +15,18 @@ from diffusers_side.methods import ExtractionMethod, ShardRequest, get_method, r
 
 
 def test_records_of_the_builtin_methods():
-    assert methods.extraction_method_names() == ("side", "uncond", "cond", "side-lora")
-    assert methods.guided_method_names() == ("side", "cond", "side-lora") and get_method("side-lora").needs_lora
+    assert methods.extraction_method_names() == ("side", "uncond", "cond", "side-lora", "side-exemplar")
+    assert methods.guided_method_names() == ("side", "cond", "side-lora", "side-exemplar") and get_method("side-lora").needs_lora
     assert get_method("side").time_dependent is True and get_method("cond").time_dependent is False
     assert [get_method(name).default_guidance_scale for name in ("side", "cond", "uncond")] == [1.0, 1.0, 0.0]
     assert not get_method("synthetic").extractable and not get_method("uncond").needs_classifier
+    exemplar = get_method("side-exemplar")
+    assert exemplar.guided and exemplar.needs_exemplars and not exemplar.needs_classifier
+    assert exemplar.default_guidance_scale == 1.0 and not get_method("uncond").guided
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(ValueError, match=r"method='sidee' is not one of \('synthetic', 'side', 'uncond', 'cond', 'side-lora'\)"):
+    with pytest.raises(ValueError, match=r"method='sidee' is not one of \('synthetic', 'side', 'uncond', 'cond', 'side-lora', 'side-exemplar'\)"):
         get_method("sidee")
     with pytest.raises(ValueError, match="method='sidee' is not one of"):
         settings(method="sidee").validate()
