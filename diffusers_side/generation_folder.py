@@ -115,6 +115,11 @@ class GenerationSettings:
                 f"method={self.method!r} samples without guidance; drop target_selection={self.target_selection!r} "
                 f"and guidance_window={self.guidance_window!r}."
             )
+        if method.needs_lora and (self.target_selection != "uniform" or self.guidance_window is not None):
+            raise ValueError(
+                f"method={self.method!r} samples a LoRA model: target_selection and guidance_window apply to "
+                "side, cond and side-exemplar only; drop them."
+            )
         if self.target_selection == "duplicates" and self.exemplars is None:
             raise ValueError("target_selection='duplicates' reads the labelled synthetic images; use --method side-exemplar.")
         window = self.guidance_window

@@ -65,9 +65,14 @@ def sample_with_pipeline(pipe: SIDEPipeline, request: ShardRequest) -> list[PIL.
         num_inference_steps=request.num_inference_steps,
         generator=request.generators,
         output_type="pil",
-        exemplars=request.exemplars,
-        guidance_window=request.guidance_window,
+        **variant_options(request),
     ).images
+
+
+def variant_options(request: ShardRequest) -> dict:
+    """The `SIDEPipeline`-only options a request sets (exemplars, guidance window); other pipelines get none."""
+    options = {"exemplars": request.exemplars, "guidance_window": request.guidance_window}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def test_uniform_targets_are_the_papers_draw():
         ({"method": "uncond", "guidance_scale": 0.0, "exemplars": None, "target_selection": "top0.2"}, "samples without guidance"),
         ({"target_selection": "top3"}, "target selection 'top3' is not one of"),
         ({"guidance_window": [500, 100]}, r"guidance_window=\[500.0, 100.0\] must be"),
+        ({"method": "side-lora", "exemplars": None, "guidance_window": [0, 500]}, "apply to side, cond and side-exemplar only"),
     ],
 )
 def test_bad_variant_settings_are_refused(labelled_set, overrides, message):
