@@ -117,8 +117,8 @@ def add_training_arguments(
 
 
 
-def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every flag of ``train_classifier.py`` to ``parser`` (also used by ``side train-classifier``)."""
+def add_labelled_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The audited pipeline and the labelled synthetic set (``side label``'s output) that both SIDE branches train on."""
     target = parser.add_argument_group("target")
     target.add_argument(
         "--pretrained_model_name_or_path",
@@ -134,6 +134,11 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         default=None,
         help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
     )
+
+
+def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every flag of ``train_classifier.py`` to ``parser`` (also used by ``side train-classifier``)."""
+    add_labelled_target_arguments(parser)
     parser.add_argument(
         "--validation_split",
         type=finite_float,
@@ -166,21 +171,7 @@ def _comma_list(text: str) -> list[str]:
 
 def add_lora_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add every flag of ``train_lora.py`` to ``parser`` (also used by ``side train-lora``)."""
-    target = parser.add_argument_group("target")
-    target.add_argument(
-        "--pretrained_model_name_or_path",
-        type=str,
-        default="default",
-        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
-    )
-    add_data_arguments(parser, with_dataset_name=False)
-    parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
-    parser.add_argument(
-        "--num_classes",
-        type=positive_int,
-        default=None,
-        help="Number of labels (default: from surrogate_labels.json, else the largest label + 1).",
-    )
+    add_labelled_target_arguments(parser)
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (the paper uses 512 on Stable Diffusion).")
     lora.add_argument("--lora_alpha", type=positive_float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1).")
