@@ -23,6 +23,7 @@ from .arg_types import (
     target_selection,
     timestep_window,
 )
+from .default_model import EMBEDDED_CHOICES
 
 
 class CommandError(Exception):
@@ -155,7 +156,7 @@ def add_evaluate_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--generated", required=True, nargs="+", metavar="DIR", help="generation folders (side extract / synthesize)")
-    parser.add_argument("--reference", required=True, metavar="DATASET", help="training set: 'default', a folder or a Hub data set id")
+    parser.add_argument("--reference", required=True, metavar="DATASET", help=f"training set: an embedded model's ({EMBEDDED_CHOICES}), a folder or a Hub data set id")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the report, matches and figures go")
     parser.add_argument(
         "--similarity",
@@ -314,7 +315,7 @@ def run_train_lora(args: argparse.Namespace) -> int:
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser, default_batch: int = 64) -> None:
-    parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded digits model)")
+    parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
     parser.add_argument("--output", required=True, metavar="DIR", help="new output directory, or the same one to resume")
     parser.add_argument("--batch-size", type=positive_int, default=default_batch, help=f"images per shard (default: {default_batch})")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="run seed; image i uses a seed derived from (seed, i) (default: 0)")
@@ -486,7 +487,7 @@ def add_sweep_command(subparsers) -> None:
     parser.add_argument("--method", default="side", choices=guided_method_names(), help="guided method to sweep (default: side; side-lora sweeps the classifier-free guidance scale of a `side train-lora` folder)")
     parser.add_argument("--guidance-scales", type=_float_list, default=[0, 1, 2, 5, 10, 20], metavar="L1,L2,...", help="lambdas (default: 0,1,2,5,10,20)")
     parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="candidates per scale (N_G)")
-    parser.add_argument("--reference", default="default", metavar="DATASET", help="training set to score against (default: the embedded subset)")
+    parser.add_argument("--reference", default="default", metavar="DATASET", help=f"training set to score against: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
     parser.add_argument("--similarity", default="carlini", help="l2, carlini or a feature extractor (default: carlini)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="time-dependent classifier replacing the pipeline's own")
     _add_generation_arguments(parser)
@@ -526,8 +527,8 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument("--output", default="side-demo", metavar="DIR", help="output directory (default: ./side-demo)")
     parser.add_argument("--quick", action="store_true", help="tiny N for a smoke test (seconds; numbers are meaningless)")
-    parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded model)")
-    parser.add_argument("--reference", default="default", metavar="DATASET", help="its training set (default: the embedded subset)")
+    parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
+    parser.add_argument("--reference", default="default", metavar="DATASET", help=f"its training set: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
     parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for SIDE and Cond")
     parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")

@@ -23,7 +23,7 @@ import pyarrow.parquet
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-from .default_model import DEFAULT
+from .default_model import EMBEDDED_CHOICES, embedded_model
 
 
 def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") -> Dataset:
@@ -31,7 +31,7 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
 
     Args:
         name_or_path (`str` or `os.PathLike`):
-            One of: ``"default"`` (the embedded model's training subset); a directory written by
+            One of: an embedded model's name (``"default"``, ``"digits-rare"``: its training subset); a directory written by
             `Dataset.save_to_disk`; a directory of shards written by ``side synthesize`` /
             ``side extract``; an ``imagefolder`` directory of image files; or a Hub data set id.
             Local sources are held in memory: no arrow copy of the images is written to the datasets
@@ -67,22 +67,25 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
 def check_image_source(name_or_path: str | os.PathLike) -> None:
     """Cheaply refuse a source [`load_image_dataset`] cannot read: a local path that does not exist.
 
-    ``"default"``, existing folders and Hub ids pass (a Hub id is only checked when it is loaded).
+    Embedded names, existing folders and Hub ids pass (a Hub id is only checked when it is loaded).
 
     Raises:
         `FileNotFoundError`: naming the path and what to pass instead.
     """
     source = str(name_or_path)
     path = Path(source)
-    if source != DEFAULT and not path.is_dir() and (path.suffix or source.startswith((".", "/")) or path.exists()):
-        raise FileNotFoundError(f"Image data set {source!r} does not exist (or is not a folder); pass a directory, 'default' or a Hub data set id.")
+    if embedded_model(source) is None and not path.is_dir() and (path.suffix or source.startswith((".", "/")) or path.exists()):
+        raise FileNotFoundError(
+            f"Image data set {source!r} does not exist (or is not a folder); pass a directory, an embedded model's "
+            f"training set ({EMBEDDED_CHOICES}) or a Hub data set id."
+        )
 
 
 def _load(source: str, split: str) -> Dataset:
-    if source == DEFAULT:
+    if embedded_model(source) is not None:
         from .default_model import load_training_subset
 
-        return load_training_subset()
+        return load_training_subset(source)
     path = Path(source)
     if path.is_dir():
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):

@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
 from .classifier import TimeDependentClassifier
+from .default_model import EMBEDDED_CHOICES
 from .exemplar import ExemplarPosterior
 
 logger = logging.get_logger(__name__)
@@ -171,7 +172,7 @@ class SIDEPipeline(DiffusionPipeline):
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(
                 f"{str(pretrained_model_name_or_path)!r} is not a pipeline folder (it has no model_index.json); pass a folder "
-                "written by `save_pretrained` or `side train-classifier`, or 'default'."
+                f"written by `save_pretrained` or `side train-classifier`, or an embedded model ({EMBEDDED_CHOICES})."
             )
         use_safetensors = kwargs.pop("use_safetensors", True)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..arg_types import finite_float, non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
+from ..default_model import EMBEDDED_CHOICES
 
 # diffusers' `SchedulerType` values, without "piecewise_constant" (it needs a rule string this script does not take).
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -28,7 +29,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, with_dataset_name: bool 
             "--dataset_name",
             type=str,
             default=None,
-            help='A Hub data set id, "default" (the embedded digits subset) or a `save_to_disk` directory.',
+            help=f"A Hub data set id, an embedded model's training subset ({EMBEDDED_CHOICES}) or a `save_to_disk` directory.",
         )
     group.add_argument(
         "--train_data_dir",
@@ -124,7 +125,7 @@ def add_labelled_target_arguments(parser: argparse.ArgumentParser) -> None:
         "--pretrained_model_name_or_path",
         type=str,
         default="default",
-        help='The audited pipeline: a folder, a Hub repo id or "default" (the embedded digits model).',
+        help=f"The audited pipeline: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}).",
     )
     add_data_arguments(parser, with_dataset_name=False)
     parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")

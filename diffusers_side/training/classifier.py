@@ -48,7 +48,7 @@ from ..atomic_io import write_json_atomic
 from ..cards import render_card, write_card
 from ..classifier import TimeDependentClassifier
 from ..data import check_image_source
-from ..default_model import check_model_source
+from ..default_model import check_model_source, hub_id
 from ..loading import load_pipeline
 from ..pipeline_side import SIDEPipeline
 from ..surrogate_labels import LABELS_JSON, SurrogateLabels
@@ -295,13 +295,12 @@ def write_model_card(
 ) -> Path:
     """Render ``model_cards/train_classifier.md`` into ``output_dir/README.md``."""
     target = args.pretrained_model_name_or_path
-    base_model = None if target == "default" or Path(target).exists() else target
     method = "carlini-cond" if args.time_independent else "side"
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         tags=["diffusers", "diffusers-side", "memorization-audit", "classifier-guidance", method],
-        base_model=base_model,
+        base_model=hub_id(target),
         model_name=args.hub_model_id or Path(args.output_dir).name,
     )
     log = result.log()

@@ -33,7 +33,7 @@ from huggingface_hub import ModelCardData
 
 from ..atomic_io import atomic_path, write_json_atomic
 from ..cards import render_card, write_card
-from ..default_model import DEFAULT
+from ..default_model import EMBEDDED_CHOICES, hub_id
 from .arguments import add_data_arguments, add_training_arguments
 from .common import (
     PIXEL_VALUES,
@@ -123,7 +123,8 @@ def validate_model_args(args: argparse.Namespace) -> None:
     """Fill in the default block types and norm groups and check the UNet flags agree with each other."""
     if (args.dataset_name is None) == (args.train_data_dir is None):
         raise ValueError(
-            "Pass exactly one of --dataset_name (Hub id, 'default', save_to_disk dir) or --train_data_dir (a folder)."
+            f"Pass exactly one of --dataset_name (Hub id, embedded {EMBEDDED_CHOICES}, save_to_disk dir) or "
+            "--train_data_dir (a folder)."
         )
     levels = len(args.block_out_channels)
     if levels == 0 or min(args.block_out_channels) < 1:
@@ -215,14 +216,9 @@ def save_sample_grid(pipeline: DDPMPipeline, args: argparse.Namespace, path: Pat
     return path
 
 
-def hub_dataset_id(source: str) -> str | None:
-    """The data set's Hub id, or ``None`` when it was read from disk or is the embedded default."""
-    return None if source == DEFAULT or Path(source).exists() else source
-
-
 def write_model_card(args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData):
     """Render ``model_cards/train_dpm.md`` into ``output_dir/README.md``."""
-    dataset_id = hub_dataset_id(data.source)
+    dataset_id = hub_id(data.source)
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",

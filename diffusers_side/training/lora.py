@@ -44,7 +44,7 @@ from huggingface_hub import ModelCardData
 from ..atomic_io import write_json_atomic
 from ..cards import render_card, write_card
 from ..data import check_image_source
-from ..default_model import check_model_source, resolve_pipeline_path
+from ..default_model import check_model_source, hub_id, resolve_pipeline_path
 from ..loading import load_pipeline
 from ..lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional
 from ..pipeline_side_lora import SIDELoRAPipeline
@@ -256,12 +256,11 @@ def write_model_card(
 ) -> Path:
     """Render ``model_cards/train_lora.md`` into ``output_dir/README.md``."""
     target = args.pretrained_model_name_or_path
-    base_model = None if target == "default" or Path(target).exists() else target
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image" if isinstance(pipeline, SIDELoRATextPipeline) else "unconditional-image-generation",
         tags=["diffusers", "diffusers-side", "memorization-audit", "lora", "side-lora"],
-        base_model=base_model,
+        base_model=hub_id(target),
         model_name=args.hub_model_id or Path(args.output_dir).name,
     )
     log = result.log()
