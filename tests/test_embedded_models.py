@@ -1,0 +1,82 @@
+"""Every embedded model (`default`, `digits-rare`) is addressed by its name like `default` in every command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_side.cli import main as side
+from diffusers_side.data import check_image_source, load_image_dataset
+from diffusers_side.default_model import (
+    EMBEDDED_MODELS,
+    SUBSET_FILE,
+    canonical_model_source,
+    check_model_source,
+    digit_images,
+    draw_subset_indices,
+    hub_id,
+    resolve_pipeline_path,
+    subset_indices,
+)
+from diffusers_side.loading import load_pipeline
+from diffusers_side.training.common import load_training_images
+
+
+@pytest.mark.parametrize("name", list(EMBEDDED_MODELS))
+def test_each_name_resolves_for_pipeline_and_reference(name):
+    model = EMBEDDED_MODELS[name]
+    assert resolve_pipeline_path(name) == str(model.folder) and (model.folder / "model_index.json").is_file()
+    assert canonical_model_source(name) == name and hub_id(name) is None
+    check_model_source(name, "--pipeline")
+    check_image_source(name)
+    recorded = json.loads((model.folder / SUBSET_FILE).read_text())
+    drawn = draw_subset_indices(model.subset_size, model.subset_seed)
+    assert (recorded["size"], recorded["seed"], recorded["indices"]) == (model.subset_size, model.subset_seed, drawn)
+    reference = load_image_dataset(name)
+    assert reference["source_index"] == subset_indices(name) == drawn and len(reference) == model.subset_size
+
+
+def test_digits_rare_reference_is_its_200_digits_and_train_dpm_reads_them():
+    images, classes = digit_images(draw_subset_indices(200, 1))
+    reference = load_image_dataset("digits-rare")
+    assert len(reference) == 200 and reference["digit"] == classes
+    for ours, expected in zip(reference["image"], images):
+        assert ours.mode == "L" and np.array_equal(np.asarray(ours), np.asarray(expected))
+    data = load_training_images("digits-rare")  # what training/train_dpm.py --dataset_name digits-rare reads
+    assert (len(data.dataset), data.resolution, data.channels) == (200, 16, 1)
+
+
+def test_load_pipeline_digits_rare_loads_the_shipped_weights():
+    pipe = load_pipeline("digits-rare")
+    shipped = load_file(EMBEDDED_MODELS["digits-rare"].folder / "unet" / "diffusion_pytorch_model.safetensors")
+    state = pipe.unet.state_dict()
+    assert state.keys() == shipped.keys() and all(torch.equal(state[key], shipped[key]) for key in shipped)
+    default = load_pipeline("default").unet.state_dict()
+    assert not torch.equal(default["conv_in.weight"], state["conv_in.weight"])
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+
+
+def test_unknown_names_fall_through_and_errors_list_every_embedded_name(tmp_path):
+    assert resolve_pipeline_path("digits-rar") == "digits-rar" and hub_id("digits-rar") == "digits-rar"
+    check_model_source("digits-rar", "--pipeline")  # a Hub repo id, tried only when loaded
+    check_image_source("digits-rar")
+    with pytest.raises(FileNotFoundError, match=r"'\./missing' does not exist; .*\('default', 'digits-rare'\)"):
+        check_model_source("./missing", "--pipeline")
+    with pytest.raises(FileNotFoundError, match=r"training set \('default', 'digits-rare'\)"):
+        check_image_source(str(tmp_path / "missing"))
+
+
+def test_quick_demo_on_digits_rare(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert side(["demo", "--quick", "--pipeline", "digits-rare", "--reference", "digits-rare", "--output", str(output)]) == 0
+    assert "[side] evaluate done in" in capsys.readouterr().out
+    report = json.loads((output / "report.json").read_text())
+    assert report["reference"]["num_images"] == 200
+    settings = json.loads((output / "extract-uncond" / "generation.json").read_text())
+    assert settings["pipeline"] == "digits-rare"
+    unet_file = "unet/diffusion_pytorch_model.safetensors"  # train-classifier built its pipeline on digits-rare's UNet
+    shipped = load_file(EMBEDDED_MODELS["digits-rare"].folder / unet_file)
+    guided = load_file(output / "classifier-side" / unet_file)
+    assert all(torch.equal(guided[key], shipped[key]) for key in shipped)
