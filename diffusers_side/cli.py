@@ -522,7 +522,9 @@ def add_demo_command(subparsers) -> None:
             "Audit the embedded memorizing DDPM end to end, offline: SIDE against Carlini UnCond and Carlini Cond\n"
             "at the same N_G and seeds. Writes report.md, report.json and figures into --output. Re-running resumes."
         ),
-        epilog=_example("side demo --output side-demo"),
+        epilog=_example(
+            "side demo --output side-demo\n  side demo --pipeline digits-rare --reference digits-rare --output side-demo-rare"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", default="side-demo", metavar="DIR", help="output directory (default: ./side-demo)")

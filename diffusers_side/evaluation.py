@@ -469,8 +469,8 @@ def evaluate(
             `diffusers_side.data.load_image_dataset` reads. Generations are grouped by their ``method``
             column (the folder name when absent); a method seen at several guidance scales is split
             per scale.
-        reference (`str`): the training set, any source `load_image_dataset` accepts (``"default"``:
-            the embedded model's training subset).
+        reference (`str`): the training set, any source `load_image_dataset` accepts (an embedded
+            model's name, ``"default"``, ``"digits-rare"``: its training subset).
         output_dir: where ``report.json``, ``report.md``, ``matches.parquet`` and ``figures/`` go.
         similarity (`str`, *optional*): ``"l2"`` (RMS L2 on pixels), ``"carlini"`` (normalized L2) or
             ``"cosine"`` (of ``feature_extractor`` embeddings). Default: ``"cosine"`` with a feature

@@ -45,7 +45,7 @@ RECORD_DEFAULTS = {"index": -1, "seed": -1, "method": None, "target": -1, "guida
 class GenerationSettings:
     """Everything that determines the images of a run (written to ``generation.json``).
 
-    ``pipeline`` and ``classifier`` are stored as absolute paths (``"default"`` and Hub repo ids as
+    ``pipeline`` and ``classifier`` are stored as absolute paths (embedded names such as ``"default"`` and Hub repo ids as
     given), so a later command finds the same model from any working directory; ``model_fingerprint``
     and ``classifier_fingerprint`` (sha256 of the weights, see `diffusers_side.loading.weights_fingerprint`)
     are filled in by `diffusers_side.generation.generate` and checked when a run is resumed or labelled.

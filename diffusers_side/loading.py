@@ -67,7 +67,7 @@ def load_pipeline(
     Load the pipeline to audit, or a LoRA-SIDE result (a folder or repo holding ``side_lora.json``) with its base.
 
     Args:
-        spec: ``"default"`` (the embedded digits model), a folder, or a Hub repo id.
+        spec: an embedded model's name (``"default"``, ``"digits-rare"``), a folder, or a Hub repo id.
         scheduler (`str`, *optional*): one of `SCHEDULERS` to sample with instead of the saved scheduler.
         classifier (*optional*): a classifier folder (or pipeline folder) replacing the pipeline's own.
         allow_pickle (`bool`): accept pickled `.bin` weights (only for checkpoints you trust).

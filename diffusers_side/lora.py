@@ -369,7 +369,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def is_text_conditional(spec: str | os.PathLike) -> bool:
-    """Whether pipeline ``spec`` (folder, repo id or ``"default"``) is text-conditional: its ``model_index.json`` lists a text encoder.
+    """Whether pipeline ``spec`` (folder, repo id or embedded name) is text-conditional: its ``model_index.json`` lists a text encoder.
 
     Only ``model_index.json`` is read (downloaded for a repo id).
     """

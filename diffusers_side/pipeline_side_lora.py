@@ -86,8 +86,8 @@ class SIDELoRAPipeline(DiffusionPipeline):
         unet ([`UNet2DModel`]): the base UNet rebuilt with a class embedding over K' + 1 labels (label K' is
             the null label) and carrying a peft LoRA adapter; see [`~SIDELoRAPipeline.from_base`].
         scheduler ([`SchedulerMixin`]): any diffusers scheduler.
-        base_model (`str`, *optional*): where the base pipeline comes from (``"default"``, a folder or a Hub
-            repo id); recorded by `save_pretrained` so the adapters can be put back on it.
+        base_model (`str`, *optional*): where the base pipeline comes from (an embedded name such as ``"default"``, a folder
+            or a Hub repo id); recorded by `save_pretrained` so the adapters can be put back on it.
         label_info (`dict`, *optional*): what the labels mean (`SurrogateLabels.to_label_info()`).
     """
 
@@ -136,7 +136,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
         Make an unconditional pipeline label-conditional, ready to fine-tune (its output is unchanged until then).
 
         Args:
-            base: a loaded pipeline with a `UNet2DModel`, or ``"default"``, a folder or a Hub repo id.
+            base: a loaded pipeline with a `UNet2DModel`, or an embedded name (``"default"``, ...), a folder or a Hub repo id.
             num_labels (`int`): K', the number of surrogate labels.
             rank (`int`): LoRA rank.
             lora_alpha (`float`, *optional*): LoRA alpha (default: ``rank``).
@@ -196,8 +196,8 @@ class SIDELoRAPipeline(DiffusionPipeline):
             raise TypeError(f"SIDELoRAPipeline.save_pretrained takes no options, got {sorted(kwargs)}.")
         if self.base_model is None:
             raise ValueError(
-                "This pipeline does not know its base model; build it with SIDELoRAPipeline.from_base('default' or a "
-                "folder or repo id) or set pipe.base_model before saving."
+                "This pipeline does not know its base model; build it with SIDELoRAPipeline.from_base(an embedded name "
+                "such as 'default', a folder or a repo id) or set pipe.base_model before saving."
             )
         save_lora_conditioning(self.unet, save_directory, self.lora_config())
 

@@ -333,7 +333,7 @@ def label_synthetic(
             [`~diffusers_side.features.load_feature_extractor`].
         seed (`int`, defaults to 0): KMeans seed.
         batch_size (`int`, defaults to 256): embedding batch size.
-        pipeline (`str`, *optional*): the target pipeline (path, repo id or ``"default"``) for
+        pipeline (`str`, *optional*): the target pipeline (path, repo id or embedded name) for
             ``features="unet"``; defaults to the ``"pipeline"`` recorded in ``generation.json``.
         min_cluster_size (`int`, defaults to 2): see [`fit_surrogate_labels`].
         device (`str`, *optional*): where to run the extractor (CPU by default).

@@ -5,7 +5,7 @@ of `diffusers_side.training.arguments.add_classifier_arguments` and call [`train
 [`classifier_training_args`].
 
 Inputs: the target pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or
-``"default"``) and the labelled synthetic set written by ``side label`` (``--train_data_dir``: a
+an embedded name, ``"default"``, ``"digits-rare"``) and the labelled synthetic set written by ``side label`` (``--train_data_dir``: a
 ``save_to_disk`` directory with columns image, label, distance, seed and the ``surrogate_labels``
 sidecar). Each batch is noised with the **target's own noise schedule** (its betas, hence its abar_t),
 t uniform over the training timesteps; the loss is cross-entropy, optimised with AdamW (paper: lr 1e-4).

@@ -1,7 +1,7 @@
 """Fine-tune LoRA adapters (and a label embedding) so the audited model samples one surrogate label at a time.
 
 SIDE's second branch (the paper's choice for large models; see `diffusers_side.lora`). Inputs: the target
-pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or ``"default"``) and the labelled
+pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or an embedded name, ``"default"``, ``"digits-rare"``) and the labelled
 synthetic set written by ``side label`` (``--train_data_dir``: columns image, label, ... and the
 ``surrogate_labels.json`` sidecar).
 
@@ -163,7 +163,7 @@ def match_target(args: argparse.Namespace, data: ImageData, target: LoRATarget) 
 
 
 def base_reference(spec: str) -> str:
-    """How ``side_lora.json`` names the base: a local folder as an absolute path, ``"default"`` or a repo id as given."""
+    """How ``side_lora.json`` names the base: a local folder as an absolute path, an embedded name or a repo id as given."""
     return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
 
 
