@@ -108,6 +108,18 @@ def embedded_model(spec: str | os.PathLike) -> EmbeddedModel | None:
     return EMBEDDED_MODELS.get(str(spec))
 
 
+def get_embedded_model(name: str) -> EmbeddedModel:
+    """The `EmbeddedModel` called ``name``.
+
+    Raises:
+        `ValueError`: naming ``name`` and the embedded models.
+    """
+    model = embedded_model(name)
+    if model is None:
+        raise ValueError(f"{name!r} is not an embedded model; choose one of {EMBEDDED_CHOICES}.")
+    return model
+
+
 def resolve_pipeline_path(spec: str | os.PathLike) -> str:
     """Map an embedded name (``"default"``, ``"digits-rare"``) to its package folder; return anything else unchanged."""
     model = embedded_model(spec)
@@ -151,7 +163,7 @@ def draw_subset_indices(size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> lis
 
 def subset_indices(name: str = DEFAULT) -> list[int]:
     """Indices into `load_digits()` of embedded model ``name``'s training images (as recorded beside its weights)."""
-    model = EMBEDDED_MODELS[name]
+    model = get_embedded_model(name)
     recorded = model.folder / SUBSET_FILE
     if recorded.exists():
         return json.loads(recorded.read_text())["indices"]
@@ -278,7 +290,7 @@ def embedded_model_card(training_card_path: str | os.PathLike, name: str = DEFAU
 
     from .cards import render_card
 
-    model = EMBEDDED_MODELS[name]
+    model = get_embedded_model(name)
     training_card = ModelCard.load(training_card_path)
     start = training_card.text.find(TRAINING_SECTION)
     if start < 0:
@@ -351,16 +363,15 @@ def export_embedded_model(
     """
     from .atomic_io import atomic_directory
 
-    if name not in EMBEDDED_MODELS:
-        raise ValueError(f"--name {name!r} is not an embedded model; choose one of {EMBEDDED_CHOICES}.")
+    model = get_embedded_model(name)
     train_dir = Path(train_dir)
-    target_dir = Path(target_dir) if target_dir is not None else EMBEDDED_MODELS[name].folder
+    target_dir = Path(target_dir) if target_dir is not None else model.folder
     trained_on = None
     if training_data is not None:
         check_same_training_data(training_data, name)
         trained_on = json.loads((train_dir / "run_config.json").read_text())["dataset_name"]
     with atomic_directory(target_dir) as staging:
-        _write_embedded_model(train_dir, staging, EMBEDDED_MODELS[name], trained_on)
+        _write_embedded_model(train_dir, staging, model, trained_on)
     return target_dir
 
 

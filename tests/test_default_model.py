@@ -80,7 +80,7 @@ def test_export_refuses_training_data_that_is_not_the_subset_before_writing(tmp_
     run = write_training_run(tmp_path / "final", dataset=str(other))
     with pytest.raises(ValueError, match=r"holds 100 images, 'digits-rare' 200; it is not a copy of 'digits-rare'"):
         export_embedded_model(run, tmp_path / "embedded", name="digits-rare", training_data=other)
-    with pytest.raises(ValueError, match=r"--name 'digits' is not an embedded model; choose one of 'default', 'digits-rare'"):
+    with pytest.raises(ValueError, match=r"'digits' is not an embedded model; choose one of 'default', 'digits-rare'"):
         export_embedded_model(run, tmp_path / "embedded", name="digits")
     assert not (tmp_path / "embedded").exists()
 

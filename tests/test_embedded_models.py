@@ -17,6 +17,7 @@ from diffusers_side.default_model import (
     digit_images,
     draw_subset_indices,
     hub_id,
+    load_training_subset,
     resolve_pipeline_path,
     subset_indices,
 )
@@ -66,6 +67,8 @@ def test_unknown_names_fall_through_and_errors_list_every_embedded_name(tmp_path
         check_model_source("./missing", "--pipeline")
     with pytest.raises(FileNotFoundError, match=r"training set \('default', 'digits-rare'\)"):
         check_image_source(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"'digits-rar' is not an embedded model; choose one of 'default', 'digits-rare'"):
+        load_training_subset("digits-rar")
 
 
 def test_quick_demo_on_digits_rare(tmp_path, capsys):
