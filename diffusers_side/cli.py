@@ -318,8 +318,8 @@ def _add_guidance_space_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-space", default="xt", choices=GUIDANCE_SPACES,
         help="where the classifier of side/cond reads the sample: xt (the paper, default: the noisy x_t) or x0 (not in "
-        "the paper: the predicted clean image, the gradient back-propagated through the UNet, at about 3x the cost of "
-        "a guided step; lambda is then the fraction of the noise prediction's RMS moved per step, e.g. 0.02-0.2)",
+        "the paper: the predicted clean image, the gradient back-propagated through the UNet: about 1.7x the cost of xt guidance "
+        "per image; lambda is then the fraction of the noise prediction's RMS moved per step, e.g. 0.02-0.2)",
     )
 
 

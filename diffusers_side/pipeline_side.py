@@ -375,7 +375,7 @@ class SIDEPipeline(DiffusionPipeline):
         it was trained on; a time-independent one ignores t.
 
         Returns:
-            `tuple`: the UNet's output (detached; the same the unguided step would use) and g.
+            `tuple`: the UNet's output (detached), which the step then guides, and g.
         """
         alpha_t, sigma_t = (value.to(model_input.dtype) for value in (abar.sqrt(), (1 - abar).sqrt()))
         with torch.enable_grad():
