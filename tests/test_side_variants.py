@@ -167,3 +167,16 @@ def test_cli_extract_with_guidance_space(tmp_path, capsys):
     with pytest.raises(SystemExit):
         side([*common, "--guidance-space", "x_0", "--output", str(tmp_path / "bad")])
     assert "argument --guidance-space: invalid choice: 'x_0'" in capsys.readouterr().err
+
+
+def test_sweep_recorded_before_guidance_space_existed_resumes_as_xt(tmp_path):
+    from dataclasses import asdict
+
+    from diffusers_side.workflows import SWEEP_CONFIG, check_sweep_folder
+
+    config = {"guidance_scales": [0.0, 1.0], **asdict(GenerationSettings(pipeline="default", method="side", num_images=2))}
+    old = {k: v for k, v in config.items() if k != "guidance_space"}
+    (tmp_path / SWEEP_CONFIG).write_text(json.dumps(old))
+    check_sweep_folder(tmp_path, config)
+    with pytest.raises(FileExistsError, match="holds a sweep with other settings \\(guidance_space\\)"):
+        check_sweep_folder(tmp_path, {**config, "guidance_space": "x0"})
