@@ -30,9 +30,13 @@ A configuration is ``method/sampler/lambda/selection/window``:
 
 - ``method``: ``uncond`` (Carlini UnCond), ``cond`` (Carlini Cond, time-independent classifier),
   ``side`` (the paper: time-dependent classifier), ``exemplar`` (Bayes guidance: the exact posterior
-  p(c | x_t) of the noised labelled synthetic set, `diffusers_side.exemplar.ExemplarPosterior`);
+  p(c | x_t) of the noised labelled synthetic set, `diffusers_side.exemplar.ExemplarPosterior`),
+  ``x0side`` / ``x0cond`` (guidance on the predicted clean image, ``side extract --method side|cond
+  --guidance-space x0``: the time-dependent classifier at t = 0, or the time-independent one, on x0_hat,
+  the gradient back-propagated through the UNet; see `SIDEPipeline.guide_x0`);
 - ``sampler``: ``ddim`` or ``ddpm``;
-- ``lambda``: the guidance scale;
+- ``lambda``: the guidance scale (for ``x0side`` / ``x0cond`` the fraction of the noise prediction's RMS
+  that guidance moves it by at each guided step, so useful values are small: 0.02-0.2);
 - ``selection``: how each generation's target cluster is drawn: ``uniform`` over the kept clusters
   (paper), ``weighted`` (probability proportional to the cluster's cohesion minus the cut tau), or
   ``topF`` (uniform over the most cohesive fraction F, e.g. ``top0.2``), or ``duplicates``
@@ -44,7 +48,8 @@ A configuration is ``method/sampler/lambda/selection/window``:
 Usage::
 
     python benchmarks/side_study.py --run outputs/demo-emb --seed 1 --num-images 300 \\
-        --configs uncond/ddim/0/uniform/all exemplar/ddpm/1/top0.2/all --output outputs/study/emb-select.jsonl
+        --configs uncond/ddim/0/uniform/all exemplar/ddpm/1/top0.2/all x0side/ddpm/0.05/uniform/all \\
+        --output outputs/study/emb-select.jsonl
 """
 
 from __future__ import annotations
@@ -78,7 +83,13 @@ METHOD_STAGES = {
     "cond": ("synthesize", "label", "train classifier-cond"),
     "side": ("synthesize", "label", "train classifier-side"),
     "exemplar": ("synthesize", "label"),
+    "x0side": ("synthesize", "label", "train classifier-side"),
+    "x0cond": ("synthesize", "label", "train classifier-cond"),
 }
+# The demo classifier each classifier-guided method uses (`exemplar` is guided by the posterior instead).
+METHOD_CLASSIFIER = {"side": "side", "cond": "cond", "x0side": "side", "x0cond": "cond", "exemplar": "side"}
+# Where the classifier reads the sample (`SIDEPipeline(guidance_space=...)`): x_t (the paper) or x0_hat.
+METHOD_GUIDANCE_SPACE = {"x0side": "x0", "x0cond": "x0"}
 
 
 def parse_config(text: str) -> dict:
@@ -87,7 +98,7 @@ def parse_config(text: str) -> dict:
     if method not in METHOD_STAGES or sampler not in ("ddim", "ddpm"):
         raise ValueError(f"Bad configuration {text!r}: method in {sorted(METHOD_STAGES)}, sampler ddim or ddpm.")
     return {"name": text, "method": method, "sampler": sampler, "scale": float(scale), "selection": selection,
-            "window": (low, high)}
+            "window": (low, high), "guidance_space": METHOD_GUIDANCE_SPACE.get(method, "xt")}
 
 
 def duplicate_fraction(images: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:
@@ -148,6 +159,7 @@ def sample(pipe: SIDEPipeline, config: dict, seeds: list[int], targets: torch.Te
                 output_type="pt",
                 exemplars=exemplars if config["method"] == "exemplar" else None,
                 guidance_window=window,
+                guidance_space=config["guidance_space"],
             ).images
         )
     return torch.cat(images)
@@ -232,7 +244,7 @@ def main() -> None:
     for config in configs:
         base = load_pipeline(args.pipeline, None if config["sampler"] == "ddim" else "ddpm")
         guided = config["method"] != "uncond"
-        classifier = classifiers["cond" if config["method"] == "cond" else "side"] if guided else None
+        classifier = classifiers[METHOD_CLASSIFIER[config["method"]]] if guided else None
         pipe = SIDEPipeline(base.unet, base.scheduler, classifier)
         pipe.set_progress_bar_config(disable=True)
         targets = draw_targets(seeds, target_probabilities(labels, config["selection"], duplicates)) if guided else None

@@ -88,7 +88,7 @@ def plot_distinct(rows: list[dict], path: Path) -> None:
 def plot_lambda(rows: list[dict], path: Path) -> None:
     curves = defaultdict(list)
     for row in rows:
-        if row["method"] in ("side", "exemplar", "cond"):
+        if row["method"] != "uncond":
             window = "all" if row["window"][0] == float("-inf") else f"{row['window'][0]:g}:{row['window'][1]:g}"
             curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}"].append(row)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -100,7 +100,8 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
             if row["method"] == "uncond":
                 axis.axhline(100 * row["ams"][band][0], linestyle="--", color="grey" if row["sampler"] == "ddim" else "black",
                              label=f"uncond/{row['sampler']}")
-        axis.set_xlabel("lambda")
+        axis.set_xscale("symlog", linthresh=0.01)  # x0 guidance's lambdas (0.02-0.2) beside the paper's (1-50)
+        axis.set_xlabel("lambda (x0side / x0cond: fraction of eps RMS per step)")
         axis.set_ylabel(f"AMS {band} (%)")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

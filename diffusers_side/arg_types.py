@@ -16,6 +16,8 @@ import re
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
 # Names of `--scheduler`; `diffusers_side.loading.SCHEDULERS` maps each to its diffusers class.
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")
+# Values of `--guidance-space`; the same as `diffusers_side.pipeline_side.GUIDANCE_SPACES` (which imports torch).
+GUIDANCE_SPACES = ("xt", "x0")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .arg_types import (
+    GUIDANCE_SPACES,
     SCHEDULER_NAMES,
     OneLineErrorParser,
     device,
@@ -314,6 +315,15 @@ def run_train_lora(args: argparse.Namespace) -> int:
 # --- generation: synthesize and extract --------------------------------------------------------------
 
 
+def _add_guidance_space_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--guidance-space", default="xt", choices=GUIDANCE_SPACES,
+        help="where the classifier of side/cond reads the sample: xt (the paper, default: the noisy x_t) or x0 (not in "
+        "the paper: the predicted clean image, the gradient back-propagated through the UNet: about 1.7x the cost of xt guidance "
+        "per image; lambda is then the fraction of the noise prediction's RMS moved per step, e.g. 0.02-0.2)",
+    )
+
+
 def _add_generation_arguments(parser: argparse.ArgumentParser, default_batch: int = 64) -> None:
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
     parser.add_argument("--output", required=True, metavar="DIR", help="new output directory, or the same one to resume")
@@ -383,6 +393,7 @@ def add_extract_command(subparsers) -> None:
         "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",
         help="guide only at timesteps in [T_MIN, T_MAX] (default: every step, as the paper)",
     )
+    _add_guidance_space_argument(parser)
     parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
     )
@@ -413,6 +424,7 @@ def run_extract(args: argparse.Namespace) -> int:
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
         scheduler=args.scheduler, classifier=args.classifier, exemplars=args.exemplars,
         target_selection=args.target_selection, guidance_window=args.guidance_window,
+        guidance_space=args.guidance_space,
     )
     dataset = _run_generation("extract", args, settings)
     if dataset is not None and args.push_to_hub:
@@ -490,6 +502,7 @@ def add_sweep_command(subparsers) -> None:
     parser.add_argument("--reference", default="default", metavar="DATASET", help=f"training set to score against: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
     parser.add_argument("--similarity", default="carlini", help="l2, carlini or a feature extractor (default: carlini)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="time-dependent classifier replacing the pipeline's own")
+    _add_guidance_space_argument(parser)
     _add_generation_arguments(parser)
     parser.set_defaults(func=run_sweep)
 
@@ -503,6 +516,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     base = GenerationSettings(
         pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size, seed=args.seed,
         num_inference_steps=args.num_inference_steps, scheduler=args.scheduler, classifier=args.classifier,
+        guidance_space=args.guidance_space,
     )
     plot = sweep(
         base, args.guidance_scales, args.output, args.reference, allow_pickle=args.allow_pickle,

@@ -107,6 +107,7 @@ def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int,
         num_inference_steps=settings.num_inference_steps,
         exemplars=guide.exemplars if guided else None,
         guidance_window=tuple(settings.guidance_window) if guided and settings.guidance_window else None,
+        guidance_space=settings.guidance_space,
     )
     records = {
         "image": method.sample(pipe, request),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from datasets import Features, Image, Value
 
+from .arg_types import GUIDANCE_SPACES
 from .atomic_io import write_json_atomic
 from .default_model import canonical_model_source
 from .methods import METHODS, get_method
@@ -49,6 +50,8 @@ class GenerationSettings:
     given), so a later command finds the same model from any working directory; ``model_fingerprint``
     and ``classifier_fingerprint`` (sha256 of the weights, see `diffusers_side.loading.weights_fingerprint`)
     are filled in by `diffusers_side.generation.generate` and checked when a run is resumed or labelled.
+    The variant fields (``exemplars``, ``target_selection``, ``guidance_window``, ``guidance_space``) default to
+    the paper's form, which is what a folder written before they existed was generated with.
     """
 
     pipeline: str
@@ -65,6 +68,7 @@ class GenerationSettings:
     exemplars: str | None = None
     target_selection: str = "uniform"
     guidance_window: list[float] | None = None
+    guidance_space: str = "xt"
 
     def __post_init__(self):
         self.pipeline = canonical_model_source(self.pipeline)
@@ -104,8 +108,22 @@ class GenerationSettings:
         self.validate_guidance_options(method)
 
     def validate_guidance_options(self, method) -> None:
-        """The exemplar set, target selection and guidance window suit the method."""
+        """The exemplar set, target selection, guidance window and guidance space suit the method."""
         check_target_selection(self.target_selection)
+        if self.guidance_space not in GUIDANCE_SPACES:
+            raise ValueError(
+                f"guidance_space={self.guidance_space!r} is not one of {GUIDANCE_SPACES}; use 'xt' (the paper) or 'x0' "
+                "(the classifier reads the predicted clean image)."
+            )
+        if self.guidance_space == "x0" and not method.needs_classifier:
+            why = (
+                "the exemplar posterior is already exact at every noise level" if method.needs_exemplars
+                else "it samples a LoRA model" if method.needs_lora else "it samples without guidance"
+            )
+            raise ValueError(
+                f"guidance_space='x0' guides with a classifier on the predicted clean image, so it applies to "
+                f"--method side or cond, not {self.method!r} ({why}); drop --guidance-space x0 or change --method."
+            )
         if method.needs_exemplars and self.exemplars is None:
             raise ValueError(f"method={self.method!r} needs exemplars=DIR (--exemplars, the output of `side label`).")
         if self.exemplars is not None and not method.needs_exemplars:

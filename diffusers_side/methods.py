@@ -42,6 +42,8 @@ class ShardRequest:
         num_inference_steps: denoising steps.
         exemplars: the exemplar posterior that guides instead of the classifier (``side-exemplar``).
         guidance_window: guide only at timesteps in ``[t_min, t_max]`` (``None``: every step).
+        guidance_space: where the classifier reads the sample, ``"xt"`` (the paper) or ``"x0"`` (the predicted
+            clean image; see `SIDEPipeline.guide_x0`).
     """
 
     seeds: list[int]
@@ -51,6 +53,7 @@ class ShardRequest:
     num_inference_steps: int
     exemplars: ExemplarPosterior | None = None
     guidance_window: tuple[float, float] | None = None
+    guidance_space: str = "xt"
 
 
 SampleFn = Callable[["SIDEPipeline", ShardRequest], "list[PIL.Image.Image]"]
@@ -70,8 +73,12 @@ def sample_with_pipeline(pipe: SIDEPipeline, request: ShardRequest) -> list[PIL.
 
 
 def variant_options(request: ShardRequest) -> dict:
-    """The `SIDEPipeline`-only options a request sets (exemplars, guidance window); other pipelines get none."""
-    options = {"exemplars": request.exemplars, "guidance_window": request.guidance_window}
+    """The `SIDEPipeline`-only options a request sets (exemplars, guidance window, x0 guidance); other pipelines get none."""
+    options = {
+        "exemplars": request.exemplars,
+        "guidance_window": request.guidance_window,
+        "guidance_space": None if request.guidance_space == "xt" else request.guidance_space,
+    }
     return {name: value for name, value in options.items() if value is not None}
 
 

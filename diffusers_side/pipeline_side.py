@@ -31,6 +31,8 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("pil", "np", "pt")
 DDIM_DEFAULT_STEPS = 50  # DDIMPipeline's default; DDPM schedulers default to their full chain like DDPMPipeline
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# Where the classifier reads the sample: the noisy x_t (the paper) or the predicted clean image x0_hat.
+GUIDANCE_SPACES = ("xt", "x0")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -87,6 +89,11 @@ class SIDEPipeline(DiffusionPipeline):
 
     (the "condition score" form of Dhariwal & Nichol, 2021), so any scheduler can take the step. With
     `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline`.
+
+    `guidance_space="x0"` (not in the SIDE paper; universal / DPS-style guidance) instead classifies the
+    predicted clean image x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), clamped to [-1, 1],
+    at timestep 0, takes g = grad_{x_t} log p_phi(c | x0_hat) through the UNet, and moves eps by a fixed
+    fraction lambda of its own RMS: eps_guided = eps - lambda * RMS(eps) * g / RMS(g), per image (see `guide_x0`).
 
     Swapping it in for `DDPMPipeline` or `DDIMPipeline` keeps their calls working: the same arguments with
     the same defaults (`num_inference_steps` follows the scheduler, see `__call__`), `return_dict=False`
@@ -203,6 +210,7 @@ class SIDEPipeline(DiffusionPipeline):
         use_clipped_model_output: bool | None = None,
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
+        guidance_space: str = "xt",
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -222,6 +230,17 @@ class SIDEPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
         if guidance_window is not None and (len(guidance_window) != 2 or not guidance_window[0] <= guidance_window[1]):
             raise ValueError(f"guidance_window={guidance_window!r} must be (t_min, t_max) with t_min <= t_max.")
+        if guidance_space not in GUIDANCE_SPACES:
+            raise ValueError(
+                f"guidance_space={guidance_space!r} is not one of {GUIDANCE_SPACES}; use 'xt' (the paper: the classifier "
+                "reads the noisy x_t) or 'x0' (it reads the predicted clean image)."
+            )
+        if guidance_space == "x0" and exemplars is not None:
+            raise ValueError(
+                "guidance_space='x0' guides with a classifier and cannot be combined with exemplars: the exemplar "
+                "posterior p(c | x_t) is already exact at every noise level, and at t = 0 it is a hard "
+                "nearest-exemplar assignment whose gradient vanishes. Drop exemplars=, or use guidance_space='xt'."
+            )
         if exemplars is not None:
             sample_shape = (self.unet.config.in_channels, *_sample_hw(self.unet.config.sample_size))
             if exemplars.image_shape != sample_shape:
@@ -312,24 +331,94 @@ class SIDEPipeline(DiffusionPipeline):
             gradient = exemplars.gradient(model_input, abar, targets)
         else:
             gradient = self.classifier_gradient(model_input, timestep, targets)
-        if not torch.isfinite(gradient).all():
-            raise ValueError(
-                f"The classifier gradient is not finite at step {step_index} (t={float(timestep):g}); "
-                "check the classifier weights or lower guidance_scale."
-            )
+        check_finite_gradient(gradient, step_index, timestep)
+        eps_shift = (-(1 - abar).sqrt() * guidance_scale * gradient.double()).to(model_output.dtype)
+        return self.shift_noise_prediction(model_output, model_input, abar, eps_shift)
+
+    def shift_noise_prediction(
+        self, model_output: torch.Tensor, model_input: torch.Tensor, abar: torch.Tensor, eps_shift: torch.Tensor
+    ) -> torch.Tensor:
+        """`model_output` changed so that the noise it implies moves by `eps_shift`, in the model's own parameterisation.
+
+        x_t = alpha_t x_0 + sigma_t eps and v = alpha_t eps - sigma_t x_0, with alpha_t = sqrt(abar_t) and
+        sigma_t = sqrt(1 - abar_t); a learned-variance UNet's extra output channels are left as they are.
+        """
         alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
-        eps_shift = (-sigma_t * guidance_scale * gradient.double()).to(model_output.dtype)
-        # Express the same change of eps in the model's own parameterisation
-        # (x_t = alpha_t x_0 + sigma_t eps, v = alpha_t eps - sigma_t x_0).
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if prediction_type == "sample":
             eps_shift = eps_shift * (-sigma_t / alpha_t).to(model_output.dtype)
         elif prediction_type == "v_prediction":
             eps_shift = eps_shift / alpha_t.to(model_output.dtype)
-        channels = model_input.shape[1]  # a learned-variance UNet returns extra channels after the prediction
+        channels = model_input.shape[1]
         guided = model_output.clone()
         guided[:, :channels] += eps_shift
         return guided
+
+    def predicted_noise(self, model_output: torch.Tensor, model_input: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """eps_theta(x_t, t) implied by the model's output, whatever it predicts (epsilon, v or x_0)."""
+        alpha_t, sigma_t = (value.to(model_input.dtype) for value in (abar.sqrt(), (1 - abar).sqrt()))
+        prediction = model_output[:, : model_input.shape[1]]
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type == "sample":
+            return (model_input - alpha_t * prediction) / sigma_t
+        if prediction_type == "v_prediction":
+            return alpha_t * prediction + sigma_t * model_input
+        return prediction
+
+    def clean_image_gradient(
+        self, model_input: torch.Tensor, timestep: torch.Tensor, abar: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's output at x_t and g = grad_{x_t} log p_phi(c | x0_hat(x_t), t=0), back-propagated through the UNet.
+
+        x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), clamped to [-1, 1] as a scheduler with
+        `clip_sample=True` clamps its x_0 prediction, so the classifier sees an image in its training range (pixels
+        predicted outside it pass no gradient). A time-dependent classifier is evaluated at t = 0, the clean images
+        it was trained on; a time-independent one ignores t.
+
+        Returns:
+            `tuple`: the UNet's output (detached), which the step then guides, and g.
+        """
+        alpha_t, sigma_t = (value.to(model_input.dtype) for value in (abar.sqrt(), (1 - abar).sqrt()))
+        with torch.enable_grad():
+            x_t = model_input.detach().requires_grad_(True)
+            model_output = self.unet(x_t, timestep).sample
+            clean = ((x_t - sigma_t * self.predicted_noise(model_output, x_t, abar)) / alpha_t).clamp(-1, 1)
+            clean_timestep = torch.zeros(x_t.shape[0], device=x_t.device, dtype=torch.long)
+            log_probs = self.classifier(clean.to(self.classifier.dtype), clean_timestep).log_softmax(dim=-1)
+            selected = log_probs[torch.arange(x_t.shape[0], device=x_t.device), targets].sum()
+            (gradient,) = torch.autograd.grad(selected, x_t)
+        return model_output.detach(), gradient
+
+    def guide_x0(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        step_index: int,
+        targets: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Run the UNet at x_t and return its output guided on the predicted clean image (`guidance_space="x0"`).
+
+        The implied noise becomes, per image,
+
+            eps_guided = eps_theta(x_t, t) - lambda * RMS(eps_theta) * g / RMS(g),
+            g = grad_{x_t} log p_phi(c | x0_hat(x_t), t=0)   (see `clean_image_gradient`),
+
+        RMS over the pixels of one image. This is a per-step normalisation: the raw g grows like
+        1 / sqrt(abar_t) at high noise (the chain rule through x0_hat), and its size depends on the classifier's
+        calibration, so lambda is instead the fraction of the noise prediction's RMS by which guidance moves it,
+        at every t and for every model (lambda = 0.1: a 10 % change of eps at each guided step). The paper's
+        x_t form, eps - sqrt(1 - abar_t) * lambda * grad log p_phi(c | x_t, t), has no such normalisation: there
+        lambda scales the classifier's score. An image whose g is zero is left unguided.
+        """
+        abar = self.alpha_bar(step_index, timestep)
+        model_output, gradient = self.clean_image_gradient(model_input, timestep, abar, targets)
+        check_finite_gradient(gradient, step_index, timestep)
+        eps = self.predicted_noise(model_output, model_input, abar)
+        eps_shift = -guidance_scale * root_mean_square(eps) * gradient / root_mean_square(gradient).clamp_min(
+            torch.finfo(gradient.dtype).tiny
+        )
+        return self.shift_noise_prediction(model_output, model_input, abar, eps_shift.to(model_output.dtype))
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -348,6 +437,7 @@ class SIDEPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[["SIDEPipeline", int, torch.Tensor, dict], dict] | None = None,
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
+        guidance_space: str = "xt",
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when a classifier and a positive scale are given.
@@ -380,6 +470,12 @@ class SIDEPipeline(DiffusionPipeline):
                 of this labelled synthetic set instead of the classifier (exemplar guidance; not in the SIDE paper).
             guidance_window (`tuple[float, float]`, *optional*): guide only at the steps whose timestep t lies in
                 `[t_min, t_max]`; `None` guides at every step (the paper).
+            guidance_space (`str`, defaults to `"xt"`): where the classifier reads the sample. `"xt"` (the paper):
+                p_phi(c | x_t, t) on the noisy sample, eps - sqrt(1 - abar_t) * lambda * g. `"x0"` (not in the SIDE
+                paper): p_phi(c | x0_hat) on the predicted clean image at t = 0, the gradient back-propagated
+                through the UNet (one extra UNet backward per guided step), and eps moved by lambda times its own
+                RMS (see `guide_x0`), so useful scales are fractions such as 0.02-0.2. Needs a classifier (not
+                `exemplars`).
 
         Examples:
 
@@ -392,7 +488,8 @@ class SIDEPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps()
         self.check_inputs(
-            batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output, exemplars, guidance_window
+            batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output, exemplars,
+            guidance_window, guidance_space,
         )
         device = self._execution_device
         guided = guidance_scale > 0
@@ -408,12 +505,21 @@ class SIDEPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
 
-        with frozen(self.classifier) if guided and exemplars is None else contextlib.nullcontext():
+        on_clean_image = guided and guidance_space == "x0"
+        with contextlib.ExitStack() as stack:
+            if guided and exemplars is None:
+                stack.enter_context(frozen(self.classifier))
+            if on_clean_image:  # gradients flow through the UNet to x_t, never into its weights
+                stack.enter_context(frozen(self.unet))
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 model_input = self.scheduler.scale_model_input(image, t)
-                model_output = self.unet(model_input, t).sample
-                if guided and window[0] <= float(t) <= window[1]:
-                    model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale, exemplars)
+                guide_now = guided and window[0] <= float(t) <= window[1]
+                if guide_now and on_clean_image:
+                    model_output = self.guide_x0(model_input, t, i, targets, guidance_scale)
+                else:
+                    model_output = self.unet(model_input, t).sample
+                    if guide_now:
+                        model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale, exemplars)
                 image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
@@ -449,6 +555,20 @@ class SIDEPipeline(DiffusionPipeline):
         if use_clipped_model_output is not None:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
+
+
+def root_mean_square(images: torch.Tensor) -> torch.Tensor:
+    """The RMS of each image of a batch, shaped `(batch, 1, 1, 1)` to broadcast against it."""
+    return images.pow(2).mean(dim=tuple(range(1, images.ndim)), keepdim=True).sqrt()
+
+
+def check_finite_gradient(gradient: torch.Tensor, step_index: int, timestep: torch.Tensor) -> None:
+    """Raise `ValueError` naming the step when the guidance gradient has a NaN or an infinity."""
+    if not torch.isfinite(gradient).all():
+        raise ValueError(
+            f"The classifier gradient is not finite at step {step_index} (t={float(timestep):g}); "
+            "check the classifier weights or lower guidance_scale."
+        )
 
 
 def _sample_hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -118,7 +118,8 @@ def run_sweep(
 def check_sweep_folder(output_dir: Path, config: dict) -> None:
     """Accept a new or empty folder, or one holding this same sweep (to resume it); refuse anything else.
 
-    A sweep re-run with other scales or settings would leave folders that ``sweep.json`` no longer lists.
+    A sweep re-run with other scales or settings would leave folders that ``sweep.json`` no longer lists. A
+    generation setting the recorded sweep lacks (it was written before the setting existed) ran with its default.
 
     Raises:
         `FileExistsError`: naming the folder, what differs and the fix.
@@ -127,7 +128,8 @@ def check_sweep_folder(output_dir: Path, config: dict) -> None:
         raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
     marker = output_dir / SWEEP_CONFIG
     if marker.is_file():
-        recorded = json.loads(marker.read_text())
+        defaults = {f.name: f.default for f in fields(GenerationSettings) if f.default is not MISSING and f.name in config}
+        recorded = {**defaults, **json.loads(marker.read_text())}
         changed = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))
         if changed:
             raise FileExistsError(

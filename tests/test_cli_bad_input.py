@@ -70,6 +70,8 @@ TABLE = {
             ("--exemplars", "{missing}", "missing", RUN, ["--method", "side-exemplar"]),
             ("--target-selection", "top2", "--target-selection", PARSE),
             ("--guidance-window", "9:1", "--guidance-window", PARSE),
+            ("--guidance-space", "x1", "--guidance-space", PARSE),
+            ("--guidance-space", "x0", "guidance_space='x0'", RUN, ["--method", "uncond"]),
             *GENERATION_ROWS,
         ],
     ),
@@ -153,6 +155,8 @@ TABLE = {
             ("--reference", "{missing}", "missing", RUN),
             ("--similarity", "{missing}.pt", "does not exist", RUN),
             ("--classifier", "{missing}", "missing", RUN),
+            ("--guidance-space", "x1", "--guidance-space", PARSE),
+            ("--guidance-space", "x0", "guidance_space='x0'", RUN, ["--method", "side-exemplar"]),
             *GENERATION_ROWS,
         ],
     ),
@@ -249,11 +253,13 @@ def test_parser_checks_import_neither_torch_nor_diffusers(paths):
 def test_light_name_lists_match_the_libraries():
     from diffusers.optimization import SchedulerType
 
-    from diffusers_side.arg_types import SCHEDULER_NAMES
+    from diffusers_side.arg_types import GUIDANCE_SPACES, SCHEDULER_NAMES
     from diffusers_side.classifier import RESNET_LAYOUTS
     from diffusers_side.loading import SCHEDULERS
+    from diffusers_side.pipeline_side import GUIDANCE_SPACES as PIPELINE_GUIDANCE_SPACES
     from diffusers_side.training.arguments import CLASSIFIER_LAYERS, LR_SCHEDULERS
 
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"}
     assert set(CLASSIFIER_LAYERS) == set(RESNET_LAYOUTS)
     assert tuple(SCHEDULERS) == SCHEDULER_NAMES
+    assert GUIDANCE_SPACES == PIPELINE_GUIDANCE_SPACES

@@ -145,14 +145,17 @@ def test_accelerate_two_processes_equal_one_process(tmp_path, saved_pipeline, si
     assert np.array_equal(pixels(two), pixels(one))
 
 
-def test_cli_sweep_writes_curves_per_scale(tmp_path, saved_pipeline, capsys):
+@pytest.mark.parametrize("guidance_space", ["xt", "x0"])
+def test_cli_sweep_writes_curves_per_scale(tmp_path, saved_pipeline, capsys, guidance_space):
     reference = write_generation_dir(tmp_path / "reference", [np.full((16, 16), v, np.uint8) for v in (0, 80, 160, 240)])
     argv = ["sweep", "--pipeline", str(saved_pipeline), "--guidance-scales", "0,2", "--num-images", "4", "--batch-size", "4",
-            "--num-inference-steps", "2", "--reference", str(reference), "--similarity", "l2", "--output", str(tmp_path / "sweep")]
+            "--num-inference-steps", "2", "--reference", str(reference), "--similarity", "l2", "--output", str(tmp_path / "sweep"),
+            "--guidance-space", guidance_space]
     assert side(argv) == 0
     results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert set(results) == {"0", "2"}
     assert {0.0, 2.0} == {r["generated"][0]["settings"]["guidance_scale"] for r in results.values()}
+    assert {guidance_space} == {r["generated"][0]["settings"]["guidance_space"] for r in results.values()}
     with PIL.Image.open(tmp_path / "sweep" / "sweep.png") as plot:
         assert plot.format == "PNG"
     assert "sweep done" in capsys.readouterr().out

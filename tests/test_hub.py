@@ -1,5 +1,7 @@
 """Hub uploads: the payload (cards, folder, parquet data) is built here; the transfer is one library call."""
 
+import dataclasses
+
 import datasets
 import huggingface_hub
 from huggingface_hub import DatasetCard
@@ -20,6 +22,9 @@ def test_extraction_card_states_purpose_settings_and_command():
     for expected in ("Threat model", "White-box", "| Guidance scale (lambda) | 2.0 |", "| Images (N_G) | 4 |",
                      "audit/side-pipeline", "side extract --method side --num-images 4", "time-dependent classifier guidance"):
         assert expected in text
+    assert "guidance-space x0" not in text
+    x0_card = str(hub.extraction_card(dataclasses.replace(SETTINGS, guidance_space="x0"), "side extract --guidance-space x0"))
+    assert "| Guidance scale (lambda) | 2.0 (guidance on the predicted clean image, `--guidance-space x0`" in x0_card
 
 
 def test_push_extraction_uploads_data_then_card(monkeypatch):

@@ -241,6 +241,7 @@ def test_pickle_only_checkpoint_is_refused_with_opt_in_hint(tmp_path):
         ({"guidance_scale": -1.0}, r"guidance_scale=-1.0 must be finite and >= 0"),
         ({"batch_size": 3, "generator": [torch.Generator(), torch.Generator()]}, r"list of 2 generators for batch_size=3"),
         ({"output_type": "latent"}, r"output_type='latent' is not supported"),
+        ({"guidance_space": "x_0"}, r"guidance_space='x_0' is not one of \('xt', 'x0'\); use 'xt'"),
     ],
 )
 def test_bad_inputs_raise_before_sampling(kwargs, message, brightness_classifier):
@@ -340,3 +341,124 @@ def test_exemplar_and_window_bad_input(dark_and_bright_exemplars):
         pipe(target=0, guidance_scale=1.0, exemplars=small)
     with pytest.raises(ValueError, match="target=5 is out of range: there are 2 surrogate conditions"):
         pipe(target=5, guidance_scale=1.0, exemplars=dark_and_bright_exemplars)
+
+
+# --- guidance on the predicted clean image (guidance_space="x0") --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reference_pipeline, scheduler",
+    [(DDPMPipeline, DDPMScheduler(num_train_timesteps=TRAIN_STEPS)), (DDIMPipeline, DDIMScheduler(num_train_timesteps=TRAIN_STEPS))],
+)
+def test_x0_guidance_at_scale_zero_is_bit_identical_to_diffusers(reference_pipeline, scheduler, brightness_classifier):
+    unet = make_tiny_unet()
+    expected = reference_pipeline(unet, scheduler)(batch_size=3, num_inference_steps=8, generator=generator(3), output_type="np").images
+    pipe = SIDEPipeline(unet, scheduler, brightness_classifier)
+    out = pipe(batch_size=3, num_inference_steps=8, guidance_scale=0, generator=generator(3), output_type="np", guidance_space="x0")
+    assert np.array_equal(out.images, expected)
+
+
+def clean_image_log_prob_gradient(unet, classifier, x_t, t, abar, targets, prediction_type="epsilon"):
+    """g = grad_{x_t} log p(c | clamp(x0_hat, -1, 1), t=0), written out independently of the pipeline; and eps."""
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    x = x_t.clone().requires_grad_(True)
+    output = unet(x, t).sample
+    eps = alpha * output + sigma * x if prediction_type == "v_prediction" else output
+    x0_hat = ((x - sigma * eps) / alpha).clamp(-1, 1)
+    log_p = classifier(x0_hat, torch.zeros(len(x), dtype=torch.long)).log_softmax(-1)[torch.arange(len(x)), targets].sum()
+    (gradient,) = torch.autograd.grad(log_p, x)
+    return gradient, eps.detach()
+
+
+def rms(images):
+    return images.pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_x0_guidance_moves_eps_along_the_clean_image_gradient_by_lambda_times_its_rms(prediction_type, brightness_classifier):
+    unet = make_tiny_unet()
+    pipe = SIDEPipeline(unet, DDIMScheduler(num_train_timesteps=TRAIN_STEPS, prediction_type=prediction_type), brightness_classifier)
+    pipe.scheduler.set_timesteps(10)
+    step_index, t = 3, pipe.scheduler.timesteps[3]
+    abar = pipe.scheduler.alphas_cumprod[int(t)]
+    torch.manual_seed(0)
+    clean = torch.tensor([-0.6, 0.6, 0.1, -0.2])[:, None, None, None] + 0.1 * torch.randn(4, 1, 16, 16)
+    x_t = abar.sqrt() * clean + (1 - abar).sqrt() * torch.randn(4, 1, 16, 16)
+    targets = torch.tensor([1, 0, 1, 0])  # one target per image
+
+    guided = pipe.guide_x0(x_t, t, step_index, targets, guidance_scale=0.3)
+
+    gradient, eps = clean_image_log_prob_gradient(unet, brightness_classifier, x_t, t, abar, targets, prediction_type)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    implied_eps = alpha * guided + sigma * x_t if prediction_type == "v_prediction" else guided
+    change = implied_eps - eps
+    assert (rms(gradient) > 0).all()
+    torch.testing.assert_close(rms(change), 0.3 * rms(eps), atol=1e-5, rtol=1e-4)
+    direction = -gradient / rms(gradient)[:, None, None, None]
+    torch.testing.assert_close(change / rms(change)[:, None, None, None], direction, atol=1e-4, rtol=1e-3)
+
+
+def test_x0_gradient_matches_finite_differences(brightness_classifier):
+    """The chain rule through the UNet, checked against central differences of log p(c | x0_hat(x_t)) in float64."""
+    pipe = SIDEPipeline(make_tiny_unet().double(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS), brightness_classifier.double())
+    try:
+        pipe.scheduler.set_timesteps(10)
+        t = pipe.scheduler.timesteps[5]
+        abar = pipe.scheduler.alphas_cumprod[int(t)].double()
+        torch.manual_seed(1)
+        x_t = abar.sqrt() * 0.3 * torch.randn(2, 1, 16, 16, dtype=torch.float64) + (1 - abar).sqrt() * torch.randn(2, 1, 16, 16, dtype=torch.float64)
+        targets = torch.tensor([0, 1])
+        _, gradient = pipe.clean_image_gradient(x_t, t, abar, targets)
+
+        def log_p(x):
+            eps = pipe.unet(x, t).sample
+            x0_hat = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+            return brightness_classifier(x0_hat, torch.zeros(2, dtype=torch.long)).log_softmax(-1)[torch.arange(2), targets].sum()
+
+        direction = torch.randn_like(x_t)
+        with torch.no_grad():
+            numeric = (log_p(x_t + 1e-6 * direction) - log_p(x_t - 1e-6 * direction)) / 2e-6
+        torch.testing.assert_close((gradient * direction).sum(), numeric, atol=1e-6, rtol=1e-5)
+    finally:
+        brightness_classifier.float()
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [DDPMScheduler(num_train_timesteps=TRAIN_STEPS), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)],
+    ids=lambda s: type(s).__name__,
+)
+def test_x0_guidance_raises_probability_of_target(scheduler, brightness_classifier):
+    pipe = SIDEPipeline(make_tiny_unet(), scheduler, brightness_classifier)
+    plain = pipe(batch_size=8, num_inference_steps=10, guidance_scale=0, generator=generator(), output_type="pt")
+    for target in (0, 1):
+        guided = pipe(batch_size=8, target=target, guidance_scale=1.0, num_inference_steps=10, generator=generator(),
+                      output_type="pt", guidance_space="x0")
+        p_guided = p_target(brightness_classifier, guided.images, target)
+        assert p_guided > 0.75, f"p(target={target} | x_0) = {p_guided:.2f} under x0 guidance"
+        assert p_guided > p_target(brightness_classifier, plain.images, target)
+
+
+def test_x0_guidance_window_and_unet_left_as_it_was(brightness_classifier):
+    unet = make_tiny_unet()
+    pipe = SIDEPipeline(unet, DDIMScheduler(num_train_timesteps=TRAIN_STEPS), brightness_classifier)
+
+    def run(**kwargs):
+        return pipe(batch_size=2, num_inference_steps=6, generator=generator(), output_type="pt", **kwargs).images
+
+    plain = run(guidance_scale=0)
+    outside = run(target=1, guidance_scale=0.5, guidance_window=(1000, 2000), guidance_space="x0")
+    on_x0 = run(target=1, guidance_scale=0.5, guidance_space="x0")
+    on_xt = run(target=1, guidance_scale=0.5)
+    assert torch.equal(outside, plain)
+    assert not torch.equal(on_x0, plain) and not torch.equal(on_x0, on_xt)
+    assert all(p.requires_grad for p in unet.parameters()) and all(p.grad is None for p in unet.parameters())
+
+
+def test_x0_guidance_refuses_exemplars_before_sampling(dark_and_bright_exemplars):
+    pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS))
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match=r"guidance_space='x0' guides with a classifier.*Drop exemplars="):
+        pipe(target=0, guidance_scale=1.0, exemplars=dark_and_bright_exemplars, guidance_space="x0", num_inference_steps=2)
+    assert calls == []

@@ -1,4 +1,5 @@
-"""SIDE variants beyond the paper: exemplar guidance (side-exemplar), target selection, guidance windows."""
+"""SIDE variants beyond the paper: exemplar guidance (side-exemplar), target selection, guidance windows,
+guidance on the predicted clean image (guidance_space="x0")."""
 
 import json
 
@@ -9,11 +10,12 @@ from datasets import Dataset, Features, Image, Value
 from diffusers import DDIMScheduler
 
 from conftest import make_tiny_unet
-from diffusers_side import SIDEPipeline
+from diffusers_side import SIDEPipeline, TimeDependentClassifier
 from diffusers_side.cli import main as side
 from diffusers_side.data import load_image_dataset, tensor_to_pil
 from diffusers_side.exemplar import ExemplarPosterior
 from diffusers_side.generation import GenerationSettings, generate, image_seed, image_target
+from diffusers_side.generation_folder import check_output_dir
 from diffusers_side.surrogate_labels import fit_surrogate_labels
 from diffusers_side.targets import duplicate_fraction, target_probabilities
 
@@ -90,6 +92,10 @@ def test_uniform_targets_are_the_papers_draw():
         ({"target_selection": "top3"}, "target selection 'top3' is not one of"),
         ({"guidance_window": [500, 100]}, r"guidance_window=\[500.0, 100.0\] must be"),
         ({"method": "side-lora", "exemplars": None, "guidance_window": [0, 500]}, "apply to side, cond and side-exemplar only"),
+        ({"method": "side", "exemplars": None, "guidance_space": "x_0"}, r"guidance_space='x_0' is not one of \('xt', 'x0'\)"),
+        ({"guidance_space": "x0"}, r"not 'side-exemplar' \(the exemplar posterior is already exact.*drop --guidance-space x0"),
+        ({"method": "side-lora", "exemplars": None, "guidance_space": "x0"}, r"not 'side-lora' \(it samples a LoRA model\)"),
+        ({"method": "uncond", "guidance_scale": 0.0, "exemplars": None, "guidance_space": "x0"}, "it samples without guidance"),
     ],
 )
 def test_bad_variant_settings_are_refused(labelled_set, overrides, message):
@@ -107,6 +113,33 @@ def test_old_generation_json_reads_with_the_papers_defaults():
     old = {"pipeline": "default", "method": "side", "num_images": 4, "guidance_scale": 1.0, "extra": {}}
     settings = GenerationSettings.from_dict(old)
     assert (settings.exemplars, settings.target_selection, settings.guidance_window) == (None, "uniform", None)
+    assert settings.guidance_space == "xt"
+
+
+def tiny_classifier_pipeline(time_dependent=True) -> SIDEPipeline:
+    torch.manual_seed(0)
+    classifier = TimeDependentClassifier(in_channels=1, sample_size=16, num_classes=3, base_channels=4, time_dependent=time_dependent)
+    return SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=50), classifier.eval())
+
+
+@pytest.mark.parametrize("method, time_dependent", [("side", True), ("cond", False)])
+def test_x0_guidance_is_recorded_and_regenerates_image_by_image(tmp_path, method, time_dependent):
+    pipe = tiny_classifier_pipeline(time_dependent)
+    settings = GenerationSettings(pipeline="tiny", method=method, num_images=3, batch_size=2, seed=5, num_inference_steps=3,
+                                  guidance_scale=0.3, guidance_space="x0")
+    dataset = generate(pipe, tmp_path / "run", settings)
+    recorded = json.loads((tmp_path / "run" / "generation.json").read_text())
+    assert recorded["guidance_space"] == "x0"
+    assert GenerationSettings.from_dict(recorded).guidance_space == "x0"
+    seed = image_seed(5, 2)
+    expected = pipe(batch_size=1, target=dataset["target"][2], guidance_scale=0.3, num_inference_steps=3,
+                    generator=[torch.Generator().manual_seed(seed)], guidance_space="x0", output_type="np").images
+    assert np.array_equal(np.asarray(dataset["image"][2]), (expected[0, :, :, 0] * 255).round().astype(np.uint8))
+    paper = pipe(batch_size=1, target=dataset["target"][2], guidance_scale=0.3, num_inference_steps=3,
+                 generator=[torch.Generator().manual_seed(seed)], output_type="np").images
+    assert not np.array_equal(expected, paper)
+    with pytest.raises(FileExistsError, match=r"settings differ in \['guidance_space'\]"):
+        check_output_dir(tmp_path / "run", GenerationSettings.from_dict({**recorded, "guidance_space": "xt"}))
 
 
 def test_cli_extract_side_exemplar_with_window(tmp_path, labelled_set, capsys):
@@ -121,3 +154,29 @@ def test_cli_extract_side_exemplar_with_window(tmp_path, labelled_set, capsys):
     with pytest.raises(SystemExit):
         side([*common, "--method", "side-exemplar", "--guidance-window", "9:1", "--output", str(tmp_path / "w")])
     assert "expected T_MIN:T_MAX" in capsys.readouterr().err
+
+
+def test_cli_extract_with_guidance_space(tmp_path, capsys):
+    pipeline = tmp_path / "pipeline"
+    tiny_classifier_pipeline().save_pretrained(pipeline)
+    common = ["extract", "--pipeline", str(pipeline), "--num-images", "2", "--num-inference-steps", "2", "--method", "side"]
+    assert side([*common, "--guidance-space", "x0", "--guidance-scale", "0.1", "--output", str(tmp_path / "x0")]) == 0
+    assert side([*common, "--output", str(tmp_path / "xt")]) == 0
+    assert json.loads((tmp_path / "x0" / "generation.json").read_text())["guidance_space"] == "x0"
+    assert json.loads((tmp_path / "xt" / "generation.json").read_text())["guidance_space"] == "xt"
+    with pytest.raises(SystemExit):
+        side([*common, "--guidance-space", "x_0", "--output", str(tmp_path / "bad")])
+    assert "argument --guidance-space: invalid choice: 'x_0'" in capsys.readouterr().err
+
+
+def test_sweep_recorded_before_guidance_space_existed_resumes_as_xt(tmp_path):
+    from dataclasses import asdict
+
+    from diffusers_side.workflows import SWEEP_CONFIG, check_sweep_folder
+
+    config = {"guidance_scales": [0.0, 1.0], **asdict(GenerationSettings(pipeline="default", method="side", num_images=2))}
+    old = {k: v for k, v in config.items() if k != "guidance_space"}
+    (tmp_path / SWEEP_CONFIG).write_text(json.dumps(old))
+    check_sweep_folder(tmp_path, config)
+    with pytest.raises(FileExistsError, match="holds a sweep with other settings \\(guidance_space\\)"):
+        check_sweep_folder(tmp_path, {**config, "guidance_space": "x0"})
