@@ -530,7 +530,7 @@ def add_demo_command(subparsers) -> None:
         "--preset", choices=("demo", "paper"), default=None,
         help="demo (default): N_syn 1000, ResNet-18 width 16 for 600 steps, lambda 1, N_G 500 (minutes on 2 cores); "
         "paper: the paper's scale, N_syn 10,000, ResNet-34 width 64 for 20 epochs, lambda swept over "
-        "0,1,2,5,10,20,50 on a selection seed, N_G 5,000 (days on 2 CPU cores; README 'Full-scale preset'). "
+        "0,1,2,5,10,20,50 on a selection seed, N_G 5,000 (about 6 CPU hours; README 'Full-scale preset'). "
         "The flags below override the preset's values",
     )
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help="pipeline to audit (default: the embedded model)")
