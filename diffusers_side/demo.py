@@ -423,6 +423,8 @@ def run_demo(
     >>> from diffusers_side.demo import run_demo
     >>> report = run_demo("side-demo")
     >>> report["methods"]["side"]["ams"]
+    >>> report = run_demo("side-paper", preset="paper", num_images=2000)  # the paper's scale, hours on a CPU
+    >>> report["guidance_selection"]["selected"], report["classifiers"]["classifier-side"]["q3"]["accuracy"]
     ```
     """
     config = resolve_config(preset, quick, **overrides)
