@@ -543,9 +543,19 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument("--output", default="side-demo", metavar="DIR", help="output directory (default: ./side-demo)")
     parser.add_argument("--quick", action="store_true", help="tiny N for a smoke test (seconds; numbers are meaningless)")
+    parser.add_argument(
+        "--preset", choices=("demo", "paper"), default=None,
+        help="demo (default): N_syn 1000, ResNet-18 width 16 for 600 steps, lambda 1, N_G 500 (minutes on 2 cores); "
+        "paper: the paper's scale, N_syn 10,000, ResNet-34 width 64 for 20 epochs, lambda swept over "
+        "0,1,2,5,10,20,50 on a selection seed, N_G 5,000 (about 6 CPU hours; README 'Full-scale preset'). "
+        "The flags below override the preset's values",
+    )
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help=f"its training set: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for SIDE and Cond")
+    parser.add_argument(
+        "--guidance-scale", type=non_negative_float, default=None, metavar="L",
+        help="lambda for SIDE and Cond (with --preset paper it replaces the sweep)",
+    )
     parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
     parser.set_defaults(func=run_demo)
@@ -563,10 +573,14 @@ def run_demo(args: argparse.Namespace) -> int:
     report = run(
         args.output,
         quick=args.quick,
+        preset=args.preset,
         on_stage_done=lambda stage, seconds, path: print(f"[side] {stage} done in {seconds:.1f}s -> {path}", flush=True),
         **overrides,
     )
     print(format_table(report))
+    if "guidance_selection" in report:
+        selection = report["guidance_selection"]
+        print(f"SIDE lambda {selection['selected']:g}, chosen on seed {selection['selection_seed']} (sweep-side/sweep.json)")
     print(f"report: {args.output}/report.md")
     return 0
 

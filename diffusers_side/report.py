@@ -150,6 +150,10 @@ def render_markdown(report: dict) -> str:
     ]
     lines += [f"| {band.name} | {band_interval(band, bands)} |" for band in bands]
     lines += ["", report["bands_rationale"], ""]
+    if "classifiers" in report:
+        lines += classifier_accuracy_section(report["classifiers"])
+    if "guidance_selection" in report:
+        lines += guidance_selection_section(report["guidance_selection"], bands, similarity["kind"])
     figures = report.get("files", {}).get("figures", {})
     if figures:
         lines += ["## Extracted images and their best training match", ""]
@@ -157,6 +161,57 @@ def render_markdown(report: dict) -> str:
     lines += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     lines += ["Package versions: " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def classifier_accuracy_section(classifiers: dict) -> list[str]:
+    """``report.md`` lines: each classifier's accuracy on clean images and per timestep quartile.
+
+    Args:
+        classifiers (`dict`): name -> ``{"global_step", "num_labels", "evaluated_on", "clean", "q0", ..., "q3"}``,
+            the accuracies as `diffusers_side.training.classifier.evaluate_per_quartile` writes them into ``train_log.json``.
+    """
+    quartiles = sorted(key for key in next(iter(classifiers.values())) if re.fullmatch(r"q\d+", key))
+    first = next(iter(classifiers.values()))
+    header = ["Classifier", "Steps", "Evaluated on", "chance", "clean"]
+    header += [f"{q} (t {first[q]['timesteps'][0]}-{first[q]['timesteps'][1]})" for q in quartiles]
+    lines = [
+        "## Classifier accuracy per timestep quartile",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+    ]
+    for name, result in classifiers.items():
+        cells = [name, str(result["global_step"]), result["evaluated_on"], _percent(1 / result["num_labels"])]
+        cells += [_percent(result[key]["accuracy"]) for key in ("clean", *quartiles)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Accuracy (%) on images the classifier was not trained on, clean and noised with t drawn uniformly inside "
+        "each quartile of the training timesteps (the time-independent classifier reads the same noisy images). "
+        "Chance: 1 / number of labels. Where a classifier is near chance, guidance at those timesteps is mostly noise.",
+        "",
+    ]
+    return lines
+
+
+def guidance_selection_section(selection: dict, bands: Sequence[Band], kind: str) -> list[str]:
+    """``report.md`` lines: the lambda sweep on the selection seed and the lambda it chose."""
+    ordered = display_order(bands, kind)
+    header = ["lambda"] + [f"AMS {band.name} (%)" for band in ordered] + ["chosen"]
+    lines = [
+        "## Guidance scale selection",
+        "",
+        f"`{selection['method']}` at every lambda on the selection seed {selection['selection_seed']} "
+        f"({selection['num_images']} images each, other image seeds than the reported run's); chosen: "
+        f"{selection['criterion']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---:"] * (len(header) - 1) + ["---"]) + "|",
+    ]
+    for scale, ams in selection["ams"].items():
+        chosen = "yes" if float(scale) == selection["selected"] else ""
+        lines.append("| " + " | ".join([scale, *(_percent(ams[band.name]) for band in ordered), chosen]) + " |")
+    return [*lines, ""]
 
 
 def write_report(report: dict, output_dir: str | os.PathLike) -> dict[str, Path]:

@@ -164,6 +164,8 @@ TABLE = {
         ["--quick", "--output", "{out}"],
         [
             ("--output", "{file}", "is a file", RUN),
+            ("--preset", "bogus", "--preset", PARSE),
+            ("--preset", "paper", "--quick and --preset paper contradict", RUN),
             ("--pipeline", "{missing}", "missing", RUN),
             ("--reference", "{missing}", "missing", RUN),
             ("--guidance-scale", "nan", "--guidance-scale", PARSE),

@@ -8,6 +8,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DDPMPipeline
+from test_reliability import no_model_loading  # noqa: F401 (fixture)
 
 from diffusers_side import SIDEPipeline
 from diffusers_side.cli import main as side
@@ -83,3 +84,113 @@ def test_python_m_entry_point_and_help_examples():
     assert result.returncode == 0 and "example:" in result.stdout and "side extract" in result.stdout
     missing = subprocess.run([sys.executable, "-m", "diffusers_side", "extract"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "required" in missing.stderr
+
+
+# --- presets: `side demo --preset demo|paper` ----------------------------------------------------------
+
+
+class _Captured(Exception):
+    """Raised instead of running a demo, carrying the settings it would have run with."""
+
+
+@pytest.fixture
+def captured_config(monkeypatch):
+    from diffusers_side.demo import Demo
+
+    def capture(self):
+        raise _Captured(self.config)
+
+    monkeypatch.setattr(Demo, "run", capture)
+
+    def run(argv):
+        with pytest.raises(_Captured) as info:
+            side(["demo", *argv])
+        return info.value.args[0]
+
+    return run
+
+
+def test_paper_preset_has_the_documented_values():
+    from diffusers_side.demo import PAPER, DemoConfig, resolve_config
+
+    config = resolve_config(preset="paper")
+    assert config == PAPER and config.preset == "paper"
+    assert (config.num_synthetic, config.num_clusters, config.num_images) == (10_000, 100, 5_000)
+    assert (config.classifier_layers, config.classifier_base_channels) == ("resnet34", 64)
+    assert config.classifier_steps is None and config.classifier_epochs == 20
+    assert (config.classifier_learning_rate, config.classifier_batch_size) == (1e-4, 64)
+    assert config.sweep_guidance_scales == (0, 1, 2, 5, 10, 20, 50)
+    assert config.selection_seed != config.seed and config.selection_num_images == 1_000
+    assert resolve_config() == resolve_config(preset="demo") == DemoConfig()
+
+
+def test_explicit_flags_override_the_preset(tmp_path, captured_config):
+    config = captured_config(["--preset", "paper", "--num-images", "7", "--seed", "3", "--output", str(tmp_path / "d")])
+    assert (config.preset, config.num_images, config.seed, config.num_synthetic) == ("paper", 7, 3, 10_000)
+    assert config.sweep_guidance_scales == (0, 1, 2, 5, 10, 20, 50)
+    fixed = captured_config(["--preset", "paper", "--guidance-scale", "4", "--output", str(tmp_path / "d")])
+    assert (fixed.guidance_scale, fixed.sweep_guidance_scales, fixed.num_images) == (4, (), 5_000)
+    default = captured_config(["--output", str(tmp_path / "d")])
+    assert (default.preset, default.num_synthetic, default.sweep_guidance_scales) == ("demo", 1000, ())
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--quick", "--preset", "paper"], "--quick and --preset paper contradict each other"),
+        (["--preset", "paper", "--seed", "1"], "selection seed 1 equals the run seed --seed 1"),
+    ],
+)
+def test_contradicting_preset_flags_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    assert side(["demo", *argv, "--output", str(tmp_path / "d")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_resuming_with_another_preset_is_refused(tmp_path, capsys):
+    from dataclasses import asdict, replace
+
+    from diffusers_side.demo import CONFIG_FILE, PAPER, QUICK
+
+    for recorded, argv, name in ((PAPER, ["--quick"], "paper"), (QUICK, ["--preset", "paper"], "quick")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(replace(recorded, num_images=QUICK.num_images))))
+        assert side(["demo", *argv, "--output", str(folder)]) == 2
+        assert f"holds a demo of preset {name!r}" in capsys.readouterr().err
+        assert sorted(path.name for path in folder.iterdir()) == [CONFIG_FILE]
+
+
+def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(tmp_path):
+    from diffusers_side.demo import SWEEP_DIR, run_demo
+
+    report = run_demo(tmp_path / "demo", quick=True, sweep_guidance_scales=(0, 2), selection_num_images=4)
+    for name in ("classifier-side", "classifier-cond"):
+        accuracy = report["classifiers"][name]
+        assert "held-out" in accuracy["evaluated_on"]
+        assert [accuracy[f"q{q}"]["timesteps"] for q in range(4)] == [[0, 249], [250, 499], [500, 749], [750, 999]]
+        assert all(0 <= accuracy[key]["accuracy"] <= 1 for key in ("clean", "q0", "q1", "q2", "q3"))
+    selection = report["guidance_selection"]
+    assert set(selection["ams"]) == {"0", "2"} and selection["selected"] in (0, 2)
+    sweep_config = json.loads((tmp_path / "demo" / SWEEP_DIR / "sweep_config.json").read_text())
+    assert (sweep_config["seed"], sweep_config["num_images"]) == (1, 4)
+    extracted = json.loads((tmp_path / "demo" / "extract-side" / "generation.json").read_text())
+    assert extracted["guidance_scale"] == selection["selected"] and extracted["seed"] == 0
+    markdown = (tmp_path / "demo" / "report.md").read_text()
+    assert "## Classifier accuracy per timestep quartile" in markdown and "| classifier-side | 8 |" in markdown
+    assert "q3 (t 750-999)" in markdown and "## Guidance scale selection" in markdown
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["classifiers"] == report["classifiers"]
+
+
+def test_select_guidance_scale_takes_the_most_mid_and_high_and_the_smaller_on_ties():
+    from diffusers_side.demo import select_guidance_scale
+
+    def report(high, mid, low):
+        bands = [{"name": "high", "low": 0.0, "high": 1 / 3}, {"name": "mid", "low": 1 / 3, "high": 0.5},
+                 {"name": "low", "low": 0.5, "high": 2 / 3}]
+        return {"bands": bands, "similarity": {"kind": "carlini"}, "methods": {"side": {"ams": {"high": high, "mid": mid, "low": low}}}}
+
+    assert select_guidance_scale({"0": report(0.01, 0.1, 0.5), "5": report(0.05, 0.08, 0.0), "2": report(0.0, 0.2, 0.0)}) == 2
+    assert select_guidance_scale({"10": report(0.1, 0.1, 0), "1": report(0.2, 0.0, 0)}) == 1
