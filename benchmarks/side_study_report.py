@@ -50,6 +50,16 @@ def load(paths: list[str]) -> list[dict]:
     return rows
 
 
+def label_runs(rows: list[dict]) -> None:
+    """Give each row a ``label``: its configuration, plus its run folder's name where one configuration was run
+    on several runs (e.g. synthetic sets drawn with different samplers)."""
+    runs = defaultdict(set)
+    for row in rows:
+        runs[row["config"]].add(row["run"])
+    for row in rows:
+        row["label"] = row["config"] if len(runs[row["config"]]) == 1 else f"{row['config']} ({Path(row['run']).name})"
+
+
 def cell(interval: list[float]) -> str:
     value, low, high = (100 * v for v in interval)
     return f"{value:.2f} [{low:.2f}, {high:.2f}]"
@@ -64,7 +74,7 @@ def table(rows: list[dict]) -> str:
         hit = "-" if row["hit_rate"] is None else f"{100 * row['hit_rate']:.1f}"
         per_minute = row["distinct_per_cpu_minute"]
         lines.append(
-            f"| {row['config']} | {row['seed']} | {row['num_images']} | {cell(row['ams']['mid'])} | {cell(row['ams']['high'])} | "
+            f"| {row['label']} | {row['seed']} | {row['num_images']} | {cell(row['ams']['mid'])} | {cell(row['ams']['high'])} | "
             f"{cell(row['ums']['mid'])} | {cell(row['ums']['high'])} | {hit} | {per_minute['high'] + per_minute['mid']:.2f} |"
         )
     return "\n".join(lines)
@@ -75,7 +85,7 @@ def plot_distinct(rows: list[dict], path: Path) -> None:
     for axis, band in zip(axes, ("high", "mid")):
         for row in rows:
             curve = sorted((int(k), v) for k, v in row["curve"][band].items())
-            axis.plot([k for k, _ in curve], [v for _, v in curve], marker="o", label=row["config"])
+            axis.plot([k for k, _ in curve], [v for _, v in curve], marker="o", label=row["label"])
         axis.set_xlabel("N_G")
         axis.set_ylabel(f"distinct training images, {band} band")
         axis.grid(alpha=0.3)
@@ -90,7 +100,8 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
     for row in rows:
         if row["method"] != "uncond":
             window = "all" if row["window"][0] == float("-inf") else f"{row['window'][0]:g}:{row['window'][1]:g}"
-            curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}"].append(row)
+            suffix = row["label"][len(row["config"]):]
+            curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}{suffix}"].append(row)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, band in zip(axes, ("mid", "high")):
         for name, points in curves.items():
@@ -116,6 +127,7 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="output path without suffix")
     args = parser.parse_args()
     rows = load(args.inputs)
+    label_runs(rows)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compact = [{k: v for k, v in row.items() if k not in PER_GENERATION} for row in rows]

@@ -554,7 +554,13 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument("--reference", default="default", metavar="DATASET", help=f"its training set: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
     parser.add_argument(
         "--guidance-scale", type=non_negative_float, default=None, metavar="L",
-        help="lambda for SIDE and Cond (with --preset paper it replaces the sweep)",
+        help="lambda of every guided method (default: each method's own, SIDE and Cond 1, SIDE-exemplar 10; "
+        "with --preset paper it replaces the sweep)",
+    )
+    parser.add_argument(
+        "--scheduler", default=None, choices=SCHEDULER_NAMES,
+        help="sampler of every stage (default: ddpm, 50-step ancestral sampling, under which the embedded targets "
+        "copy most; ddim: the targets' saved sampler)",
     )
     parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
@@ -567,7 +573,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .report import format_table
 
     overrides = {"pipeline": args.pipeline, "reference": args.reference}
-    for name in ("guidance_scale", "num_images", "seed"):
+    for name in ("guidance_scale", "num_images", "seed", "scheduler"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     report = run(

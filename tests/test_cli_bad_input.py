@@ -171,6 +171,7 @@ TABLE = {
             ("--guidance-scale", "nan", "--guidance-scale", PARSE),
             ("--num-images", "0", "--num-images", PARSE),
             ("--seed", "-1", "--seed", PARSE),
+            ("--scheduler", "heun2", "invalid choice: 'heun2'", PARSE),
         ],
     ),
     "push": (

@@ -132,6 +132,20 @@ def test_explicit_flags_override_the_preset(tmp_path, captured_config):
     assert (fixed.guidance_scale, fixed.sweep_guidance_scales, fixed.num_images) == (4, (), 5_000)
     default = captured_config(["--output", str(tmp_path / "d")])
     assert (default.preset, default.num_synthetic, default.sweep_guidance_scales) == ("demo", 1000, ())
+    assert default.scheduler == "ddpm" and default.guidance_scale is None
+    assert captured_config(["--scheduler", "ddim", "--output", str(tmp_path / "d")]).scheduler == "ddim"
+
+
+def test_each_method_samples_at_its_own_default_scale_unless_one_is_given(tmp_path):
+    from diffusers_side.demo import Demo, resolve_config
+
+    def scales(**overrides):
+        demo = Demo(tmp_path / "d", resolve_config(**overrides))
+        return {m: demo.generation_settings(m).guidance_scale for m in ("side", "cond", "side-exemplar", "uncond")}
+
+    assert scales() == {"side": 1.0, "cond": 1.0, "side-exemplar": 10.0, "uncond": 0.0}
+    assert scales(guidance_scale=3.0) == {"side": 3.0, "cond": 3.0, "side-exemplar": 3.0, "uncond": 0.0}
+    assert {Demo(tmp_path / "d", resolve_config()).generation_settings(m).scheduler for m in ("synthetic", "side")} == {"ddpm"}
 
 
 @pytest.mark.usefixtures("no_model_loading")

@@ -22,7 +22,7 @@ def test_records_of_the_builtin_methods():
     assert not get_method("synthetic").extractable and not get_method("uncond").needs_classifier
     exemplar = get_method("side-exemplar")
     assert exemplar.guided and exemplar.needs_exemplars and not exemplar.needs_classifier
-    assert exemplar.default_guidance_scale == 1.0 and not get_method("uncond").guided
+    assert exemplar.default_guidance_scale == 10.0 and not get_method("uncond").guided
 
 
 def test_unknown_method_names_the_choices():
