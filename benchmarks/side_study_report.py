@@ -51,13 +51,12 @@ def load(paths: list[str]) -> list[dict]:
 
 
 def label_runs(rows: list[dict]) -> None:
-    """Give each row a ``label``: its configuration, plus its run folder's name where one configuration was run
-    on several runs (e.g. synthetic sets drawn with different samplers)."""
-    runs = defaultdict(set)
+    """Give each row a ``label``: its configuration, plus its run folder's name when the guided rows come from
+    several runs (e.g. synthetic sets drawn with different samplers); UnCond uses no run."""
+    runs = {row["run"] for row in rows if row["method"] != "uncond"}
     for row in rows:
-        runs[row["config"]].add(row["run"])
-    for row in rows:
-        row["label"] = row["config"] if len(runs[row["config"]]) == 1 else f"{row['config']} ({Path(row['run']).name})"
+        several = len(runs) > 1 and row["method"] != "uncond"
+        row["label"] = f"{row['config']} ({Path(row['run']).name})" if several else row["config"]
 
 
 def cell(interval: list[float]) -> str:
@@ -112,6 +111,7 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
                 axis.axhline(100 * row["ams"][band][0], linestyle="--", color="grey" if row["sampler"] == "ddim" else "black",
                              label=f"uncond/{row['sampler']}")
         axis.set_xscale("symlog", linthresh=0.01)  # x0 guidance's lambdas (0.02-0.2) beside the paper's (1-50)
+        axis.set_xlim(left=0)
         axis.set_xlabel("lambda (x0side / x0cond: fraction of eps RMS per step)")
         axis.set_ylabel(f"AMS {band} (%)")
         axis.grid(alpha=0.3)

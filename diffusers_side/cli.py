@@ -531,10 +531,11 @@ def add_demo_command(subparsers) -> None:
     """Register ``side demo`` on ``subparsers``."""
     parser = subparsers.add_parser(
         "demo",
-        help="the whole audit of the embedded digits model: synthesize, label, train, extract x3, evaluate",
+        help="the whole audit of the embedded digits model: synthesize, label, train, extract x4, evaluate",
         description=(
-            "Audit the embedded memorizing DDPM end to end, offline: SIDE against Carlini UnCond and Carlini Cond\n"
-            "at the same N_G and seeds. Writes report.md, report.json and figures into --output. Re-running resumes."
+            "Audit the embedded memorizing DDPM end to end, offline: SIDE (and SIDE-exemplar) against Carlini UnCond and\n"
+            "Carlini Cond at the same N_G and seeds, sampled ancestrally by default. Writes report.md, report.json\n"
+            "and figures into --output. Re-running resumes."
         ),
         epilog=_example(
             "side demo --output side-demo\n  side demo --pipeline digits-rare --reference digits-rare --output side-demo-rare"
@@ -545,7 +546,7 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny N for a smoke test (seconds; numbers are meaningless)")
     parser.add_argument(
         "--preset", choices=("demo", "paper"), default=None,
-        help="demo (default): N_syn 1000, ResNet-18 width 16 for 600 steps, lambda 1, N_G 500 (minutes on 2 cores); "
+        help="demo (default): N_syn 1000, ResNet-18 width 16 for 600 steps, each method's default lambda, N_G 500 (minutes on 2 cores); "
         "paper: the paper's scale, N_syn 10,000, ResNet-34 width 64 for 20 epochs, lambda swept over "
         "0,1,2,5,10,20,50 on a selection seed, N_G 5,000 (about 6 CPU hours; README 'Full-scale preset'). "
         "The flags below override the preset's values",

@@ -92,11 +92,13 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             model_name="diffusers-side-digits-rare",
             title="diffusers-side embedded digits-rare",
             about="It is a *target* for a SIDE memorization audit in the paper's regime: trained on twice as many "
-            "digits for three times as many steps as `default`, plain sampling copies its training images rarely "
+            "digits for 2.75 times as many steps as `default`, plain sampling copies its training images rarely "
             "(the paper's Table 1 gives 0.00-0.51 % high-band copies for plain sampling), so an audit has to "
             "find rare memorized images rather than frequent ones.",
-            memorization='plain sampling copies rarely; the package README (section "Study") gives the measured '
-            "copy rates under DDIM and ancestral sampling.",
+            memorization="plain sampling (`side extract --method uncond`, 5,000 images, run seed 2, normalized L2, "
+            "default bands) puts 0.16 % of its generations in the high band under the 50-step DDIM sampler and 1.80 % "
+            'under 50-step ancestral sampling (`--scheduler ddpm`); the package README ("Study on the rarely-copying '
+            'target") gives the commands and what SIDE extracts from it.',
         ),
     )
 }
