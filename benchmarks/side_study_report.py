@@ -30,6 +30,7 @@ from side_study import bootstrap_distinct
 from diffusers_side.bands import assign_bands, default_bands
 
 PER_GENERATION = ("best_index", "score", "machine")
+NOT_STORED = (*PER_GENERATION, "run_suffix")  # the label already carries the suffix
 
 
 def load(paths: list[str]) -> list[dict]:
@@ -51,12 +52,13 @@ def load(paths: list[str]) -> list[dict]:
 
 
 def label_runs(rows: list[dict]) -> None:
-    """Give each row a ``label``: its configuration, plus its run folder's name when the guided rows come from
-    several runs (e.g. synthetic sets drawn with different samplers); UnCond uses no run."""
+    """Give each row a ``run_suffix`` (its run folder's name when the guided rows come from several runs, e.g.
+    synthetic sets drawn with different samplers; UnCond uses no run) and a ``label``: configuration + suffix."""
     runs = {row["run"] for row in rows if row["method"] != "uncond"}
     for row in rows:
         several = len(runs) > 1 and row["method"] != "uncond"
-        row["label"] = f"{row['config']} ({Path(row['run']).name})" if several else row["config"]
+        row["run_suffix"] = f" ({Path(row['run']).name})" if several else ""
+        row["label"] = row["config"] + row["run_suffix"]
 
 
 def cell(interval: list[float]) -> str:
@@ -87,11 +89,7 @@ def plot_distinct(rows: list[dict], path: Path) -> None:
             axis.plot([k for k, _ in curve], [v for _, v in curve], marker="o", label=row["label"])
         axis.set_xlabel("N_G")
         axis.set_ylabel(f"distinct training images, {band} band")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, axes, path)
 
 
 def plot_lambda(rows: list[dict], path: Path) -> None:
@@ -99,8 +97,7 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
     for row in rows:
         if row["method"] != "uncond":
             window = "all" if row["window"][0] == float("-inf") else f"{row['window'][0]:g}:{row['window'][1]:g}"
-            suffix = row["label"][len(row["config"]):]
-            curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}{suffix}"].append(row)
+            curves[f"{row['method']}/{row['sampler']}/{row['selection']}/{window}{row['run_suffix']}"].append(row)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, band in zip(axes, ("mid", "high")):
         for name, points in curves.items():
@@ -114,6 +111,12 @@ def plot_lambda(rows: list[dict], path: Path) -> None:
         axis.set_xlim(left=0)
         axis.set_xlabel("lambda (x0side / x0cond: fraction of eps RMS per step)")
         axis.set_ylabel(f"AMS {band} (%)")
+    save_figure(figure, axes, path)
+
+
+def save_figure(figure, axes, path: Path) -> None:
+    """Grid both panels, put the legend on the first, write ``path`` and free the figure."""
+    for axis in axes:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
@@ -130,7 +133,7 @@ def main() -> None:
     label_runs(rows)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compact = [{k: v for k, v in row.items() if k not in PER_GENERATION} for row in rows]
+    compact = [{k: v for k, v in row.items() if k not in NOT_STORED} for row in rows]
     output.with_suffix(".json").write_text(json.dumps(compact, indent=1) + "\n")
     print(table(rows))
     seeds = sorted({row["seed"] for row in rows})

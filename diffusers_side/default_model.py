@@ -7,7 +7,7 @@ training subset is rebuilt from `sklearn.datasets.load_digits` (bundled with sci
 recorded indices. `EMBEDDED_MODELS` lists them:
 
 - ``default``: 100 digits, 2,000 steps; plain sampling copies part of its training set (the demo's target).
-- ``digits-rare``: 200 digits, 6,000 steps; plain sampling copies rarely, the SIDE paper's regime.
+- ``digits-rare``: 200 digits, 5,500 steps; plain sampling copies rarely, the SIDE paper's regime.
 
 A name that is not in the table falls through to a local path or a Hub id, as any other source.
 """
