@@ -30,12 +30,12 @@ import torch
 from bench_common import machine_info
 
 from diffusers_side import SIDEPipeline
-from diffusers_side.bands import default_bands
-from diffusers_side.data import find_image_column, images_to_tensor, load_image_dataset
-from diffusers_side.default_model import resolve_pipeline_path
-from diffusers_side.generation import image_seed, image_target
-from diffusers_side.metrics import extraction_metrics
-from diffusers_side.similarity import find_best_matches
+from diffusers_side.evaluation.bands import default_bands
+from diffusers_side.evaluation.metrics import extraction_metrics
+from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.similarity.measures import find_best_matches
+from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset
+from diffusers_side.storage.embedded import resolve_pipeline_path
 
 SIMILARITY = "carlini"
 

@@ -7,7 +7,7 @@ At ``N_syn = 50,000`` features of ``d = 512`` (the issue's size) it measures, ea
 - ``kmeans_plusplus``: `sklearn.cluster.kmeans_plusplus` alone, the seeding each of the 10 restarts pays;
 - ``kmeans_lloyd``: the Lloyd iterations of one restart alone (``KMeans(init=<k-means++ centres>,
   n_init=1)``, seeded outside the timed call), hence the time per iteration;
-- ``fit_surrogate_labels``: the whole of `diffusers_side.surrogate_labels.fit_surrogate_labels`
+- ``fit_surrogate_labels``: the whole of `diffusers_side.labels.surrogate_labels.fit_surrogate_labels`
   (centring, KMeans, cohesion filter with ``tau="auto"``, relabelling);
 - ``matmul``: the float32 product ``(N_syn, d) x (d, K)``, the bulk of one Lloyd iteration, as a
   throughput reference (KMeans GFLOP/s counts ``2 N_syn d K`` per iteration).
@@ -52,7 +52,7 @@ PRELOAD = {
     "kmeans": "sklearn.cluster",
     "kmeans_lloyd": "sklearn.cluster",
     "kmeans_plusplus": "sklearn.cluster",
-    "fit_surrogate_labels": "diffusers_side.surrogate_labels",
+    "fit_surrogate_labels": "diffusers_side.labels.surrogate_labels",
 }
 
 
@@ -104,7 +104,7 @@ def lloyd_call(features: torch.Tensor, num_clusters: int):
 
 
 def run_fit_surrogate_labels(features: torch.Tensor, num_clusters: int) -> dict:
-    from diffusers_side.surrogate_labels import fit_surrogate_labels
+    from diffusers_side.labels.surrogate_labels import fit_surrogate_labels
 
     labels = fit_surrogate_labels(features, num_clusters=num_clusters, cohesion="auto", seed=0)
     return {"num_labels": labels.num_labels, "threshold": labels.resolved_cohesion_threshold}

@@ -1,6 +1,6 @@
 """Benchmark: what `side demo --preset paper` costs, from a timed slice of each of its stages on the embedded model.
 
-The preset (`diffusers_side.demo.PAPER`) is too slow to run whole on 2 CPU cores, so this script times a slice of
+The preset (`diffusers_side.workflows.demo.PAPER`) is too slow to run whole on 2 CPU cores, so this script times a slice of
 every stage with the preset's own settings and extrapolates each to full size:
 
 - ``synthesize``: `generate` of ``--synthetic`` unguided images (50 DDIM steps); linear in images -> N_syn 10,000.
@@ -48,14 +48,14 @@ from diffusers import DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.demo import PAPER
-from diffusers_side.exemplar import ExemplarPosterior
-from diffusers_side.features import embed_images, load_feature_extractor
-from diffusers_side.generation import GenerationSettings, generate
-from diffusers_side.loading import load_pipeline
-from diffusers_side.surrogate_labels import fit_surrogate_labels
+from diffusers_side.generation.engine import GenerationSettings, generate
+from diffusers_side.guidance.exemplar import ExemplarPosterior
+from diffusers_side.labels.features import embed_images, load_feature_extractor
+from diffusers_side.labels.surrogate_labels import fit_surrogate_labels
+from diffusers_side.pipelines.loading import load_pipeline
 from diffusers_side.training.classifier import classification_loss
 from diffusers_side.training.common import PIXEL_VALUES
+from diffusers_side.workflows.demo import PAPER
 
 NUM_LABELS = 60  # K' kept of K = 100 (the demo keeps about half; the cost barely depends on it)
 VALIDATION_FRACTION = 0.1  # the classifier's default --validation_split

@@ -55,9 +55,9 @@ from bench_common import (
 )
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
-from diffusers_side.classifier import TimeDependentClassifier
-from diffusers_side.default_model import DEFAULT_PIPELINE_DIR
-from diffusers_side.pipeline_side import SIDEPipeline
+from diffusers_side.models.classifier import TimeDependentClassifier
+from diffusers_side.pipelines.pipeline_side import SIDEPipeline
+from diffusers_side.storage.embedded import DEFAULT_PIPELINE_DIR
 
 GOAL = 1.15
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,7 +72,7 @@ MEMORY_VARIANTS = ("ddim", "side_guided")
 def digits_models() -> tuple[UNet2DModel, TimeDependentClassifier, dict, str]:
     """The embedded model (or its architecture with random weights) and a base-16 classifier."""
     if (DEFAULT_PIPELINE_DIR / "model_index.json").exists():
-        from diffusers_side.loading import load_pipeline
+        from diffusers_side.pipelines.loading import load_pipeline
 
         pipe = load_pipeline("default")
         classifier = pipe.classifier or TimeDependentClassifier(

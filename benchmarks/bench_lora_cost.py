@@ -29,7 +29,7 @@ from bench_common import machine_info, markdown_table, ratio_clock, time_interle
 from diffusers import DDPMScheduler
 
 from diffusers_side import SIDELoRAPipeline, SIDEPipeline, TimeDependentClassifier
-from diffusers_side.loading import load_pipeline
+from diffusers_side.pipelines.loading import load_pipeline
 from diffusers_side.training.classifier import classification_loss
 from diffusers_side.training.common import PIXEL_VALUES
 from diffusers_side.training.lora import lora_denoising_loss

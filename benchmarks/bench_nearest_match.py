@@ -3,7 +3,7 @@
 Searches ``N_G`` generated images against ``N_train`` training images, both flattened 8-bit pixels
 (16x16 grayscale, D = 256, and 64x64 RGB, D = 12,288), with:
 
-- ``carlini``: `diffusers_side.similarity.find_best_matches(similarity="carlini")`, the project's chunked
+- ``carlini``: `diffusers_side.similarity.measures.find_best_matches(similarity="carlini")`, the project's chunked
   search with the 50 neighbours Carlini's normalizer needs (what ``side evaluate`` runs by default);
 - ``l2``: the same with ``similarity="l2"`` (2 neighbours);
 - ``cdist``: ``torch.cdist`` on the full ``N_G x N_train`` float32 matrix, then ``topk`` (only where the
@@ -54,7 +54,7 @@ QUICK_SIZES = "gray16:4000x2000,rgb64:500x2000"
 FULL_SIZES = "gray16:50000x25000,rgb64:50000x25000"
 METHODS = ("carlini", "l2", "cdist", "sklearn", "matmul")
 # Modules a child imports before its timed call (imports are neither timed nor counted in the peak).
-PRELOAD = {"carlini": "diffusers_side.similarity", "l2": "diffusers_side.similarity", "sklearn": "sklearn.neighbors"}
+PRELOAD = {"carlini": "diffusers_side.similarity.measures", "l2": "diffusers_side.similarity.measures", "sklearn": "sklearn.neighbors"}
 # The blockwise matmul ceiling times a sample of blocks of about this much work, fastest of a few passes.
 CEILING_SAMPLE_GFLOP = 20.0
 MIN_CEILING_BLOCKS = 4
@@ -87,7 +87,7 @@ def as_float(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def search_project(generated: torch.Tensor, train: torch.Tensor, similarity: str, chunk_size: int) -> np.ndarray:
-    from diffusers_side.similarity import find_best_matches
+    from diffusers_side.similarity.measures import find_best_matches
 
     matches = find_best_matches(generated, train, similarity, chunk_size=chunk_size, show_progress=False)
     return matches.best_index
@@ -278,8 +278,8 @@ def main() -> None:
         child(args)
         return
     # Imported here, not at the top: the children that do not run the project's search start faster.
-    from diffusers_side.nearest_match import DEFAULT_CHUNK_SIZE
-    from diffusers_side.similarity import CARLINI_NUM_NEIGHBORS
+    from diffusers_side.similarity.measures import CARLINI_NUM_NEIGHBORS
+    from diffusers_side.similarity.nearest_match import DEFAULT_CHUNK_SIZE
 
     args.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     text = args.sizes or (FULL_SIZES if args.full else QUICK_SIZES if args.quick else DEFAULT_SIZES)

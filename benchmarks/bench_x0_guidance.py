@@ -27,7 +27,7 @@ import torch
 from bench_common import machine_info, markdown_table, ratio_clock, time_interleaved, write_results
 
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.loading import load_pipeline
+from diffusers_side.pipelines.loading import load_pipeline
 
 NUM_LABELS = 54  # K' of the demo's labels
 BASE_CHANNELS = 16  # the demo's classifier width

@@ -1,7 +1,7 @@
 """Before/after: this checkout's nearest-match search against another checkout's, interleaved in one process.
 
 Separate processes on a shared VM drift by tens of percent (the matmul ceiling itself moved from 114 to
-143 GFLOP/s between runs), so a code change to `diffusers_side.nearest_match.nearest_neighbors` is judged
+143 GFLOP/s between runs), so a code change to `diffusers_side.similarity.nearest_match.nearest_neighbors` is judged
 here: both versions search the same random 8-bit images, alternating, in the same process, and the
 fastest of ``--repeats`` process-CPU times of each counts. It also checks that both return the same
 neighbours.
@@ -24,7 +24,7 @@ import torch
 from bench_common import machine_info, write_results
 from bench_nearest_match import DIMENSIONS
 
-import diffusers_side.nearest_match as after_search
+import diffusers_side.similarity.nearest_match as after_search
 
 
 def load_module(path: Path, name: str):

@@ -30,7 +30,7 @@ A configuration is ``method/sampler/lambda/selection/window``:
 
 - ``method``: ``uncond`` (Carlini UnCond), ``cond`` (Carlini Cond, time-independent classifier),
   ``side`` (the paper: time-dependent classifier), ``exemplar`` (Bayes guidance: the exact posterior
-  p(c | x_t) of the noised labelled synthetic set, `diffusers_side.exemplar.ExemplarPosterior`),
+  p(c | x_t) of the noised labelled synthetic set, `diffusers_side.guidance.exemplar.ExemplarPosterior`),
   ``x0side`` / ``x0cond`` (guidance on the predicted clean image, ``side extract --method side|cond
   --guidance-space x0``: the time-dependent classifier at t = 0, or the time-independent one, on x0_hat,
   the gradient back-propagated through the UNet; see `SIDEPipeline.guide_x0`);
@@ -63,15 +63,15 @@ import numpy as np
 import torch
 from bench_common import machine_info
 
-from diffusers_side.bands import assign_bands, default_bands
-from diffusers_side.data import find_image_column, images_to_tensor, load_image_dataset
-from diffusers_side.exemplar import ExemplarPosterior
-from diffusers_side.generation import image_seed
-from diffusers_side.loading import load_classifier, load_pipeline
-from diffusers_side.metrics import extraction_metrics
-from diffusers_side.pipeline_side import SIDEPipeline
-from diffusers_side.similarity import CARLINI_ALPHA, CARLINI_NUM_NEIGHBORS, find_best_matches
-from diffusers_side.surrogate_labels import SurrogateLabels
+from diffusers_side.evaluation.bands import assign_bands, default_bands
+from diffusers_side.evaluation.metrics import extraction_metrics
+from diffusers_side.generation.engine import image_seed
+from diffusers_side.guidance.exemplar import ExemplarPosterior
+from diffusers_side.labels.surrogate_labels import SurrogateLabels
+from diffusers_side.pipelines.loading import load_classifier, load_pipeline
+from diffusers_side.pipelines.pipeline_side import SIDEPipeline
+from diffusers_side.similarity.measures import CARLINI_ALPHA, CARLINI_NUM_NEIGHBORS, find_best_matches
+from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset
 
 SIMILARITY = "carlini"
 DUPLICATE_THRESHOLD = 0.5

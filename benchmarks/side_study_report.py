@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from side_study import bootstrap_distinct
 
-from diffusers_side.bands import assign_bands, default_bands
+from diffusers_side.evaluation.bands import assign_bands, default_bands
 
 PER_GENERATION = ("best_index", "score", "machine")
 NOT_STORED = (*PER_GENERATION, "run_suffix")  # the label already carries the suffix

@@ -9,11 +9,11 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {
-    "SIDELoRAPipeline": "pipeline_side_lora",
-    "SIDELoRAPipelineOutput": "pipeline_side_lora",
-    "SIDEPipeline": "pipeline_side",
-    "SIDEPipelineOutput": "pipeline_side",
-    "TimeDependentClassifier": "classifier",
+    "SIDELoRAPipeline": "pipelines.pipeline_side_lora",
+    "SIDELoRAPipelineOutput": "pipelines.pipeline_side_lora",
+    "SIDEPipeline": "pipelines.pipeline_side",
+    "SIDEPipelineOutput": "pipelines.pipeline_side",
+    "TimeDependentClassifier": "models.classifier",
 }
 __all__ = ["SIDELoRAPipeline", "SIDELoRAPipelineOutput", "SIDEPipeline", "SIDEPipelineOutput", "TimeDependentClassifier", "__version__"]
 

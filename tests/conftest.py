@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from diffusers import UNet2DModel
 
-from diffusers_side.generation import RECORD_FEATURES
+from diffusers_side.generation.engine import RECORD_FEATURES
 
 
 def make_tiny_unet(in_channels: int = 1, sample_size: int = 16, seed: int = 0) -> UNet2DModel:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffusers_side.atomic_io import atomic_directory
+from diffusers_side.utils.atomic_io import atomic_directory
 
 
 def test_atomic_directory_replaces_the_folder_on_success_and_keeps_it_on_error(tmp_path):

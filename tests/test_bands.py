@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from diffusers_side.bands import DEFAULT_BANDS, Band, assign_bands, default_bands, parse_bands, validate_bands
+from diffusers_side.evaluation.bands import DEFAULT_BANDS, Band, assign_bands, default_bands, parse_bands, validate_bands
 
 
 def test_band_edges_are_half_open_and_the_last_band_is_closed():

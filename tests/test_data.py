@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 from datasets import Dataset, Features, Image, Value
 
-from diffusers_side.data import find_image_column, images_to_tensor, load_image_dataset, tensor_to_pil
+from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset, tensor_to_pil
 
 FEATURES = Features({"image": Image(), "seed": Value("int64")})
 

@@ -1,4 +1,4 @@
-"""The embedded models' export: what `python -m diffusers_side.default_model RUN_DIR [--name NAME]` writes into the package."""
+"""The embedded models' export: what `python -m diffusers_side.storage.embedded RUN_DIR [--name NAME]` writes into the package."""
 
 import json
 import subprocess
@@ -10,8 +10,8 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from huggingface_hub import ModelCard, ModelCardData
 
 from conftest import make_tiny_unet, subprocess_env
-from diffusers_side.cards import render_card, write_card
-from diffusers_side.default_model import (
+from diffusers_side.storage.cards import render_card, write_card
+from diffusers_side.storage.embedded import (
     DEFAULT_PIPELINE_DIR,
     EMBEDDED_MODELS,
     LOSS_CURVE_FILE,
@@ -44,7 +44,7 @@ def write_training_run(path, dataset="default", num_images=100):
 def test_export_writes_a_card_that_describes_the_embedded_default(tmp_path):
     run = write_training_run(tmp_path / "final")
     exported = tmp_path / "embedded"
-    result = subprocess.run([sys.executable, "-m", "diffusers_side.default_model", str(run), str(exported)],
+    result = subprocess.run([sys.executable, "-m", "diffusers_side.storage.embedded", str(run), str(exported)],
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     card = ModelCard.load(exported / "README.md")

@@ -11,8 +11,8 @@ from diffusers import DDPMPipeline
 from test_reliability import no_model_loading  # noqa: F401 (fixture)
 
 from diffusers_side import SIDEPipeline
-from diffusers_side.cli import main as side
-from diffusers_side.default_model import DEFAULT_PIPELINE_DIR, load_training_subset, subset_indices
+from diffusers_side.cli.main import main as side
+from diffusers_side.storage.embedded import DEFAULT_PIPELINE_DIR, load_training_subset, subset_indices
 
 
 def test_embedded_default_loads_with_diffusers_and_side():
@@ -95,7 +95,7 @@ class _Captured(Exception):
 
 @pytest.fixture
 def captured_config(monkeypatch):
-    from diffusers_side.demo import Demo
+    from diffusers_side.workflows.demo import Demo
 
     def capture(self):
         raise _Captured(self.config)
@@ -111,7 +111,7 @@ def captured_config(monkeypatch):
 
 
 def test_paper_preset_has_the_documented_values():
-    from diffusers_side.demo import PAPER, DemoConfig, resolve_config
+    from diffusers_side.workflows.demo import PAPER, DemoConfig, resolve_config
 
     config = resolve_config(preset="paper")
     assert config == PAPER and config.preset == "paper"
@@ -137,7 +137,7 @@ def test_explicit_flags_override_the_preset(tmp_path, captured_config):
 
 
 def test_each_method_samples_at_its_own_default_scale_unless_one_is_given(tmp_path):
-    from diffusers_side.demo import Demo, resolve_config
+    from diffusers_side.workflows.demo import Demo, resolve_config
 
     def scales(**overrides):
         demo = Demo(tmp_path / "d", resolve_config(**overrides))
@@ -166,7 +166,7 @@ def test_contradicting_preset_flags_are_refused_before_any_work(tmp_path, capsys
 def test_resuming_with_another_preset_is_refused(tmp_path, capsys):
     from dataclasses import asdict, replace
 
-    from diffusers_side.demo import CONFIG_FILE, PAPER, QUICK
+    from diffusers_side.workflows.demo import CONFIG_FILE, PAPER, QUICK
 
     for recorded, argv, name in ((PAPER, ["--quick"], "paper"), (QUICK, ["--preset", "paper"], "quick")):
         folder = tmp_path / name
@@ -178,7 +178,7 @@ def test_resuming_with_another_preset_is_refused(tmp_path, capsys):
 
 
 def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(tmp_path):
-    from diffusers_side.demo import SWEEP_DIR, run_demo
+    from diffusers_side.workflows.demo import SWEEP_DIR, run_demo
 
     report = run_demo(tmp_path / "demo", quick=True, sweep_guidance_scales=(0, 2), selection_num_images=4)
     for name in ("classifier-side", "classifier-cond"):
@@ -199,7 +199,7 @@ def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(
 
 
 def test_select_guidance_scale_takes_the_most_mid_and_high_and_the_smaller_on_ties():
-    from diffusers_side.demo import select_guidance_scale
+    from diffusers_side.workflows.demo import select_guidance_scale
 
     def report(high, mid, low):
         bands = [{"name": "high", "low": 0.0, "high": 1 / 3}, {"name": "mid", "low": 1 / 3, "high": 0.5},

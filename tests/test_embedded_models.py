@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_side.cli import main as side
-from diffusers_side.data import check_image_source, load_image_dataset
-from diffusers_side.default_model import (
+from diffusers_side.cli.main import main as side
+from diffusers_side.pipelines.loading import load_pipeline
+from diffusers_side.storage.data import check_image_source, load_image_dataset
+from diffusers_side.storage.embedded import (
     EMBEDDED_MODELS,
     SUBSET_FILE,
     canonical_model_source,
@@ -21,7 +22,6 @@ from diffusers_side.default_model import (
     resolve_pipeline_path,
     subset_indices,
 )
-from diffusers_side.loading import load_pipeline
 from diffusers_side.training.common import load_training_images
 
 

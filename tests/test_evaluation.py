@@ -8,12 +8,12 @@ import pytest
 from datasets import Dataset, Features, Image, load_dataset
 
 from conftest import make_tiny_unet, write_generation_dir
-from diffusers_side import evaluation
-from diffusers_side.cli import main
-from diffusers_side.default_model import load_training_subset
-from diffusers_side.evaluation import evaluate
-from diffusers_side.generation import RECORD_FEATURES
-from diffusers_side.report import format_table, plot_sweep
+from diffusers_side.cli.main import main
+from diffusers_side.evaluation import evaluate as evaluation
+from diffusers_side.evaluation.evaluate import evaluate
+from diffusers_side.evaluation.report import format_table, plot_sweep
+from diffusers_side.generation.engine import RECORD_FEATURES
+from diffusers_side.storage.embedded import load_training_subset
 
 
 def to_pil(array: np.ndarray) -> PIL.Image.Image:
@@ -103,7 +103,7 @@ def test_evaluate_with_a_feature_extractor_uses_cosine(audit):
 def test_unet_extractor_loads_the_pipeline_named_in_generation_json(audit):
     from diffusers import DDPMScheduler
 
-    from diffusers_side.pipeline_side import SIDEPipeline
+    from diffusers_side.pipelines.pipeline_side import SIDEPipeline
 
     with pytest.raises(ValueError, match="pass --pipeline"):
         evaluate([audit["side"]], audit["reference"], audit["tmp"] / "eval", feature_extractor="unet")

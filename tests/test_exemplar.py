@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusers_side.exemplar import ExemplarPosterior
+from diffusers_side.guidance.exemplar import ExemplarPosterior
 
 
 def brute_force_log_posterior(x_t, images, labels, alpha_bar, targets):

@@ -6,8 +6,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from conftest import make_tiny_unet
-from diffusers_side.data import tensor_to_pil
-from diffusers_side.features import (
+from diffusers_side.labels.features import (
     FeatureExtractor,
     PixelFeatureExtractor,
     TorchScriptFeatureExtractor,
@@ -16,6 +15,7 @@ from diffusers_side.features import (
     embed_images,
     load_feature_extractor,
 )
+from diffusers_side.storage.data import tensor_to_pil
 
 
 def smooth_images(count: int, channels: int = 1, size: int = 16, seed: int = 0) -> torch.Tensor:

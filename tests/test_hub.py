@@ -6,9 +6,9 @@ import datasets
 import huggingface_hub
 from huggingface_hub import DatasetCard
 
-from diffusers_side import hub
-from diffusers_side.cli import main as side
-from diffusers_side.generation import GenerationSettings
+from diffusers_side.cli.main import main as side
+from diffusers_side.generation import hub
+from diffusers_side.generation.engine import GenerationSettings
 
 SETTINGS = GenerationSettings(pipeline="auditor/ddpm-digits", method="side", num_images=4, seed=3, guidance_scale=2.0,
                               classifier="audit/side-pipeline")

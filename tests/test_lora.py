@@ -19,17 +19,17 @@ from test_train_classifier import NUM_CLASSES, make_labelled_data, surrogate_lab
 
 from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline
-from diffusers_side.cli import main as side
-from diffusers_side.data import load_image_dataset
-from diffusers_side.generation import image_seed, image_target
-from diffusers_side.loading import load_pipeline
-from diffusers_side.lora import (
+from diffusers_side.cli.main import main as side
+from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.models.lora import (
     ADAPTER_WEIGHT_NAME,
     CLASS_EMBEDDING_NAME,
     LORA_CONFIG_NAME,
     add_label_conditioning,
     add_lora_adapters,
 )
+from diffusers_side.pipelines.loading import load_pipeline
+from diffusers_side.storage.data import load_image_dataset
 from diffusers_side.training.lora import parse_args, train_lora
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train_lora.py"
@@ -177,7 +177,7 @@ def test_loads_from_hub_repo_ids_through_offline_cache(tmp_path, target):
         f"local = SIDELoRAPipeline.from_pretrained({str(tmp_path / 'lora')!r}, base_model={str(target)!r})\n"
         "a, b = hub.unet.state_dict(), local.unet.state_dict()\n"
         "assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)\n"
-        "from diffusers_side.loading import load_pipeline\n"
+        "from diffusers_side.pipelines.loading import load_pipeline\n"
         "print('hub-ok', hub.base_model, hub.num_labels, type(load_pipeline('auditor/lora-side-tiny')).__name__)\n"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

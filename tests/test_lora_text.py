@@ -21,12 +21,12 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from conftest import make_tiny_unet
-from diffusers_side.cli import main as side
-from diffusers_side.data import load_image_dataset
-from diffusers_side.generation import image_seed, image_target
-from diffusers_side.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
-from diffusers_side.pipeline_side_lora import SIDELoRAPipeline
-from diffusers_side.pipeline_side_lora_text import SIDELoRATextPipeline, label_identifier, label_prompt
+from diffusers_side.cli.main import main as side
+from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.models.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
+from diffusers_side.pipelines.pipeline_side_lora import SIDELoRAPipeline
+from diffusers_side.pipelines.pipeline_side_lora_text import SIDELoRATextPipeline, label_identifier, label_prompt
+from diffusers_side.storage.data import load_image_dataset
 from diffusers_side.training.lora import parse_args, train_lora
 
 PROMPT = "a photo"

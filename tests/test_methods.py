@@ -6,12 +6,13 @@ import json
 import pytest
 from test_generation import settings, tiny_pipeline
 
-from diffusers_side import methods
-from diffusers_side.cli import build_parser
-from diffusers_side.generation import generate
-from diffusers_side.generation_folder import SETTINGS_FILE, GenerationSettings, prepare_output_dir
-from diffusers_side.hub import extraction_card
-from diffusers_side.methods import ExtractionMethod, ShardRequest, get_method, register_method
+from diffusers_side.cli.main import build_parser
+from diffusers_side.generation.engine import generate
+from diffusers_side.generation.hub import extraction_card
+from diffusers_side.generation.settings import GenerationSettings, prepare_output_dir
+from diffusers_side.methods import registry as methods
+from diffusers_side.methods.registry import ExtractionMethod, ShardRequest, get_method, register_method
+from diffusers_side.storage.generation_folder import SETTINGS_FILE
 
 
 def test_records_of_the_builtin_methods():

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_side.bands import Band, assign_bands, default_bands
-from diffusers_side.metrics import (
+from diffusers_side.evaluation.bands import Band, assign_bands, default_bands
+from diffusers_side.evaluation.metrics import (
     check_ums,
     extraction_metrics,
     memorization_ratio,
     similarity_percentile,
     training_images_in_bands,
 )
-from diffusers_side.similarity import CARLINI_ALPHA, Matches, find_best_matches
+from diffusers_side.similarity.measures import CARLINI_ALPHA, Matches, find_best_matches
 
 
 def test_memorization_ratio_on_a_constructed_case():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusers_side.nearest_match import nearest_neighbors
+from diffusers_side.similarity.nearest_match import nearest_neighbors
 
 
 def brute_force(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str):

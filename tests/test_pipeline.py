@@ -167,7 +167,7 @@ def test_save_and_load_round_trip(tmp_path, brightness_classifier):
     pipe.save_pretrained(tmp_path)
     assert sorted(p.name for p in (tmp_path / "classifier").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["classifier"] == ["diffusers_side.classifier", "TimeDependentClassifier"]
+    assert index["classifier"] == ["diffusers_side.models.classifier", "TimeDependentClassifier"]
 
     loaded = SIDEPipeline.from_pretrained(tmp_path)
     assert_same_weights(loaded.unet, pipe.unet)
@@ -290,7 +290,7 @@ def test_classifier_rejects_tiny_images_and_bad_layout():
 @pytest.fixture(scope="module")
 def dark_and_bright_exemplars():
     """Two surrogate conditions as exemplar sets: label 0 = dark images, label 1 = bright images."""
-    from diffusers_side.exemplar import ExemplarPosterior
+    from diffusers_side.guidance.exemplar import ExemplarPosterior
 
     torch.manual_seed(0)
     labels = torch.tensor([0, 1] * 10)
@@ -331,7 +331,7 @@ def test_guidance_window_guides_only_inside_it(brightness_classifier):
 
 
 def test_exemplar_and_window_bad_input(dark_and_bright_exemplars):
-    from diffusers_side.exemplar import ExemplarPosterior
+    from diffusers_side.guidance.exemplar import ExemplarPosterior
 
     pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS))
     with pytest.raises(ValueError, match=r"guidance_window=\(500, 100\) must be \(t_min, t_max\)"):

@@ -20,7 +20,7 @@ from huggingface_hub import DatasetCard
 
 from conftest import make_tiny_unet, subprocess_env, write_generation_dir
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.cli import main as side
+from diffusers_side.cli.main import main as side
 
 STEPS = ["--num-inference-steps", "2", "--batch-size", "4"]
 TRAIN_FAST = ["--base_channels", "4", "--train_batch_size", "8", "--max_train_steps", "1", "--validation_split", "0"]
@@ -173,7 +173,7 @@ def test_non_finite_guidance_scales_are_refused(tmp_path, pipe_dir, capsys, valu
     assert code == 2 and "--guidance-scale" in err and value in err and not output.exists()
     code, _, err = run(["sweep", *argv[1:3], "--num-images", "2", "--guidance-scales", f"0,{value}", "--output", output], capsys)
     assert code == 2 and value in err and not output.exists()
-    from diffusers_side.generation import GenerationSettings
+    from diffusers_side.generation.engine import GenerationSettings
 
     with pytest.raises(ValueError, match="guidance_scale"):
         GenerationSettings(pipeline="default", method="side", num_images=2, guidance_scale=float(value)).validate()
@@ -322,7 +322,7 @@ def test_bad_values_are_refused_before_any_output_or_training(tmp_path, pipe_dir
                                   ["train-classifier", "--learning_rate", "nan"], ["label"]])
 def test_help_and_argument_errors_import_neither_torch_nor_diffusers(argv):
     code = (
-        "import sys\nfrom diffusers_side.cli import main\n"
+        "import sys\nfrom diffusers_side.cli.main import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit as exit:\n    status = exit.code\n"
         "heavy = [m for m in ('torch', 'diffusers', 'datasets', 'transformers') if m in sys.modules]\n"
         "print('STATUS', status, 'HEAVY', heavy)\n"

@@ -11,13 +11,13 @@ from diffusers import DDIMScheduler
 
 from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.cli import main as side
-from diffusers_side.data import load_image_dataset, tensor_to_pil
-from diffusers_side.exemplar import ExemplarPosterior
-from diffusers_side.generation import GenerationSettings, generate, image_seed, image_target
-from diffusers_side.generation_folder import check_output_dir
-from diffusers_side.surrogate_labels import fit_surrogate_labels
-from diffusers_side.targets import duplicate_fraction, target_probabilities
+from diffusers_side.cli.main import main as side
+from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
+from diffusers_side.generation.settings import check_output_dir
+from diffusers_side.guidance.exemplar import ExemplarPosterior
+from diffusers_side.guidance.targets import duplicate_fraction, target_probabilities
+from diffusers_side.labels.surrogate_labels import fit_surrogate_labels
+from diffusers_side.storage.data import load_image_dataset, tensor_to_pil
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_cli_extract_with_guidance_space(tmp_path, capsys):
 def test_sweep_recorded_before_guidance_space_existed_resumes_as_xt(tmp_path):
     from dataclasses import asdict
 
-    from diffusers_side.workflows import SWEEP_CONFIG, check_sweep_folder
+    from diffusers_side.workflows.runs import SWEEP_CONFIG, check_sweep_folder
 
     config = {"guidance_scales": [0.0, 1.0], **asdict(GenerationSettings(pipeline="default", method="side", num_images=2))}
     old = {k: v for k, v in config.items() if k != "guidance_space"}

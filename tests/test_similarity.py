@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_side.bands import default_bands
-from diffusers_side.metrics import extraction_metrics, similarity_percentile
-from diffusers_side.similarity import carlini_normalized_l2, find_best_matches, rms_l2
+from diffusers_side.evaluation.bands import default_bands
+from diffusers_side.evaluation.metrics import extraction_metrics, similarity_percentile
+from diffusers_side.similarity.measures import carlini_normalized_l2, find_best_matches, rms_l2
 
 
 def test_rms_l2_is_root_mean_square_of_pixel_differences():

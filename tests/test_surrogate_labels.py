@@ -12,10 +12,10 @@ from sklearn.metrics import adjusted_rand_score
 from test_features import BrokenExtractor, smooth_images
 
 from conftest import make_tiny_unet, write_generation_dir
-from diffusers_side import SIDEPipeline, surrogate_labels
-from diffusers_side.cli import main
-from diffusers_side.data import tensor_to_pil
-from diffusers_side.surrogate_labels import (
+from diffusers_side import SIDEPipeline
+from diffusers_side.cli.main import main
+from diffusers_side.labels import surrogate_labels
+from diffusers_side.labels.surrogate_labels import (
     CONTACT_SHEET,
     SurrogateLabels,
     fit_surrogate_labels,
@@ -23,6 +23,7 @@ from diffusers_side.surrogate_labels import (
     label_synthetic,
     otsu_threshold,
 )
+from diffusers_side.storage.data import tensor_to_pil
 
 GROUP_SIZES = (30, 25, 20, 15)
 DIFFUSE_SIZE = 20

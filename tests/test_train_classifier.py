@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from conftest import launch_two_processes
 from diffusers_side import SIDEPipeline, cli
-from diffusers_side.atomic_io import write_json_atomic
-from diffusers_side.surrogate_labels import SurrogateLabels
+from diffusers_side.labels.surrogate_labels import SurrogateLabels
 from diffusers_side.training import common
 from diffusers_side.training.classifier import classification_loss, classifier_training_args, parse_args, train_classifier
+from diffusers_side.utils.atomic_io import write_json_atomic
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train_classifier.py"
 CLASSIFIER_WEIGHTS = "classifier/diffusion_pytorch_model.safetensors"

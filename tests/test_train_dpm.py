@@ -226,7 +226,7 @@ def test_data_without_image_column_lists_its_columns(tmp_path):
 
 
 def test_card_templates_resolve_and_unknown_names_list_the_available_ones():
-    from diffusers_side.cards import template_path
+    from diffusers_side.storage.cards import template_path
 
     assert template_path("train_dpm") == template_path("train_dpm.md")
     with pytest.raises(FileNotFoundError, match=r"the available templates are \[.*'train_classifier', 'train_dpm'"):

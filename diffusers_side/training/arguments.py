@@ -1,18 +1,18 @@
 """The flags of the training scripts, defined without importing torch or diffusers.
 
 ``side train-classifier`` builds its parser from here, so ``side --help`` and argument errors answer at
-once; the values are typed (`diffusers_side.arg_types`), so a bad number is refused at parse time.
+once; the values are typed (`diffusers_side.utils.arg_types`), so a bad number is refused at parse time.
 
 `LR_SCHEDULERS` and `CLASSIFIER_LAYERS` name what `diffusers.optimization.get_scheduler` and
-`diffusers_side.classifier.RESNET_LAYOUTS` accept; tests check they stay in step.
+`diffusers_side.models.classifier.RESNET_LAYOUTS` accept; tests check they stay in step.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..arg_types import finite_float, non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
-from ..default_model import EMBEDDED_CHOICES
+from ..storage.embedded import EMBEDDED_CHOICES
+from ..utils.arg_types import finite_float, non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
 # diffusers' `SchedulerType` values, without "piecewise_constant" (it needs a rule string this script does not take).
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")

@@ -44,14 +44,14 @@ from diffusers import DDPMScheduler
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
-from ..atomic_io import write_json_atomic
-from ..cards import render_card, write_card
-from ..classifier import TimeDependentClassifier
-from ..data import check_image_source
-from ..default_model import check_model_source, hub_id
-from ..loading import load_pipeline
-from ..pipeline_side import SIDEPipeline
-from ..surrogate_labels import LABELS_JSON, SurrogateLabels
+from ..labels.surrogate_labels import LABELS_JSON, SurrogateLabels
+from ..models.classifier import TimeDependentClassifier
+from ..pipelines.loading import load_pipeline
+from ..pipelines.pipeline_side import SIDEPipeline
+from ..storage.cards import render_card, write_card
+from ..storage.data import check_image_source
+from ..storage.embedded import check_model_source, hub_id
+from ..utils.atomic_io import write_json_atomic
 from .arguments import add_classifier_arguments
 from .common import (
     PIXEL_VALUES,
@@ -98,7 +98,7 @@ class Target:
 
     @classmethod
     def load(cls, spec: str) -> "Target":
-        """Load the audited pipeline with [`~diffusers_side.loading.load_pipeline`]."""
+        """Load the audited pipeline with [`~diffusers_side.pipelines.loading.load_pipeline`]."""
         pipeline = load_pipeline(spec)
         # Any scheduler config (DDPM, DDIM, ...) gives the same betas, hence the same abar_t; DDPM's
         # add_noise is sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, the input the classifier is defined on.

@@ -41,9 +41,9 @@ from diffusers.utils import logging
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tqdm.auto import tqdm
 
-from ..atomic_io import write_json_atomic
-from ..data import find_image_column, image_channels, images_to_tensor, load_image_dataset
-from ..hub import push_folder
+from ..storage.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
+from ..storage.hub import push_folder
+from ..utils.atomic_io import write_json_atomic
 
 logger = logging.get_logger(__name__)
 

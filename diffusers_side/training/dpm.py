@@ -31,9 +31,9 @@ from diffusers.utils import logging, make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCardData
 
-from ..atomic_io import atomic_path, write_json_atomic
-from ..cards import render_card, write_card
-from ..default_model import EMBEDDED_CHOICES, hub_id
+from ..storage.cards import render_card, write_card
+from ..storage.embedded import EMBEDDED_CHOICES, hub_id
+from ..utils.atomic_io import atomic_path, write_json_atomic
 from .arguments import add_data_arguments, add_training_arguments
 from .common import (
     PIXEL_VALUES,

@@ -1,6 +1,6 @@
 """Fine-tune LoRA adapters (and a label embedding) so the audited model samples one surrogate label at a time.
 
-SIDE's second branch (the paper's choice for large models; see `diffusers_side.lora`). Inputs: the target
+SIDE's second branch (the paper's choice for large models; see `diffusers_side.models.lora`). Inputs: the target
 pipeline (``--pretrained_model_name_or_path``: a folder, a Hub repo id or an embedded name, ``"default"``, ``"digits-rare"``) and the labelled
 synthetic set written by ``side label`` (``--train_data_dir``: columns image, label, ... and the
 ``surrogate_labels.json`` sidecar).
@@ -41,14 +41,14 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
-from ..atomic_io import write_json_atomic
-from ..cards import render_card, write_card
-from ..data import check_image_source
-from ..default_model import check_model_source, hub_id, resolve_pipeline_path
-from ..loading import load_pipeline
-from ..lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional
-from ..pipeline_side_lora import SIDELoRAPipeline
-from ..pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
+from ..models.lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional
+from ..pipelines.loading import load_pipeline
+from ..pipelines.pipeline_side_lora import SIDELoRAPipeline
+from ..pipelines.pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
+from ..storage.cards import render_card, write_card
+from ..storage.data import check_image_source
+from ..storage.embedded import check_model_source, hub_id, resolve_pipeline_path
+from ..utils.atomic_io import write_json_atomic
 from .arguments import add_lora_arguments
 from .classifier import check_labels, read_label_info
 from .common import (

@@ -1,0 +1,1 @@
+"""Audits beyond extraction: the memorization divergence, query-only SIDE, canary audits."""

@@ -1,0 +1,1 @@
+"""Scoring generations against a reference set: bands, AMS / UMS, reports and figures."""

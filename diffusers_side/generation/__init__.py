@@ -1,0 +1,1 @@
+"""The resumable, sharded generation engine behind `side synthesize` and `side extract`."""

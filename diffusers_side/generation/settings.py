@@ -1,0 +1,182 @@
+"""`GenerationSettings`: everything that determines the images of a generation run, and the output folder checks.
+
+The folder format itself (``generation.json`` + ``shards/``) is defined in `diffusers_side.storage.generation_folder`;
+this module gives the settings their meaning (which method, which options it allows) and decides whether an output
+folder may be written or resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..guidance.targets import check_target_selection
+from ..methods.registry import METHODS, get_method
+from ..storage.embedded import canonical_model_source
+from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings
+from ..utils.arg_types import GUIDANCE_SPACES
+from ..utils.atomic_io import write_json_atomic
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that determines the images of a run (written to ``generation.json``).
+
+    ``pipeline`` and ``classifier`` are stored as absolute paths (embedded names such as ``"default"`` and Hub repo ids as
+    given), so a later command finds the same model from any working directory; ``model_fingerprint``
+    and ``classifier_fingerprint`` (sha256 of the weights, see `diffusers_side.pipelines.loading.weights_fingerprint`)
+    are filled in by `diffusers_side.generation.engine.generate` and checked when a run is resumed or labelled.
+    The variant fields (``exemplars``, ``target_selection``, ``guidance_window``, ``guidance_space``) default to
+    the paper's form, which is what a folder written before they existed was generated with.
+    """
+
+    pipeline: str
+    method: str
+    num_images: int
+    batch_size: int = 64
+    seed: int = 0
+    num_inference_steps: int = 50
+    guidance_scale: float = 0.0
+    scheduler: str | None = None
+    classifier: str | None = None
+    model_fingerprint: str | None = None
+    classifier_fingerprint: str | None = None
+    exemplars: str | None = None
+    target_selection: str = "uniform"
+    guidance_window: list[float] | None = None
+    guidance_space: str = "xt"
+
+    def __post_init__(self):
+        self.pipeline = canonical_model_source(self.pipeline)
+        self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
+        self.exemplars = None if self.exemplars is None else str(Path(self.exemplars).resolve())
+        self.guidance_window = None if self.guidance_window is None else [float(t) for t in self.guidance_window]
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "GenerationSettings":
+        """Settings from a ``generation.json`` payload; the empty ``extra`` of older folders is dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+    def validate(self, num_processes: int = 1) -> None:
+        """Raise `ValueError` naming the setting and the fix, before any image is generated."""
+        method = get_method(self.method)
+        if self.num_images < 1 or self.batch_size < 1 or self.num_inference_steps < 1:
+            raise ValueError(
+                f"num_images={self.num_images}, batch_size={self.batch_size} and num_inference_steps="
+                f"{self.num_inference_steps} must all be positive."
+            )
+        if self.num_images < num_processes:
+            raise ValueError(
+                f"num_images={self.num_images} is smaller than the {num_processes} processes launched; "
+                "generate at least one image per process or launch fewer processes."
+            )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer >= 0.")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
+        if not method.guided and self.guidance_scale != 0:
+            guided = [name for name, other in METHODS.items() if other.guided]
+            raise ValueError(
+                f"method={self.method!r} samples without guidance but guidance_scale={self.guidance_scale}; "
+                f"use --method {' or '.join(guided)} for guided sampling, or drop --guidance-scale."
+            )
+        self.validate_guidance_options(method)
+
+    def validate_guidance_options(self, method) -> None:
+        """The exemplar set, target selection, guidance window and guidance space suit the method."""
+        check_target_selection(self.target_selection)
+        if self.guidance_space not in GUIDANCE_SPACES:
+            raise ValueError(
+                f"guidance_space={self.guidance_space!r} is not one of {GUIDANCE_SPACES}; use 'xt' (the paper) or 'x0' "
+                "(the classifier reads the predicted clean image)."
+            )
+        if self.guidance_space == "x0" and not method.needs_classifier:
+            why = (
+                "the exemplar posterior is already exact at every noise level" if method.needs_exemplars
+                else "it samples a LoRA model" if method.needs_lora else "it samples without guidance"
+            )
+            raise ValueError(
+                f"guidance_space='x0' guides with a classifier on the predicted clean image, so it applies to "
+                f"--method side or cond, not {self.method!r} ({why}); drop --guidance-space x0 or change --method."
+            )
+        if method.needs_exemplars and self.exemplars is None:
+            raise ValueError(f"method={self.method!r} needs exemplars=DIR (--exemplars, the output of `side label`).")
+        if self.exemplars is not None and not method.needs_exemplars:
+            raise ValueError(f"exemplars={self.exemplars!r} only applies to method='side-exemplar'; drop it.")
+        if not method.guided and (self.target_selection != "uniform" or self.guidance_window is not None):
+            raise ValueError(
+                f"method={self.method!r} samples without guidance; drop target_selection={self.target_selection!r} "
+                f"and guidance_window={self.guidance_window!r}."
+            )
+        if method.needs_lora and (self.target_selection != "uniform" or self.guidance_window is not None):
+            raise ValueError(
+                f"method={self.method!r} samples a LoRA model: target_selection and guidance_window apply to "
+                "side, cond and side-exemplar only; drop them."
+            )
+        if self.target_selection == "duplicates" and self.exemplars is None:
+            raise ValueError("target_selection='duplicates' reads the labelled synthetic images; use --method side-exemplar.")
+        window = self.guidance_window
+        if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
+            raise ValueError(f"guidance_window={window!r} must be [t_min, t_max] with 0 <= t_min <= t_max.")
+
+    @property
+    def num_shards(self) -> int:
+        """Shards of ``batch_size`` images in the run."""
+        return math.ceil(self.num_images / self.batch_size)
+
+
+FINGERPRINTS = ("model_fingerprint", "classifier_fingerprint")
+
+
+def check_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings) -> None:
+    """Refuse an output that is a file, a folder holding something else, or a run with other settings.
+
+    Cheap (reads ``generation.json`` only): call it before loading the model. The weights fingerprints
+    are compared only when ``settings`` has them (they are known once the model is loaded).
+
+    Raises:
+        `FileExistsError`: naming the output and the fix.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
+    if not is_generation_folder(output_dir):
+        if output_dir.exists() and any(output_dir.iterdir()):
+            raise FileExistsError(f"{output_dir} is not empty and holds no generation run; choose another --output.")
+        return
+    raw = read_settings(output_dir)
+    if any(k not in raw for k in FINGERPRINTS):
+        raise FileExistsError(
+            f"{output_dir} was written by an older diffusers-side that recorded no weights fingerprint, so resuming "
+            "it could mix images of two models; choose another --output (or delete the folder) and generate again."
+        )
+    recorded, wanted = asdict(GenerationSettings.from_dict(raw)), asdict(settings)
+    changed = sorted(
+        k for k in set(recorded) | set(wanted)
+        if recorded.get(k) != wanted.get(k) and not (k in FINGERPRINTS and wanted.get(k) is None)
+    )
+    if any(k in FINGERPRINTS for k in changed):
+        raise FileExistsError(
+            f"The weights of {settings.pipeline} (or of its classifier) changed since the run in {output_dir} started "
+            f"(sha256 {recorded['model_fingerprint']} / {recorded['classifier_fingerprint']} recorded, "
+            f"{wanted['model_fingerprint']} / {wanted['classifier_fingerprint']} now): its shards come from the old "
+            "weights. Restore them to resume, or choose another --output."
+        )
+    if changed:
+        raise FileExistsError(
+            f"{output_dir} holds a different run (settings differ in {changed}); resume it with the same "
+            "arguments, or choose another --output."
+        )
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings) -> None:
+    """Create ``output_dir`` for `settings`, or check that it holds the same run (to resume it)."""
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, settings)
+    if is_generation_folder(output_dir):
+        return
+    (output_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / SETTINGS_FILE, asdict(settings))

@@ -1,0 +1,1 @@
+"""What steers a guided sample: guides (classifier, exemplar posterior) and target samplers."""

@@ -1,0 +1,1 @@
+"""Surrogate labels: embed the synthetic set, cluster it, keep the cohesive clusters."""

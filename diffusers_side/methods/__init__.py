@@ -1,0 +1,1 @@
+"""Extraction methods: one record per method (SIDE, Carlini UnCond / Cond, LoRA, exemplar)."""

@@ -1,0 +1,1 @@
+"""Image similarity measures and nearest-match search (normalized L2, cosine)."""

@@ -1,0 +1,1 @@
+"""Where things live on disk and on the Hub: embedded models, image data sets, generation folders, cards."""

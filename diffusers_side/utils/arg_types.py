@@ -1,0 +1,114 @@
+"""Argument types for the `side` command and the training scripts: bad values fail at parse time.
+
+This module imports nothing heavy (no torch, no diffusers), so ``side --help`` and every argument
+error answer at once. Each type raises `argparse.ArgumentTypeError` naming the value and what is
+expected; [`OneLineErrorParser`] prints it as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+# Device types torch accepts in `torch.device("TYPE[:INDEX]")` that a user can have; availability is
+# checked when the command runs (see `diffusers_side.cli.main.check_device`).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
+# Names of `--scheduler`; `diffusers_side.pipelines.loading.SCHEDULERS` maps each to its diffusers class.
+SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")
+# Values of `--guidance-space`; the same as `diffusers_side.pipelines.pipeline_side.GUIDANCE_SPACES` (which imports torch).
+GUIDANCE_SPACES = ("xt", "x0")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(text: str, kind: type, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r} (not a finite number)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds, worker counts, warm-up steps)."""
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (``nan`` and ``inf`` are refused)."""
+    return _number(text, float, "a finite number")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (guidance scales, weight decay, clipping norms)."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates, epsilons)."""
+    value = _number(text, float, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A finite number in [0, 1] (decays, betas)."""
+    value = _number(text, float, "a number in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    """A torch device string such as ``cpu``, ``cuda`` or ``cuda:1`` (checked for syntax only here)."""
+    match = re.fullmatch(r"([a-z]+)(:\d+)?", text)
+    if not match or match.group(1) not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1 (types: {', '.join(DEVICE_TYPES)}), got {text!r}")
+    return text
+
+
+
+def timestep_window(text: str) -> list[float]:
+    """``T_MIN:T_MAX`` with 0 <= T_MIN <= T_MAX (a guidance window along the diffusion time)."""
+    low, colon, high = text.partition(":")
+    if colon:
+        try:
+            window = [float(low), float(high)]
+        except ValueError:
+            window = []
+        if len(window) == 2 and all(math.isfinite(t) for t in window) and 0 <= window[0] <= window[1]:
+            return window
+    raise argparse.ArgumentTypeError(f"expected T_MIN:T_MAX with 0 <= T_MIN <= T_MAX (e.g. 500:1000), got {text!r}")
+
+
+def target_selection(text: str) -> str:
+    """``uniform``, ``weighted``, ``duplicates`` or ``topF`` with 0 < F <= 1 (see `diffusers_side.guidance.targets`)."""
+    if text in ("uniform", "weighted", "duplicates"):
+        return text
+    match = re.fullmatch(r"top(0?\.\d+|1(\.0*)?)", text)
+    if match and 0 < float(match.group(1)) <= 1:
+        return text
+    raise argparse.ArgumentTypeError(f"expected uniform, weighted, duplicates or topF with 0 < F <= 1 (e.g. top0.2), got {text!r}")

@@ -1,0 +1,1 @@
+"""Multi-stage runs built on the library: the demo, sweeps, pushes."""

@@ -1,0 +1,436 @@
+"""`side demo`: the whole SIDE audit of the embedded digits model, end to end, offline.
+
+Stages (each one a library call the individual commands also use):
+
+1. synthesize N_syn unguided samples from the target;
+2. label them (embed with the target's own UNet, KMeans, cohesion filter, relabel);
+3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
+   `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
+   with a lambda sweep configured (the ``paper`` preset), choose SIDE's lambda with
+   `diffusers_side.workflows.runs.run_sweep` on the selection seed, never on the reported one;
+4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance) at the same seeds;
+5. evaluate them all against the training subset and write ``report.md``, ``report.json`` and figures, with each
+   classifier's held-out accuracy per timestep quartile and the lambda sweep, if any.
+
+Presets (`PRESETS`, ``side demo --preset``): ``demo`` (the defaults, minutes on 2 cores) and ``paper`` (the
+paper's scale, hours; README "Full-scale preset"); `QUICK` is a smoke test.
+
+Every stage writes into its own folder under the output directory and is skipped when its result is
+already there, so an interrupted demo picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from diffusers.utils import logging
+
+from ..evaluation.bands import Band, display_order
+from ..evaluation.evaluate import evaluate
+from ..evaluation.report import write_report
+from ..generation.engine import GenerationSettings, generate
+from ..labels.surrogate_labels import label_synthetic
+from ..methods.registry import extraction_method_names, get_method
+from ..pipelines.loading import load_pipeline
+from ..storage.data import check_image_source
+from ..storage.embedded import DEFAULT, check_model_source
+from ..training.arguments import CLASSIFIER_LAYERS
+from ..training.classifier import classifier_training_args, train_classifier
+from ..training.common import TRAIN_LOG_NAME
+from ..utils.atomic_io import write_json_atomic
+from .runs import SWEEP_JSON, run_sweep
+
+logger = logging.get_logger(__name__)
+
+TIMINGS_FILE = "timings.json"
+CONFIG_FILE = "demo_config.json"
+SWEEP_DIR = "sweep-side"
+SWEPT_METHOD = "side"
+CLASSIFIERS = {"classifier-side": False, "classifier-cond": True}  # folder -> time-independent
+SELECTION_CRITERION = (
+    "the largest fraction of generations whose best training match lies in the two most similar bands "
+    "(AMS mid + high for the default bands); ties go to the smaller lambda"
+)
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings. The defaults are the ``demo`` preset; `PAPER` is the paper's scale, `QUICK` a smoke test.
+
+    Args:
+        preset: the name of the preset these settings start from (recorded, so a resumed run keeps it).
+        num_synthetic: N_syn, unguided samples used to build the surrogate labels.
+        num_clusters: K of KMeans.
+        cohesion: tau, or ``"auto"`` (Otsu's split of the cohesion values, see `surrogate_labels`).
+        features: feature extractor for the labels (``"unet"``: the target's own encoder).
+        classifier_steps: optimisation steps of each classifier; ``None``: ``classifier_epochs`` passes over
+            the labelled set (less the held-out tenth).
+        classifier_epochs: epochs when ``classifier_steps`` is ``None``.
+        classifier_layers: ``"resnet18"`` or ``"resnet34"`` (the paper's).
+        classifier_batch_size, classifier_base_channels, classifier_learning_rate, classifier_weight_decay: AdamW
+            training of both classifiers.
+        num_images: N_G, candidates per extraction method (all methods share the same seeds).
+        guidance_scale: lambda of every guided method (SIDE's unless swept); ``None``: each method's registered
+            default (`ExtractionMethod.default_guidance_scale`: SIDE and Cond 1 as in the paper, SIDE-exemplar 10).
+        sweep_guidance_scales: lambdas for SIDE tried at ``selection_seed`` with ``selection_num_images`` images
+            each; SIDE is then extracted at the one with the best score (`SELECTION_CRITERION`). Empty: no sweep.
+        selection_num_images, selection_seed: N_G per lambda and the seed of the sweep (never ``seed``, so the
+            reported numbers are not those lambda was chosen on).
+        num_inference_steps, scheduler: the sampler used for every generation, synthesis included. ``"ddpm"``
+            (50-step ancestral sampling) by default, not the target's saved DDIM sampler: on both embedded
+            targets every method copies several times more often under it (README "Study"), so the audit is
+            more sensitive; ``None`` samples with the pipeline's own scheduler.
+        batch_size: images per generation shard.
+        seed: run seed of every stage.
+    """
+
+    preset: str = "demo"
+    pipeline: str = DEFAULT
+    reference: str = DEFAULT
+    num_synthetic: int = 1000
+    num_clusters: int = 100
+    cohesion: float | str = "auto"
+    features: str = "unet"
+    classifier_steps: int | None = 600
+    classifier_epochs: int = 20
+    classifier_layers: str = "resnet18"
+    classifier_batch_size: int = 128
+    classifier_base_channels: int = 16
+    classifier_learning_rate: float = 1e-3
+    classifier_weight_decay: float = 0.0
+    num_images: int = 500
+    guidance_scale: float | None = None
+    sweep_guidance_scales: tuple[float, ...] = ()
+    selection_num_images: int = 0
+    selection_seed: int = 1
+    num_inference_steps: int = 50
+    scheduler: str | None = "ddpm"
+    batch_size: int = 250
+    seed: int = 0
+
+
+QUICK = DemoConfig(
+    preset="quick",
+    num_synthetic=48,
+    num_clusters=4,
+    classifier_steps=8,
+    classifier_batch_size=16,
+    classifier_base_channels=8,
+    num_images=12,
+    num_inference_steps=4,
+    batch_size=16,
+)
+
+# The paper's scale (README "Full-scale preset"): N_syn 10,000 and K 100 (peers' N_syn, the paper's K), a ResNet-34
+# at torchvision's width 64 trained 20 epochs (a peer's default; the paper states no epochs) with AdamW lr 1e-4 (the
+# paper) and weight decay 1e-2 (the peer's, torch's AdamW default), batch 64 (the peer's), the paper's lambda range
+# sampled at {0, 1, 2, 5, 10, 20, 50} on 1,000 selection-seed images each, and N_G 5,000 per method.
+PAPER = DemoConfig(
+    preset="paper",
+    num_synthetic=10_000,
+    num_clusters=100,
+    classifier_steps=None,
+    classifier_epochs=20,
+    classifier_layers="resnet34",
+    classifier_batch_size=64,
+    classifier_base_channels=64,
+    classifier_learning_rate=1e-4,
+    classifier_weight_decay=1e-2,
+    num_images=5_000,
+    sweep_guidance_scales=(0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
+    selection_num_images=1_000,
+    selection_seed=1,
+)
+
+PRESETS = {"demo": DemoConfig(), "paper": PAPER}
+
+
+def resolve_config(preset: str | None = None, quick: bool = False, **overrides) -> DemoConfig:
+    """The settings of a demo: a preset (``"demo"`` when none is named, `QUICK` with ``quick``), then ``overrides``.
+
+    An explicit ``guidance_scale`` replaces the preset's lambda sweep unless ``sweep_guidance_scales`` is also given.
+
+    Args:
+        preset (`str`, *optional*): a key of `PRESETS`.
+        quick (`bool`): start from `QUICK`; contradicts a named preset.
+        overrides: any `DemoConfig` field.
+
+    Returns:
+        [`DemoConfig`]
+
+    Raises:
+        `ValueError`: an unknown preset, or ``quick`` with a preset, naming the fix.
+    """
+    if quick and preset is not None:
+        raise ValueError(
+            f"--quick and --preset {preset} contradict each other: --quick is a preset of its own (tiny N, a smoke test); "
+            "drop one of them."
+        )
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    base = QUICK if quick else PRESETS[preset or "demo"]
+    if "guidance_scale" in overrides:
+        overrides.setdefault("sweep_guidance_scales", ())
+    return replace(base, **overrides)
+
+
+StageCallback = Callable[[str, float, str], None]
+
+
+class Demo:
+    """Runs the stages of a demo into ``output_dir`` and records how long each took."""
+
+    def __init__(self, output_dir: str | os.PathLike, config: DemoConfig, on_stage_done: StageCallback | None = None):
+        self.output_dir = Path(output_dir)
+        self.config = config
+        self.on_stage_done = on_stage_done or (lambda stage, seconds, path: None)
+        self.timings: dict[str, float] = {}
+        self.selected_guidance_scale: float | None = None  # SIDE's lambda once the sweep has chosen it
+
+    def path(self, name: str) -> Path:
+        """The folder of stage ``name`` under the output directory."""
+        return self.output_dir / name
+
+    def stage(self, name: str, output: Path, run: Callable[[], object]) -> None:
+        """Run one stage, record its time and report it to ``on_stage_done``."""
+        started = time.perf_counter()
+        run()
+        self.timings[name] = round(time.perf_counter() - started, 2)
+        self.on_stage_done(name, self.timings[name], str(output))
+
+    def generation_settings(self, method: str) -> GenerationSettings:
+        """The settings of the synthetic set (``method="synthetic"``) or of one extraction method."""
+        c = self.config
+        if method == "synthetic":
+            return GenerationSettings(
+                pipeline=c.pipeline, method="synthetic", num_images=c.num_synthetic, batch_size=c.batch_size,
+                seed=c.seed, num_inference_steps=c.num_inference_steps, scheduler=c.scheduler,
+            )
+        record = get_method(method)
+        classifier = None
+        if record.needs_classifier:
+            classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
+        guidance_scale = record.default_guidance_scale if c.guidance_scale is None else c.guidance_scale
+        if method == SWEPT_METHOD and self.selected_guidance_scale is not None:
+            guidance_scale = self.selected_guidance_scale
+        return GenerationSettings(
+            pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
+            num_inference_steps=c.num_inference_steps, guidance_scale=guidance_scale if record.guided else 0.0,
+            scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
+            exemplars=str(self.path("labels")) if record.needs_exemplars else None,
+        )
+
+    def sweep_settings(self) -> GenerationSettings:
+        """SIDE's settings on the selection seed, at the sweep's N_G (`run_sweep` sets each lambda)."""
+        c = self.config
+        return replace(self.generation_settings(SWEPT_METHOD), seed=c.selection_seed, num_images=c.selection_num_images)
+
+    def check(self) -> None:
+        """Validate every stage's settings and the output folder before the first stage runs.
+
+        Raises:
+            `ValueError`: a bad setting, naming it. `FileNotFoundError`: a reference that does not exist.
+            `FileExistsError`: the output holds something other than a demo with these settings.
+        """
+        c = self.config
+        if c.classifier_layers not in CLASSIFIER_LAYERS:
+            raise ValueError(f"classifier_layers {c.classifier_layers!r} is not one of {CLASSIFIER_LAYERS}.")
+        for method in ("synthetic", *extraction_method_names()):
+            self.generation_settings(method).validate()
+        if c.sweep_guidance_scales:
+            if c.selection_seed == c.seed:
+                raise ValueError(
+                    f"The lambda sweep's selection seed {c.selection_seed} equals the run seed --seed {c.seed}: lambda would "
+                    "be chosen on the reported images; pass another --seed."
+                )
+            for scale in c.sweep_guidance_scales:
+                replace(self.sweep_settings(), guidance_scale=scale).validate()
+        check_image_source(self.config.reference)
+        check_model_source(self.config.pipeline, "--pipeline")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
+        config_file = self.path(CONFIG_FILE)
+        if config_file.is_file():
+            # a field added after a demo was recorded has the default value, the behaviour of that demo's version
+            recorded = {**asdict(DemoConfig()), **json.loads(config_file.read_text())}
+            wanted = json.loads(json.dumps(asdict(self.config)))
+            if recorded["preset"] != wanted["preset"]:
+                raise FileExistsError(
+                    f"{self.output_dir} holds a demo of preset {recorded['preset']!r}, not {wanted['preset']!r}; re-run it "
+                    "with the same preset and flags to resume, or choose another --output."
+                )
+            changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+            if changed:
+                raise FileExistsError(
+                    f"{self.output_dir} holds a demo with other settings ({', '.join(changed)}); re-run it with the same "
+                    "flags to resume, or choose another --output."
+                )
+        elif self.output_dir.is_dir() and any(self.output_dir.iterdir()):
+            raise FileExistsError(f"{self.output_dir} is not empty and holds no demo; choose another --output.")
+
+    def synthesize(self) -> None:
+        """Stage 1: N_syn unguided samples of the target."""
+        c = self.config
+        generate(load_pipeline(c.pipeline, c.scheduler), self.path("synthetic"), self.generation_settings("synthetic"))
+
+    def label(self) -> None:
+        """Stage 2: surrogate labels from the synthetic samples."""
+        c = self.config
+        label_synthetic(
+            self.path("synthetic"), self.path("labels"), num_clusters=c.num_clusters, cohesion=c.cohesion,
+            features=c.features, seed=c.seed,
+        )
+
+    def train_classifier(self, name: str, time_independent: bool) -> None:
+        """Stage 3: train one classifier (time-dependent for SIDE, time-independent for Cond) into ``name``."""
+        c = self.config
+        length = {"num_epochs": c.classifier_epochs} if c.classifier_steps is None else {"max_train_steps": c.classifier_steps}
+        args = classifier_training_args(
+            pretrained_model_name_or_path=c.pipeline,
+            train_data_dir=str(self.path("labels")),
+            output_dir=str(self.path(name)),
+            **length,
+            classifier_layers=c.classifier_layers,
+            train_batch_size=c.classifier_batch_size,
+            base_channels=c.classifier_base_channels,
+            learning_rate=c.classifier_learning_rate,
+            adam_weight_decay=c.classifier_weight_decay,
+            seed=c.seed,
+            resume_from_checkpoint="latest",
+            time_independent=time_independent,
+        )
+        train_classifier(args)
+
+    def sweep(self) -> None:
+        """Stage 3b: SIDE at every lambda of the sweep on the selection seed, each evaluated (`run_sweep`)."""
+        c = self.config
+        run_sweep(self.sweep_settings(), c.sweep_guidance_scales, self.path(SWEEP_DIR), c.reference, similarity="carlini")
+
+    def guidance_selection(self) -> dict:
+        """The sweep's curve (AMS per band and lambda), the chosen lambda and how it was chosen."""
+        c = self.config
+        results = json.loads((self.path(SWEEP_DIR) / SWEEP_JSON).read_text())
+        return {
+            "method": SWEPT_METHOD,
+            "selection_seed": c.selection_seed,
+            "num_images": c.selection_num_images,
+            "criterion": SELECTION_CRITERION,
+            "ams": {scale: report["methods"][SWEPT_METHOD]["ams"] for scale, report in results.items()},
+            "selected": select_guidance_scale(results),
+        }
+
+    def extract(self, method: str) -> None:
+        """Stage 4: N_G candidates with ``method``, with the classifier its record asks for."""
+        c = self.config
+        settings = self.generation_settings(method)
+        pipe = load_pipeline(c.pipeline, c.scheduler, settings.classifier)
+        generate(pipe, self.path(f"extract-{method}"), settings)
+
+    def classifier_accuracy(self) -> dict:
+        """Each classifier's accuracy per timestep quartile on its held-out images (from its ``train_log.json``)."""
+        accuracy = {}
+        for name in CLASSIFIERS:
+            log = json.loads((self.path(name) / TRAIN_LOG_NAME).read_text())
+            num_labels = json.loads((self.path(name) / "classifier" / "config.json").read_text())["num_classes"]
+            accuracy[name] = {
+                "global_step": log["global_step"], "num_labels": num_labels, "evaluated_on": log["evaluated_on"],
+                **log["evaluation"],
+            }
+        return accuracy
+
+    def evaluate(self) -> dict:
+        """Stage 5: score every extraction method against the reference and write the report."""
+        generated = [self.path(f"extract-{method}") for method in demo_methods()]
+        report = evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
+        report["classifiers"] = self.classifier_accuracy()
+        if self.config.sweep_guidance_scales:
+            report["guidance_selection"] = self.guidance_selection()
+        write_report(report, self.output_dir)
+        return report
+
+    def run(self) -> dict:
+        """Run every stage not yet done and return the report (also written to ``report.json``)."""
+        self.check()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path(CONFIG_FILE), asdict(self.config))
+        self.stage("synthesize", self.path("synthetic"), self.synthesize)
+        if not (self.path("labels") / "surrogate_labels.json").exists():
+            self.stage("label", self.path("labels"), self.label)
+        for name, time_independent in CLASSIFIERS.items():
+            if not (self.path(name) / "model_index.json").exists():
+                self.stage(f"train {name}", self.path(name), lambda: self.train_classifier(name, time_independent))
+        if self.config.sweep_guidance_scales:
+            if not (self.path(SWEEP_DIR) / SWEEP_JSON).exists():
+                self.stage("sweep side", self.path(SWEEP_DIR), self.sweep)
+            self.selected_guidance_scale = self.guidance_selection()["selected"]
+        for method in demo_methods():
+            self.stage(f"extract {method}", self.path(f"extract-{method}"), lambda: self.extract(method))
+        report = {}
+        self.stage("evaluate", self.output_dir, lambda: report.update(self.evaluate()))
+        self.timings["total"] = round(sum(self.timings.values()), 2)
+        write_json_atomic(self.path(TIMINGS_FILE), self.timings)
+        return report
+
+
+def select_guidance_scale(results_by_scale: dict[str, dict]) -> float:
+    """The lambda whose generations land most often in the two most similar bands (`SELECTION_CRITERION`).
+
+    Args:
+        results_by_scale: lambda (as written in ``sweep.json``) -> the `evaluate` report of SIDE at that lambda.
+
+    Returns:
+        `float`: the chosen lambda; ties go to the smaller one.
+    """
+
+    def score(scale: str) -> float:
+        report = results_by_scale[scale]
+        bands = display_order([Band(**band) for band in report["bands"]], report["similarity"]["kind"])
+        return sum(report["methods"][SWEPT_METHOD]["ams"][band.name] for band in bands[-2:])
+
+    return float(max(results_by_scale, key=lambda scale: (score(scale), -float(scale))))
+
+
+def demo_methods() -> list[str]:
+    """The extraction methods the demo compares: every registered one except the LoRA branch, whose fine-tuning
+    stage the demo does not run (README, "LoRA-SIDE", has its commands and numbers)."""
+    return [name for name in extraction_method_names() if not get_method(name).needs_lora]
+
+
+def run_demo(
+    output_dir: str | os.PathLike = "side-demo",
+    quick: bool = False,
+    on_stage_done: StageCallback | None = None,
+    preset: str | None = None,
+    **overrides,
+) -> dict:
+    """
+    Run the SIDE audit of the embedded model (or of ``pipeline=...``) end to end.
+
+    Args:
+        output_dir: where every stage writes (re-running resumes, with the same preset and overrides only).
+        quick (`bool`): a seconds-long smoke run with tiny N (for tests), not a measurement.
+        on_stage_done (`Callable`, *optional*): called as ``(stage, seconds, output_path)`` after each stage.
+        preset (`str`, *optional*): ``"demo"`` (default) or ``"paper"`` (`PRESETS`; see `resolve_config`).
+        overrides: any `DemoConfig` field.
+
+    Returns:
+        `dict`: the evaluation report (see `diffusers_side.evaluation.evaluate.evaluate`).
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.workflows.demo import run_demo
+    >>> report = run_demo("side-demo")
+    >>> report["methods"]["side"]["ams"]
+    >>> report = run_demo("side-paper", preset="paper", num_images=2000)  # the paper's scale, hours on a CPU
+    >>> report["guidance_selection"]["selected"], report["classifiers"]["classifier-side"]["q3"]["accuracy"]
+    ```
+    """
+    config = resolve_config(preset, quick, **overrides)
+    return Demo(output_dir, config, on_stage_done).run()
+
