@@ -10,8 +10,8 @@ import pytest
 from test_reliability import no_model_loading, save_side_pipeline, smooth_images, write_labels  # noqa: F401 (fixture)
 
 from conftest import subprocess_env, write_generation_dir
-from diffusers_side.cli.main import build_parser
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import build_parser
+from diffusers_side.cli import main as side
 
 PARSE = "parse"  # refused by the parser itself (no heavy import)
 RUN = "run"  # refused by the command, before any model is loaded
@@ -242,7 +242,7 @@ def test_bad_value_is_one_line_exit_2_before_any_model_loads(paths, tmp_path, ca
 def test_parser_checks_import_neither_torch_nor_diffusers(paths):
     argvs = [build_argv(command, flag, value, extra, paths) for command, flag, value, _, where, extra in ROWS if where == PARSE]
     code = (
-        "import json, sys\nfrom diffusers_side.cli.main import main\ncodes = []\n"
+        "import json, sys\nfrom diffusers_side.cli import main\ncodes = []\n"
         f"for argv in json.loads({json.dumps(json.dumps(argvs))}):\n"
         "    try:\n        main(argv)\n    except SystemExit as exit:\n        codes.append(exit.code)\n"
         "heavy = [m for m in ('torch', 'diffusers', 'datasets', 'transformers', 'accelerate') if m in sys.modules]\n"

@@ -11,7 +11,7 @@ from diffusers import DDPMPipeline
 from test_reliability import no_model_loading  # noqa: F401 (fixture)
 
 from diffusers_side import SIDEPipeline
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.storage.embedded import DEFAULT_PIPELINE_DIR, load_training_subset, subset_indices
 
 

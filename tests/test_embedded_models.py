@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.pipelines.loading import load_pipeline
 from diffusers_side.storage.data import check_image_source, load_image_dataset
 from diffusers_side.storage.embedded import (

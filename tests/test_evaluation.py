@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset, Features, Image, load_dataset
 
 from conftest import make_tiny_unet, write_generation_dir
-from diffusers_side.cli.main import main
+from diffusers_side.cli import main
 from diffusers_side.evaluation import evaluate as evaluation
 from diffusers_side.evaluation.evaluate import evaluate
 from diffusers_side.evaluation.report import format_table, plot_sweep

@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 
 from conftest import launch_two_processes, make_tiny_unet, write_generation_dir
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.generation import engine as generation
 from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
 from diffusers_side.storage.data import load_image_dataset

@@ -6,7 +6,7 @@ import datasets
 import huggingface_hub
 from huggingface_hub import DatasetCard
 
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.generation import hub
 from diffusers_side.generation.engine import GenerationSettings
 

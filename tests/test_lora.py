@@ -19,7 +19,7 @@ from test_train_classifier import NUM_CLASSES, make_labelled_data, surrogate_lab
 
 from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import image_seed, image_target
 from diffusers_side.models.lora import (
     ADAPTER_WEIGHT_NAME,

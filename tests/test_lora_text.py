@@ -21,7 +21,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from conftest import make_tiny_unet
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import image_seed, image_target
 from diffusers_side.models.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
 from diffusers_side.pipelines.pipeline_side_lora import SIDELoRAPipeline

@@ -6,7 +6,7 @@ import json
 import pytest
 from test_generation import settings, tiny_pipeline
 
-from diffusers_side.cli.main import build_parser
+from diffusers_side.cli import build_parser
 from diffusers_side.generation.engine import generate
 from diffusers_side.generation.hub import extraction_card
 from diffusers_side.generation.settings import GenerationSettings, prepare_output_dir

@@ -20,7 +20,7 @@ from huggingface_hub import DatasetCard
 
 from conftest import make_tiny_unet, subprocess_env, write_generation_dir
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 
 STEPS = ["--num-inference-steps", "2", "--batch-size", "4"]
 TRAIN_FAST = ["--base_channels", "4", "--train_batch_size", "8", "--max_train_steps", "1", "--validation_split", "0"]
@@ -322,7 +322,7 @@ def test_bad_values_are_refused_before_any_output_or_training(tmp_path, pipe_dir
                                   ["train-classifier", "--learning_rate", "nan"], ["label"]])
 def test_help_and_argument_errors_import_neither_torch_nor_diffusers(argv):
     code = (
-        "import sys\nfrom diffusers_side.cli.main import main\n"
+        "import sys\nfrom diffusers_side.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit as exit:\n    status = exit.code\n"
         "heavy = [m for m in ('torch', 'diffusers', 'datasets', 'transformers') if m in sys.modules]\n"
         "print('STATUS', status, 'HEAVY', heavy)\n"

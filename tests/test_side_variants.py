@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler
 
 from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
-from diffusers_side.cli.main import main as side
+from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
 from diffusers_side.generation.settings import check_output_dir
 from diffusers_side.guidance.exemplar import ExemplarPosterior

@@ -13,7 +13,7 @@ from test_features import BrokenExtractor, smooth_images
 
 from conftest import make_tiny_unet, write_generation_dir
 from diffusers_side import SIDEPipeline
-from diffusers_side.cli.main import main
+from diffusers_side.cli import main
 from diffusers_side.labels import surrogate_labels
 from diffusers_side.labels.surrogate_labels import (
     CONTACT_SHEET,

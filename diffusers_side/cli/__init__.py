@@ -1,5 +1,5 @@
-"""The `side` command line (parsers in `main`; kept light so `side --help` does not import torch)."""
+"""The `side` command line (kept light: `side --help` imports no torch)."""
 
-from .main import main
+from .app import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

@@ -12,7 +12,7 @@ import math
 import re
 
 # Device types torch accepts in `torch.device("TYPE[:INDEX]")` that a user can have; availability is
-# checked when the command runs (see `diffusers_side.cli.main.check_device`).
+# checked when the command runs (see `diffusers_side.cli.check_device`).
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
 # Names of `--scheduler`; `diffusers_side.pipelines.loading.SCHEDULERS` maps each to its diffusers class.
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")

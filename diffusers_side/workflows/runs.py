@@ -1,6 +1,6 @@
 """Multi-step workflows behind the CLI: generation under accelerate, the guidance sweep, and pushing a folder.
 
-`diffusers_side.cli.main` only parses arguments and prints; each command that chains library calls runs one
+`diffusers_side.cli` only parses arguments and prints; each command that chains library calls runs one
 of these functions.
 """
 

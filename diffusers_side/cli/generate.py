@@ -1,0 +1,123 @@
+"""`side synthesize` and `side extract`: resumable generation runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..utils.arg_types import (
+    non_negative_float,
+    positive_int,
+    target_selection,
+    timestep_window,
+)
+from .common import (
+    CommandError,
+    add_generation_arguments,
+    add_guidance_space_argument,
+    check_repo_id,
+    command_line,
+    example,
+    run_generation_step,
+)
+
+
+def add_synthesize_command(subparsers) -> None:
+    """Register ``side synthesize`` on ``subparsers``."""
+    parser = subparsers.add_parser(
+        "synthesize",
+        help="SIDE step 1: sample the target without guidance (resumable)",
+        description="Sample N images from the unconditional target, in resumable shards, each image from its own seed.",
+        epilog=example("side synthesize --pipeline default --num-samples 2000 --output side-demo/synthetic"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--num-samples", type=positive_int, required=True, metavar="N", help="number of images (N_syn)")
+    add_generation_arguments(parser)
+    parser.set_defaults(func=run_synthesize)
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    """Run ``side synthesize`` with the parsed arguments; return the exit code."""
+    from ..generation.engine import GenerationSettings
+
+    settings = GenerationSettings(
+        pipeline=args.pipeline, method="synthetic", num_images=args.num_samples, batch_size=args.batch_size,
+        seed=args.seed, num_inference_steps=args.num_inference_steps, scheduler=args.scheduler,
+    )
+    run_generation_step("synthesize", args, settings)
+    return 0
+
+
+def add_extract_command(subparsers) -> None:
+    """Register ``side extract`` on ``subparsers``."""
+    from ..methods.registry import extraction_method_names
+
+    parser = subparsers.add_parser(
+        "extract",
+        help="SIDE step 7 and its baselines: generate extraction candidates (resumable, accelerate-aware)",
+        description=(
+            "Generate N candidates with SIDE (time-dependent classifier guidance toward one surrogate condition per\n"
+            "image), SIDE's LoRA branch (side-lora: --pipeline is a `side train-lora` folder), Carlini UnCond (plain\n"
+            "sampling) or Carlini Cond (a time-independent classifier). Run under\n"
+            "`accelerate launch --num_processes P -m diffusers_side extract ...` to split the shards over P processes."
+        ),
+        epilog=example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method")
+    parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of candidates (N_G)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score; for side-lora the classifier-free guidance scale, 1.0: plain conditional)")
+    parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
+    parser.add_argument(
+        "--exemplars", default=None, metavar="DIR",
+        help="side-exemplar: the labelled synthetic set (output of `side label`) whose exact posterior guides instead of a classifier",
+    )
+    parser.add_argument(
+        "--target-selection", type=target_selection, default="uniform", metavar="S",
+        help="how each image's target cluster is drawn: uniform (paper, default), weighted (by cohesion), topF "
+        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar)",
+    )
+    parser.add_argument(
+        "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",
+        help="guide only at timesteps in [T_MIN, T_MAX] (default: every step, as the paper)",
+    )
+    add_guidance_space_argument(parser)
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
+    )
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: make the data set public (default: private)")
+    add_generation_arguments(parser)
+    parser.set_defaults(func=run_extract)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Run ``side extract`` with the parsed arguments; return the exit code."""
+    from ..generation.engine import GenerationSettings
+    from ..methods.registry import get_method
+
+    method = get_method(args.method)
+    if not method.guided and args.guidance_scale:
+        raise CommandError(f"--method {args.method} samples without guidance; drop --guidance-scale {args.guidance_scale}.")
+    guidance_scale = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    if not method.guided:
+        guidance_scale = 0.0
+    if args.public and not args.push_to_hub:
+        raise CommandError("--public only applies to --push-to-hub REPO; add --push-to-hub or drop --public.")
+    if args.exemplars is not None and not (Path(args.exemplars) / "surrogate_labels.json").is_file():
+        raise CommandError(f"--exemplars {args.exemplars} is not the output of `side label` (no surrogate_labels.json there).")
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub, "--push-to-hub")
+    settings = GenerationSettings(
+        pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size,
+        seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
+        scheduler=args.scheduler, classifier=args.classifier, exemplars=args.exemplars,
+        target_selection=args.target_selection, guidance_window=args.guidance_window,
+        guidance_space=args.guidance_space,
+    )
+    dataset = run_generation_step("extract", args, settings)
+    if dataset is not None and args.push_to_hub:
+        from ..generation.hub import push_extraction
+
+        private = not args.public
+        print(f"pushed to {push_extraction(dataset, settings, args.push_to_hub, command_line(), private=private)}")
+    return 0
