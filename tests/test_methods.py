@@ -68,3 +68,15 @@ def test_generation_folder_of_an_older_version_resumes(tmp_path):
     settings_file.write_text(json.dumps({**dataclasses.asdict(run), "extra": {}}))  # written before `extra` was dropped
     prepare_output_dir(tmp_path / "run", run)
     assert GenerationSettings.from_dict(json.loads(settings_file.read_text())) == run
+
+
+@pytest.mark.parametrize("command, names", [("extract", methods.extraction_method_names()), ("sweep", methods.guided_method_names())])
+def test_help_names_every_method_and_its_default_scale(command, names, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in names:
+        method = get_method(name)
+        default = f"(default {method.scale_name} {method.default_guidance_scale:g})" if method.guided else "(unguided)"
+        assert f"{name}: {method.description} {'(default 1)' if name == 'side-lora' else default}" in text, name
+    assert "side-exemplar: SIDE with exemplar (Bayes) guidance" in text and "(default lambda 10)" in text
