@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..guidance.targets import image_target
 from ..methods.base import ShardRequest, Steering
 from ..methods.registry import get_method
+from ..pipelines.loading import weights_fingerprint
 from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.data import load_image_dataset
 from ..storage.generation_folder import RECORD_FEATURES, shard_path
@@ -100,7 +101,8 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     method = get_method(settings.method)
     method.check_pipeline(pipe)
     steering = method.steering(pipe, settings)  # loads and checks what guides, before the folder is written
-    settings = replace(settings, **method.fingerprints(pipe))
+    modules = method.fingerprinted(pipe)
+    settings = replace(settings, **{field: None if m is None else weights_fingerprint(m) for field, m in modules.items()})
     if process_index == 0:
         prepare_output_dir(output_dir, settings)
     if accelerator:

@@ -2,7 +2,7 @@
 
 A method owns its behaviour: which settings it takes and its default lambda (`validate`,
 `resolve_guidance_scale`), which pipeline it samples (`check_pipeline`), what steers it (`steering`: its guide
-and its target sampler), what it fingerprints for a resume (`fingerprints`), and what it reads from the
+and its target sampler), what is fingerprinted for a resume (`fingerprinted`), and what it reads from the
 earlier stages of an audit (`audit_inputs`). The CLI, the engine, the demo and the settings ask it.
 
 This module imports no torch (``side --help`` reads the methods); what a method needs at run time it imports
@@ -168,11 +168,10 @@ class ExtractionMethod:
         """The guide and target sampler of a run, loaded once, its inputs checked against ``pipe`` (`None`: unguided)."""
         return None
 
-    def fingerprints(self, pipe) -> dict[str, str | None]:
-        """The weights fingerprints recorded in ``generation.json`` (a resume with other weights is refused)."""
-        from ..pipelines.loading import weights_fingerprint
-
-        return {"model_fingerprint": weights_fingerprint(pipe.unet), "classifier_fingerprint": None}
+    def fingerprinted(self, pipe) -> dict[str, torch.nn.Module | None]:
+        """The modules whose weights fingerprints ``generation.json`` records, by field (a resume with other weights is
+        refused): the audited UNet, and no classifier."""
+        return {"model_fingerprint": pipe.unet, "classifier_fingerprint": None}
 
     def audit_inputs(self, artefacts: AuditArtefacts) -> dict[str, str]:
         """The settings this method takes from an audit's earlier stages (e.g. its classifier folder)."""

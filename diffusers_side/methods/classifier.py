@@ -65,10 +65,8 @@ class ClassifierMethod(ExtractionMethod):
             )
         return Steering(TargetSampler.from_selection(settings.target_selection, guide.num_conditions, cohesion, threshold), guide)
 
-    def fingerprints(self, pipe) -> dict[str, str | None]:
-        from ..pipelines.loading import weights_fingerprint
-
-        return {**super().fingerprints(pipe), "classifier_fingerprint": weights_fingerprint(pipe.classifier)}
+    def fingerprinted(self, pipe) -> dict:
+        return {**super().fingerprinted(pipe), "classifier_fingerprint": pipe.classifier}
 
     def audit_inputs(self, artefacts: AuditArtefacts) -> dict[str, str]:
         return {"classifier": str(artefacts.classifiers[self.time_dependent])}

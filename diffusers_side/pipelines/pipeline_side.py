@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -230,7 +231,7 @@ class SIDEPipeline(DiffusionPipeline):
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
         for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer (an int >= 1, not a bool).")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")

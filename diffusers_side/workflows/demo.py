@@ -398,8 +398,8 @@ def select_guidance_scale(results_by_scale: dict[str, dict]) -> float:
 
 
 def demo_methods() -> list[str]:
-    """The extraction methods the demo compares: every registered one except the LoRA branch, whose fine-tuning
-    stage the demo does not run (README, "LoRA-SIDE", has its commands and numbers)."""
+    """The extraction methods the demo compares: every registered one it has the inputs for (`ExtractionMethod.in_demo`;
+    not the LoRA branch, whose fine-tuning stage the demo does not run: README "LoRA-SIDE" has its commands)."""
     return [name for name in extraction_method_names() if get_method(name).in_demo]
 
 
