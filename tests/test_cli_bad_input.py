@@ -129,6 +129,16 @@ TABLE = {
             *TRAINING_LOOP_ROWS,
         ],
     ),
+    "candidates": (
+        ["--generated", "{synthetic}"],
+        [
+            ("--generated", "{missing}", "missing", RUN),
+            ("--output", "{file}", "is a file", RUN),
+            ("--threshold", "0", "--threshold", PARSE),
+            ("--max-neighbors", "0", "--max-neighbors", PARSE),
+            ("--device", "bogus", "--device", PARSE),
+        ],
+    ),
     "evaluate": (
         ["--generated", "{synthetic}", "--reference", "{reference}", "--output", "{out}"],
         [

@@ -115,6 +115,10 @@ def run_extract(args: argparse.Namespace) -> int:
         guidance_space=args.guidance_space,
     )
     dataset = run_generation_step("extract", args, settings)
+    if dataset is not None:
+        from .candidates import candidates_after_extraction
+
+        candidates_after_extraction(args.output, len(dataset))
     if dataset is not None and args.push_to_hub:
         from ..generation.hub import push_extraction
 
