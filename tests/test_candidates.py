@@ -122,6 +122,10 @@ def test_evaluate_reports_precision_at_k_of_the_list(folders, tmp_path):
     assert "## Blind candidates" in (tmp_path / "eval" / "report.md").read_text()
     stored = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert stored["candidates"][str(generated)]["base_rate"] == pytest.approx(13 / 73)
+    # the list is matched to its own folder's generations when another folder comes first
+    other = write_generation_dir(tmp_path / "other", as_images(torch.rand(5, 64)), method="cond", first_seed=900)
+    both = evaluate([other, generated], str(reference), tmp_path / "eval-both")
+    assert both["candidates"][str(generated)]["at"] == result["at"] and str(other) not in both["candidates"]
 
 
 def test_cli_writes_the_list_and_refuses_an_image_folder_without_output(folders, tmp_path, capsys):

@@ -113,8 +113,9 @@ def evaluate_candidates(matched, bands: Sequence[Band], kind: str, output_dir: s
     for position, table in (matched.candidate_tables or {}).items():
         image_set = matched.generated[position]
         rows = np.flatnonzero(source_ids == position)  # the set's generations, in row order
-        ranked = rows[np.asarray(table["row"], dtype=np.int64)]
-        metrics = candidate_metrics(ranked, matched.matches.best_index[rows], matched.assigned[rows], bands, kind, ks)
+        local = np.asarray(table["row"], dtype=np.int64)  # rows within the set
+        ranked = rows[local]  # rows among all matched generations
+        metrics = candidate_metrics(local, matched.matches.best_index[rows], matched.assigned[rows], bands, kind, ks)
         method = str(matched.columns["method"][rows[0]])
         figure = (Path(FIGURES_DIR) / figure_name(f"candidates-{Path(image_set.source).name}")).as_posix()
         pairs = []
