@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import write_generation_dir
-from diffusers_side.candidates.files import CANDIDATES_JSON, CANDIDATES_PARQUET, read_candidates, write_candidates
+from diffusers_side.candidates.files import write_candidates
 from diffusers_side.candidates.ranking import group_scores, rank_candidates
 from diffusers_side.cli import main as side
 from diffusers_side.evaluation.bands import Band, default_bands
 from diffusers_side.evaluation.candidates import candidate_metrics
 from diffusers_side.evaluation.evaluate import evaluate
+from diffusers_side.storage.candidate_files import CANDIDATES_JSON, CANDIDATES_PARQUET, read_candidates
 
 
 def copies(prototype: torch.Tensor, count: int, generator: torch.Generator, noise: float = 0.02) -> torch.Tensor:

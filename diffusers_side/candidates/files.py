@@ -1,60 +1,31 @@
-"""The candidate list on disk, beside the generations it ranks.
+"""Write the blind candidate list of a set of generations (format: `diffusers_side.storage.candidate_files`).
 
-```
-DIR/candidates.parquet   one row per candidate, best first: rank, row, index, seed, target, group_size, tightness,
-                         num_members, members, nearest_row, nearest_distance
-DIR/candidates.json      the ranking's settings, the generation settings it was computed on, the top of the list
-DIR/candidates.png       the top candidates, each beside its nearest other generation
-```
-
-``DIR`` is the generation folder itself (``side extract`` writes the list when it finishes; ``side candidates`` for
-any folder), or ``--output`` for a source that is not a generation folder (an image folder, a Hub data set), so that no
-file is ever added among someone else's images. [`read_candidates`] refuses a list computed on other generations.
+``side extract`` writes it beside the generations when it finishes; ``side candidates`` for any folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet
 import torch
 from datasets import Dataset
 from diffusers.utils import logging
 
 from ..evaluation.report import save_match_figure
 from ..similarity.nearest_match import DEFAULT_CHUNK_SIZE
+from ..storage.candidate_files import CANDIDATES_FIGURE, CANDIDATES_JSON, CANDIDATES_PARQUET, candidates_dir
 from ..storage.data import find_image_column, images_to_tensor, load_image_dataset
-from ..storage.generation_folder import is_generation_folder, read_settings
+from ..storage.generation_folder import read_settings
 from ..utils.atomic_io import atomic_path, write_json_atomic
 from .ranking import DUPLICATE_THRESHOLD, MAX_NEIGHBORS, CandidateList, rank_candidates
 
 logger = logging.get_logger(__name__)
 
-CANDIDATES_PARQUET = "candidates.parquet"
-CANDIDATES_JSON = "candidates.json"
-CANDIDATES_FIGURE = "candidates.png"
 FIGURE_CANDIDATES = 16
 PREVIEW = 10
 BATCH_SIZE = 512
-
-
-def candidates_dir(source: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> Path:
-    """Where the list of ``source`` goes: ``output_dir`` if given, else the generation folder ``source`` itself.
-
-    Raises:
-        `ValueError`: ``source`` is not a generation folder and no ``output_dir`` is given.
-    """
-    if output_dir is not None:
-        return Path(output_dir)
-    if not is_generation_folder(source):
-        raise ValueError(
-            f"{source} is not a generation folder (no generation.json), so the candidate list is not written among its "
-            "images; pass --output DIR (output_dir=)."
-        )
-    return Path(source)
 
 
 def pixel_rows(dataset: Dataset, column: str, batch_size: int = BATCH_SIZE) -> torch.Tensor:
@@ -147,27 +118,3 @@ def save_candidate_figure(dataset: Dataset, column: str, table: dict, path: Path
         pairs.append((dataset[table["row"][i]][column], dataset[table["nearest_row"][i]][column], caption))
     header = "candidate | nearest other generation; caption: rank, group size, tightness"
     return save_match_figure([(header, len(table["row"]), pairs)], path, title)
-
-
-def read_candidates(source: str | os.PathLike, num_generations: int, directory: str | os.PathLike | None = None) -> dict | None:
-    """The candidate list of ``source`` as columns (``None`` when there is none), checked against the generations.
-
-    Args:
-        source: the generation folder (or the source the list was computed on).
-        num_generations (`int`): how many generations ``source`` holds now.
-        directory: where the list lies (default: ``source``).
-
-    Raises:
-        `ValueError`: the list was computed on another set of generations (other settings or count).
-    """
-    directory = Path(directory or source)
-    if not (directory / CANDIDATES_JSON).is_file() or not (directory / CANDIDATES_PARQUET).is_file():
-        return None
-    summary = json.loads((directory / CANDIDATES_JSON).read_text())
-    if summary["num_generations"] != num_generations or summary["generation_settings"] != read_settings(source):
-        raise ValueError(
-            f"The candidate list in {directory} was computed on other generations ({summary['num_generations']} then, "
-            f"{num_generations} now, or other settings); run `side candidates --generated {source}` again."
-        )
-    table = pyarrow.parquet.read_table(directory / CANDIDATES_PARQUET).to_pydict()
-    return {**table, "summary": summary}

@@ -44,7 +44,8 @@ def add_candidates_command(subparsers) -> None:
 
 def run_candidates(args: argparse.Namespace) -> int:
     """Run ``side candidates`` with the parsed arguments; return the exit code."""
-    from ..candidates.files import candidates_dir, write_candidates
+    from ..candidates.files import write_candidates
+    from ..storage.candidate_files import candidates_dir
     from ..storage.data import check_image_source
 
     check_device(args.device)
@@ -74,8 +75,9 @@ def print_top(result: dict) -> None:
 
 def candidates_after_extraction(output: str, num_generations: int) -> None:
     """The last step of ``side extract``: the blind candidate list beside the generations (skipped for < 3 images)."""
-    from ..candidates.files import CANDIDATES_PARQUET, write_candidates
+    from ..candidates.files import write_candidates
     from ..candidates.ranking import MIN_GENERATIONS
+    from ..storage.candidate_files import CANDIDATES_PARQUET
 
     if num_generations < MIN_GENERATIONS:
         print(f"[side] candidates skipped: {num_generations} generation(s), ranking needs at least {MIN_GENERATIONS}")

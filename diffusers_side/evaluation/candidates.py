@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..candidates.files import read_candidates
+from ..storage.candidate_files import read_candidates
 from .bands import Band, display_order
 from .report import FIGURES_DIR, figure_name, save_match_figure
 
