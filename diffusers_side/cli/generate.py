@@ -59,7 +59,8 @@ def add_extract_command(subparsers) -> None:
             "Generate N candidates with SIDE (time-dependent classifier guidance toward one surrogate condition per\n"
             "image), SIDE's LoRA branch (side-lora: --pipeline is a `side train-lora` folder), Carlini UnCond (plain\n"
             "sampling) or Carlini Cond (a time-independent classifier). Run under\n"
-            "`accelerate launch --num_processes P -m diffusers_side extract ...` to split the shards over P processes."
+            "`accelerate launch --num_processes P -m diffusers_side extract ...` to split the shards over P processes.\n"
+            "Ends with the blind candidate list beside the images (candidates.parquet: see `side candidates`)."
         ),
         epilog=example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
