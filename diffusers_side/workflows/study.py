@@ -95,6 +95,7 @@ class Study:
     """Runs one phase of a study into ``output_dir`` (see the module docstring)."""
 
     def __init__(self, config: StudyConfig, output_dir: str | os.PathLike, phase: str):
+        config.validate()  # before the inputs' DemoConfig is built from it
         self.config = config
         self.output_dir = Path(output_dir)
         self.phase_name = phase
