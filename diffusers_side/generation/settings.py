@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..guidance.targets import check_target_selection
 from ..methods.registry import METHODS, get_method
-from ..storage.embedded import canonical_model_source
 from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings
+from ..storage.sources import canonical_source
 from ..utils.atomic_io import write_json_atomic
 
 
@@ -49,8 +49,8 @@ class GenerationSettings:
     guidance_space: str = "xt"
 
     def __post_init__(self):
-        self.pipeline = canonical_model_source(self.pipeline)
-        self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
+        self.pipeline = canonical_source(self.pipeline)
+        self.classifier = None if self.classifier is None else canonical_source(self.classifier)
         self.exemplars = None if self.exemplars is None else str(Path(self.exemplars).resolve())
         self.guidance_window = None if self.guidance_window is None else [float(t) for t in self.guidance_window]
 
