@@ -72,6 +72,8 @@ def test_ldm_folder_loads_as_a_latent_target(tmp_path, kind):
     pipe = SIDEPipeline.from_pretrained(folder)
     assert type(pipe.vqvae).__name__ == type(autoencoder).__name__
     assert isinstance(LDMPipeline(**pipe.components), LDMPipeline)  # the components are an LDMPipeline's
+    described = AuditTarget.from_pipeline(pipe)
+    assert (described.kind, described.image_shape, described.reference) == ("latent", (3, 16, 16), None)
 
 
 def test_decode_is_ldm_pipelines_decode(ldm):
@@ -156,3 +158,14 @@ def test_trainers_refuse_targets_they_cannot_train_before_loading_data(ldm, tmp_
     with pytest.raises(ValueError, match=r"is a LoRA-SIDE result \(adapters on 'default'\), not a model to audit: pass its base model 'default'"):
         train_classifier(classifier_training_args(pretrained_model_name_or_path=str(lora), train_data_dir=missing, output_dir=str(tmp_path / "c")))
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_latent_targets_images_are_matched_in_pixel_space(ldm, labelled, tmp_path):
+    """The labelled images must be what the autoencoder decodes to (3x16x16), not the UNet's 2x8x8 latents."""
+    for flag, value, message in (("channels", 1, "--channels 1 differs from the target's channels 3"),
+                                 ("resolution", 8, "--resolution 8 differs from the target's resolution 16")):
+        args = classifier_training_args(pretrained_model_name_or_path=str(ldm), train_data_dir=str(labelled),
+                                        output_dir=str(tmp_path / flag), **{flag: value})
+        with pytest.raises(ValueError, match=message):
+            train_classifier(args)
+        assert not (tmp_path / flag).exists()

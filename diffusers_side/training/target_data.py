@@ -68,8 +68,9 @@ def match_target(args: argparse.Namespace, data: ImageData, target: AuditTarget)
                 f"drop --{flag} or pass --{flag} {expected}."
             )
         if given is None and found != expected:
+            shown, wanted = (f"{v}x{v}" if flag == "resolution" else f"{v}-channel" for v in (found, expected))
             raise ValueError(
-                f"The images of {args.train_data_dir} have {flag} {found} but the target samples {flag} {expected}: label "
-                f"samples of this target, or pass --{flag} {expected} to convert them on purpose."
+                f"The images of {args.train_data_dir} are {shown} but the target samples {wanted} images: label samples "
+                f"of this target, or pass --{flag} {expected} to convert them on purpose."
             )
     return dataclasses.replace(data, resolution=height, channels=channels)
