@@ -132,7 +132,9 @@ class ModelSource:
         try:
             validate_repo_id(repo_id)
         except HFValidationError as error:
-            raise ValueError(f"{label} {text!r} is no local folder and no valid Hub repo id ({error}); pass {_choices(repo_type)}.")
+            raise ValueError(
+                f"{label} {text!r} is no local folder and no valid Hub repo id ({error}); pass {_choices(repo_type)}."
+            ) from error
         if "@" in text and not revision:
             raise ValueError(f"{label} {text!r} ends in '@' without a revision; write {repo_id}@BRANCH_TAG_OR_COMMIT.")
         return cls(text, HUB, repo_id, revision or None, repo_type)
