@@ -20,11 +20,10 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
 
 from ..guidance.base import Guide, frozen
 from ..guidance.classifier import check_classifier_reads
@@ -32,6 +31,7 @@ from ..guidance.exemplar import ExemplarPosterior
 from ..guidance.registry import build_guide
 from ..models.classifier import TimeDependentClassifier
 from ..storage.embedded import EMBEDDED_CHOICES
+from ..storage.sources import resolve_folder
 
 logger = logging.get_logger(__name__)
 
@@ -102,69 +102,64 @@ class SIDEPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, Euler, Euler ancestral,
             DPMSolverMultistep, UniPC, ...).
         classifier ([`TimeDependentClassifier`], *optional*): p_phi(y | x_t, t) over the surrogate conditions.
+        vqvae ([`VQModel`] or [`AutoencoderKL`], *optional*): the autoencoder of a latent target, as in diffusers'
+            `LDMPipeline` (the UNet and the classifier then work on its latents; see
+            `diffusers_side.models.codec`). Sampling a latent target is not supported yet.
     """
 
     model_cpu_offload_seq = "unet"
-    _optional_components = ["classifier"]
+    _optional_components = ["classifier", "vqvae"]
     # The classifier is small and runs at every step next to the UNet: keep it on the device.
     _exclude_from_cpu_offload = ["classifier"]
     _callback_tensor_inputs = ["image"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, classifier: TimeDependentClassifier | None = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        classifier: TimeDependentClassifier | None = None,
+        vqvae: VQModel | AutoencoderKL | None = None,
+    ):
         super().__init__()
         if classifier is not None:
             check_classifier_reads(classifier, (unet.config.in_channels, *_sample_hw(unet.config.sample_size)))
-        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
+        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier, vqvae=vqvae)
 
     @property
     def components(self) -> dict[str, Any]:
-        """The modules this pipeline holds: `unet`, `scheduler` and, when there is one, `classifier`.
+        """The modules this pipeline holds: `unet`, `scheduler` and, when there are, `classifier` and `vqvae`.
 
-        Unlike `DiffusionPipeline.components`, a missing classifier is left out rather than listed as `None`,
-        so that `DDPMPipeline(**pipe.components)` and `DDIMPipeline(**pipe.components)` work on an unguided
-        pipeline; `SIDEPipeline(**pipe.components)` works either way.
+        Unlike `DiffusionPipeline.components`, a missing classifier or autoencoder is left out rather than listed
+        as `None`, so that `DDPMPipeline(**pipe.components)` and `DDIMPipeline(**pipe.components)` work on an
+        unguided pipeline (`LDMPipeline(**pipe.components)` on a latent one); `SIDEPipeline(**pipe.components)`
+        works either way.
         """
         components = super().components
-        if components.get("classifier") is None:
-            components.pop("classifier", None)
+        for name in self._optional_components:
+            if components.get(name) is None:
+                components.pop(name, None)
         return components
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SIDEPipeline":
         """
-        Load a pipeline from a local folder or a Hub repo id, safetensors only unless you opt in.
+        Load a pipeline from a folder, an embedded model's name or a Hub repo id, safetensors only unless you opt in.
 
-        A repo id is first resolved to a local snapshot with `huggingface_hub.snapshot_download` (honouring
-        `HF_HUB_CACHE` and `HF_HUB_OFFLINE`): diffusers' own download path refuses third-party components
-        such as the classifier unless remote code is trusted, which a plugin-pushed repo must not need.
+        The source is decided by `diffusers_side.storage.sources.ModelSource.parse`; a repo id is first resolved to
+        a local snapshot with `huggingface_hub.snapshot_download` (honouring `HF_HUB_CACHE` and `HF_HUB_OFFLINE`):
+        diffusers' own download path refuses third-party components such as the classifier unless remote code is
+        trusted, which a plugin-pushed repo must not need.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): folder or Hub repo id.
+            pretrained_model_name_or_path (`str` or `os.PathLike`): folder, embedded name or Hub repo id (``user/repo@rev``).
             use_safetensors (`bool`, *optional*, defaults to `True`): pass `False` to allow pickled
                 `.bin` weights (only for checkpoints you trust: unpickling can run code).
             revision, cache_dir, token, local_files_only: forwarded to `snapshot_download`.
             kwargs: forwarded to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
         """
-        source = str(pretrained_model_name_or_path)
-        if not os.path.isdir(source):
-            if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
-                raise FileNotFoundError(
-                    f"Pipeline folder {source!r} does not exist (or is not a folder); pass a folder written by "
-                    "`save_pretrained` or a Hub repo id such as 'user/repo'."
-                )
-            try:
-                source = snapshot_download(
-                    source,
-                    revision=kwargs.pop("revision", None),
-                    cache_dir=kwargs.get("cache_dir"),
-                    token=kwargs.pop("token", None),
-                    local_files_only=kwargs.get("local_files_only", False),
-                )
-            except (OSError, ValueError) as error:
-                raise FileNotFoundError(
-                    f"{source!r} is not a local folder, and fetching it as a Hub repo id failed ({error}). Check the path, "
-                    "or the repo id and your connection."
-                ) from error
+        download = {k: kwargs.pop(k, None) for k in ("revision", "token")}
+        download.update({k: kwargs.get(k) for k in ("cache_dir", "local_files_only")})
+        source = str(resolve_folder(pretrained_model_name_or_path, "Pipeline folder", **download))
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(
                 f"{str(pretrained_model_name_or_path)!r} is not a pipeline folder (it has no model_index.json); pass a folder "
@@ -230,6 +225,8 @@ class SIDEPipeline(DiffusionPipeline):
         guide: Guide | None = None,
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
+        if self.vqvae is not None:  # until the sampling core decodes latents (issue 19, step 3)
+            raise NotImplementedError("Sampling a latent target (a pipeline with a vqvae) is not supported yet.")
         for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer (an int >= 1, not a bool).")

@@ -31,12 +31,11 @@ from ..models.lora import (
     draw_targets,
     is_text_conditional,
     load_lora_conditioning,
-    local_folder,
     read_lora_config,
     save_lora_conditioning,
     scheduler_step_kwargs,
 )
-from ..storage.embedded import resolve_pipeline_path
+from ..storage.sources import ModelSource, resolve_folder
 from .pipeline_side import OUTPUT_TYPES, SIDEPipeline
 
 logger = logging.get_logger(__name__)
@@ -158,7 +157,7 @@ class SIDELoRAPipeline(DiffusionPipeline):
                 f"{base_model} is a text-conditional pipeline; use SIDELoRATextPipeline (one prompt per label) for it."
             )
         if base_model is not None:
-            base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+            base = SIDEPipeline.from_pretrained(base_model, use_safetensors=use_safetensors)
         unet = add_label_conditioning(base.unet, num_labels)
         add_lora_adapters(unet, rank, lora_alpha, target_modules, DEFAULT_UNET_TARGETS)
         info = {"num_labels": num_labels, **(label_info or {})}
@@ -227,12 +226,13 @@ class SIDELoRAPipeline(DiffusionPipeline):
         download = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        folder = local_folder(pretrained_model_name_or_path, "LoRA-SIDE", **download)
+        folder = resolve_folder(pretrained_model_name_or_path, "LoRA-SIDE folder", **download)
         config = read_lora_config(folder)
         if config.get("pipeline_class") != PIPELINE_CLASS:
             raise ValueError(f"{folder} holds a {config.get('pipeline_class')}, not a {PIPELINE_CLASS}.")
+        base_source = ModelSource.parse(base_model, what="base_model") if base_model else ModelSource.from_record(config["base_model"])
         base_model = base_model or config["base_model"]
-        base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+        base = SIDEPipeline.from_pretrained(base_source.resolved, use_safetensors=use_safetensors)
         check_base_unet(base.unet, config["base_unet_config"], base_model)
         unet = add_label_conditioning(base.unet, config["num_labels"])
         load_lora_conditioning(unet, folder, config, DEFAULT_UNET_TARGETS)
