@@ -299,6 +299,7 @@ class SIDEPipeline(DiffusionPipeline):
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
         guidance_space: str = "xt",
+        latents: torch.Tensor | None = None,
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when there is a guide and a positive scale.
@@ -328,6 +329,8 @@ class SIDEPipeline(DiffusionPipeline):
             guidance_space (`str`, defaults to `"xt"`): a classifier guide of `diffusers_side.guidance.registry`:
                 `"xt"` (the paper) or `"x0"` (the classifier reads the predicted clean image; lambda is then the
                 fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
+            latents (`torch.Tensor`, *optional*): the initial standard normal noise x_T, `(batch_size, C, H, W)`;
+                `None` draws it from `generator` (see `prepare_latents`).
 
         Examples:
 
@@ -349,9 +352,7 @@ class SIDEPipeline(DiffusionPipeline):
         if guided or target is not None:
             targets = self.prepare_targets(target, batch_size, generator, device, guide.num_conditions)
 
-        shape = (batch_size, *self.sample_shape)
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
+        image = self.prepare_latents(batch_size, generator, device, latents)
         self.scheduler.set_timesteps(num_inference_steps)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
         image = self.denoise(image, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
@@ -395,6 +396,18 @@ class SIDEPipeline(DiffusionPipeline):
                 image = self.numpy_to_pil(image)
         return image
 
+    def prepare_latents(self, batch_size: int, generator, device: torch.device, latents: torch.Tensor | None = None):
+        """x_T scaled by the scheduler's `init_noise_sigma`: ``latents`` when given (checked), else drawn from ``generator``.
+
+        Stochastic schedulers draw their step noise from ``generator`` either way.
+        """
+        shape = (batch_size, *self.sample_shape)
+        if latents is None:
+            image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        else:
+            image = check_latents(latents, shape).to(device=device, dtype=self.unet.dtype)
+        return image * self.scheduler.init_noise_sigma
+
     def default_num_inference_steps(self) -> int:
         """`DDPMPipeline`'s default (the whole chain) with a `DDPMScheduler`, `DDIMPipeline`'s 50 otherwise."""
         if isinstance(self.scheduler, DDPMScheduler):
@@ -416,6 +429,16 @@ class SIDEPipeline(DiffusionPipeline):
         if use_clipped_model_output is not None:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
+
+
+def check_latents(latents: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Return ``latents`` if it is a finite tensor of ``shape``; raise `ValueError` naming the shape otherwise."""
+    if not torch.is_tensor(latents) or tuple(latents.shape) != tuple(shape):
+        got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+        raise ValueError(f"latents must be a tensor of shape {tuple(shape)} (batch_size, C, H, W of the UNet); got {got}.")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents hold a NaN or an infinity; pass finite initial noise.")
+    return latents
 
 
 def _sample_hw(size: int | tuple[int, int]) -> tuple[int, int]:
