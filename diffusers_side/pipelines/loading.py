@@ -89,7 +89,7 @@ def load_pipeline(
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if classifier is not None:
-        pipe = SIDEPipeline(pipe.unet, pipe.scheduler, load_classifier(classifier, allow_pickle))
+        pipe = SIDEPipeline(**{**pipe.components, "classifier": load_classifier(classifier, allow_pickle)})
     return pipe.to(device) if device is not None else pipe
 
 
