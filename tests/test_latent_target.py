@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, LDMPipeline, UNet2DModel
+from diffusers import DDPMScheduler, LDMPipeline
 from test_sampling_core import LATENT_CHANNELS, tiny_autoencoder
 
+from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline
 from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import image_seed
@@ -27,12 +28,7 @@ STAGES = ("synthesize", "label", "train classifier-side", "train classifier-cond
 @pytest.fixture(scope="module")
 def ldm_target(tmp_path_factory):
     """A tiny LDMPipeline saved by diffusers (vqvae + unet + scheduler), and 24 reference images it is audited against."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, block_out_channels=(8, 16),
-        layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = make_tiny_unet(in_channels=LATENT_CHANNELS, sample_size=8)
     root = tmp_path_factory.mktemp("ldm")
     LDMPipeline(vqvae=tiny_autoencoder("vq"), unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(root / "ldm")
     reference = root / "reference"
@@ -71,10 +67,8 @@ def test_ldm_target_passes_the_quick_demo_in_latent_space(ldm_target, tmp_path, 
 
 
 def test_exemplars_of_a_latent_target_are_its_latents():
-    pipe = SIDEPipeline(
-        UNet2DModel(sample_size=8, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, block_out_channels=(8, 16),
-                    norm_num_groups=4, layers_per_block=1), DDPMScheduler(num_train_timesteps=100), vqvae=tiny_autoencoder("kl")
-    )
+    unet = make_tiny_unet(in_channels=LATENT_CHANNELS, sample_size=8)
+    pipe = SIDEPipeline(unet, DDPMScheduler(num_train_timesteps=100), vqvae=tiny_autoencoder("kl"))
     pixels = ExemplarPosterior(torch.rand(6, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2] * 2), num_classes=3)
     with pytest.raises(ValueError, match=r"exemplars.encoded\(pipe.codec\)"):
         pipe(batch_size=1, exemplars=pixels, num_inference_steps=2)
