@@ -46,12 +46,14 @@ def latent_classifier(num_classes: int = 3) -> TimeDependentClassifier:
 @pytest.mark.parametrize("kind", ["vq", "kl"])
 def test_latent_target_at_guidance_zero_is_bit_identical_to_ldm_pipeline(kind, single_thread):
     pipe = latent_pipeline(kind)
-    expected = LDMPipeline(vqvae=pipe.vqvae, unet=pipe.unet, scheduler=pipe.scheduler)(
-        batch_size=2, generator=generator(1), num_inference_steps=4, output_type="np"
-    ).images
+    ldm = LDMPipeline(vqvae=pipe.vqvae, unet=pipe.unet, scheduler=pipe.scheduler)
+    expected = ldm(batch_size=2, generator=generator(1), num_inference_steps=4, output_type="np").images
     out = pipe(batch_size=2, generator=generator(1), num_inference_steps=4, output_type="np")
     assert out.images.shape == (2, 16, 16, 1) and out.targets is None
     assert np.array_equal(out.images, expected)
+    from_pipe = SIDEPipeline.from_pipe(ldm)  # an LDMPipeline's components make a SIDEPipeline as they are
+    assert from_pipe.vqvae is pipe.vqvae
+    assert np.array_equal(from_pipe(batch_size=2, generator=generator(1), num_inference_steps=4, output_type="np").images, expected)
     assert set(pipe.components) == {"unet", "scheduler", "vqvae"}
     assert isinstance(LDMPipeline(**pipe.components), LDMPipeline)
 
