@@ -91,13 +91,6 @@ def test_decode_is_ldm_pipelines_decode(ldm):
     np.testing.assert_allclose(images, expected, atol=1e-6)
 
 
-def test_sampling_a_latent_target_is_refused_until_the_sampler_decodes(ldm):
-    with pytest.raises(ValueError, match="is a latent target .*sampling it is not supported yet"):
-        load_pipeline(ldm)
-    with pytest.raises(NotImplementedError, match="Sampling a latent target"):
-        SIDEPipeline.from_pretrained(ldm)(batch_size=1, num_inference_steps=1)
-
-
 def test_labels_and_evaluation_of_a_latent_target_read_its_latents(ldm, ldm_images, labelled, tmp_path):
     """`side label --features unet` runs the UNet on the images' latents; `side evaluate` compares pixels."""
     from datasets import load_from_disk

@@ -23,7 +23,6 @@ the `LoraConfig` in its metadata), the class embedding (``class_embedding.safete
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -305,33 +304,6 @@ def load_lora_conditioning(unet: torch.nn.Module, folder: Path, config: dict[str
         )
 
 
-def check_targets(target, batch_size: int, num_labels: int, guidance_scale: float) -> None:
-    """Raise a `ValueError` unless ``target`` is ``None``, one label or one per image, each in ``[0, num_labels)``."""
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (conditional) or more (CFG).")
-    if target is None:
-        return
-    targets = torch.as_tensor(target).reshape(-1)
-    if targets.numel() not in (1, batch_size):
-        raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
-    if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_labels:
-        raise ValueError(
-            f"target={target!r} is out of range: the model has {num_labels} surrogate labels (valid targets are "
-            f"0..{num_labels - 1}; {num_labels} is the null label, used through guidance_scale)."
-        )
-
-
-def draw_targets(target, batch_size: int, num_labels: int, generator, device: torch.device) -> torch.Tensor:
-    """Fixed targets, or one label drawn uniformly per image from the generator(s), as `SIDEPipeline` draws them."""
-    if target is not None:
-        return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-    if isinstance(generator, list):
-        draws = [torch.randint(num_labels, (1,), generator=g, device=g.device) for g in generator]
-        return torch.cat([d.to(device) for d in draws])
-    generator_device = generator.device if generator is not None else "cpu"
-    return torch.randint(num_labels, (batch_size,), generator=generator, device=generator_device).to(device)
-
-
 def classifier_free_guidance(
     unconditional: torch.Tensor, conditional: torch.Tensor, guidance_scale: float, channels: int
 ) -> torch.Tensor:
@@ -367,8 +339,3 @@ def is_text_conditional(spec: str | os.PathLike) -> bool:
     source = ModelSource.parse(spec)
     return "text_encoder" in DiffusionPipeline.load_config(source.name_or_path, revision=source.revision)
 
-
-def scheduler_step_kwargs(scheduler, generator, eta: float) -> dict:
-    """The optional arguments ``scheduler.step`` accepts among ``generator`` and DDIM's ``eta``."""
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}

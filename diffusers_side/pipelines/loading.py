@@ -86,11 +86,6 @@ def load_pipeline(
         raise ValueError(f"{spec} is a LoRA-SIDE result, which samples without a classifier; drop --classifier.")
     pipeline_class = lora_pipeline_class(source.resolved) if lora else SIDEPipeline
     pipe = pipeline_class.from_pretrained(source.resolved, use_safetensors=_use_safetensors(allow_pickle))
-    if getattr(pipe, "vqvae", None) is not None:  # until the sampling core decodes latents (issue 19, step 3)
-        raise ValueError(
-            f"--pipeline {spec!r} is a latent target (a UNet over the latents of its vqvae): sampling it is not supported "
-            "yet; `side label`, `side train-classifier` and `side evaluate` accept it."
-        )
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if classifier is not None:
