@@ -30,6 +30,8 @@ from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.data import load_image_dataset
 from ..storage.generation_folder import RECORD_FEATURES, shard_path
 from ..utils.atomic_io import atomic_path
+from .fingerprints import config_fingerprint, guide_fingerprint
+from .preflight import TargetFacts, check_generation
 from .settings import GenerationSettings, prepare_output_dir
 
 logger = logging.get_logger(__name__)
@@ -149,7 +151,9 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     num_processes = accelerator.num_processes if accelerator else 1
     settings.validate(num_processes)
     get_method(settings.method).check_pipeline(pipe)
-    settings = with_fingerprints(pipe, settings)
+    check_inputs(pipe, settings)
+    guide = prepare_guide(pipe, settings)
+    settings = with_fingerprints(pipe, settings, guide)
     if process_index == 0:
         prepare_output_dir(output_dir, settings)
     if accelerator:
@@ -162,7 +166,6 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     if len(todo) < len(own_shards):
         logger.info(f"Resuming: {len(own_shards) - len(todo)} of {len(own_shards)} shards already done in {output_dir}.")
     pipe.set_progress_bar_config(disable=True)
-    guide = prepare_guide(pipe, settings)
     with tqdm(total=len(todo), desc=f"{settings.method} shards", unit="shard", disable=process_index != 0) as bar:
         for shard in todo:
             write_shard_atomic(generate_shard(pipe, settings, shard, guide), shard_path(output_dir, shard))
@@ -175,11 +178,22 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     return load_image_dataset(output_dir)
 
 
-def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings) -> GenerationSettings:
-    """`settings` with the weights fingerprints of the UNet and (for guided methods) the classifier that will sample."""
+def check_inputs(pipe: SIDEPipeline, settings: GenerationSettings) -> None:
+    """The checks of `diffusers_side.generation.preflight` on the loaded model, before anything is written."""
+    check_generation(settings, TargetFacts.from_pipeline(pipe, settings.pipeline))
+
+
+def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings, guide: Guide | None = None) -> GenerationSettings:
+    """`settings` with the fingerprints of what will sample: the UNet's and (for classifier-guided methods) the
+    classifier's weights, every sampling component's config, and the exemplar guide (`guide`, if any)."""
     guided = get_method(settings.method).needs_classifier
-    classifier = weights_fingerprint(pipe.classifier) if guided else None
-    return replace(settings, model_fingerprint=weights_fingerprint(pipe.unet), classifier_fingerprint=classifier)
+    return replace(
+        settings,
+        model_fingerprint=weights_fingerprint(pipe.unet),
+        classifier_fingerprint=weights_fingerprint(pipe.classifier) if guided else None,
+        config_fingerprint=config_fingerprint(pipe, include_classifier=guided),
+        exemplars_fingerprint=guide_fingerprint(guide),
+    )
 
 
 def write_shard_atomic(shard: Dataset, path: Path) -> None:
