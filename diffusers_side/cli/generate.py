@@ -114,6 +114,15 @@ def run_extract(args: argparse.Namespace) -> int:
         target_selection=args.target_selection, guidance_window=args.guidance_window,
         guidance_space=args.guidance_space,
     )
+    if args.push_to_hub:  # every local check first, then the repo: an offline push fails before the work
+        from ..generation.preflight import check_generation
+        from ..generation.settings import check_output_dir
+        from ..storage.hub import create_repo_early
+
+        settings.validate()
+        check_output_dir(args.output, settings)
+        check_generation(settings)
+        create_repo_early(args.push_to_hub, "--push-to-hub", private=not args.public, repo_type="dataset")
     dataset = run_generation_step("extract", args, settings)
     if dataset is not None and args.push_to_hub:
         from ..generation.hub import push_extraction

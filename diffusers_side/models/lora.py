@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from ..storage.embedded import resolve_pipeline_path
 from ..utils.atomic_io import atomic_path, write_json_atomic
+from ..utils.state_files import LORA_CONFIG
 
 logger = logging.get_logger(__name__)
 
@@ -251,6 +252,22 @@ def is_lora_folder(spec: str | os.PathLike) -> bool:
     return True
 
 
+def refuse_lora_folder(spec: str | os.PathLike, why: str, flag: str = "--pretrained_model_name_or_path") -> None:
+    """Refuse a LoRA-SIDE result where the unconditional target is expected (training starts from the target).
+
+    Raises:
+        `ValueError`: naming the folder, ``why`` and its base model (the fix).
+    """
+    folder = resolve_pipeline_path(spec)
+    if not is_lora_folder(folder):
+        return
+    base = LORA_CONFIG.read(Path(folder)).get("base_model") if os.path.isdir(folder) else None
+    raise ValueError(
+        f"{flag} {spec} is a `side train-lora` result (LoRA-SIDE adapters, {LORA_CONFIG_NAME}), not a target pipeline: "
+        f"{why}; pass its base model{f' {base}' if base else ' (side_lora.json names it)'} instead."
+    )
+
+
 def check_shareable_base(base_model: str | None) -> None:
     """Refuse to publish adapters whose base is a local folder: nobody else could load them.
 
@@ -273,7 +290,7 @@ def read_lora_config(folder: Path) -> dict[str, Any]:
             f"{folder} holds no {LORA_CONFIG_NAME}: it is not a LoRA-SIDE folder written by training/train_lora.py "
             "(`side train-lora`)."
         )
-    return json.loads(path.read_text())
+    return LORA_CONFIG.read(path)
 
 
 def load_lora_conditioning(unet: torch.nn.Module, folder: Path, config: dict[str, Any], defaults: Sequence[str]) -> None:

@@ -46,6 +46,7 @@ from huggingface_hub import ModelCardData
 
 from ..labels.surrogate_labels import LABELS_JSON, SurrogateLabels
 from ..models.classifier import TimeDependentClassifier
+from ..models.lora import refuse_lora_folder
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.cards import render_card, write_card
@@ -114,6 +115,7 @@ def validate_classifier_args(args: argparse.Namespace) -> None:
     if args.base_channels < 1:
         raise ValueError(f"--base_channels must be a positive integer, got {args.base_channels}.")
     check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
+    refuse_lora_folder(args.pretrained_model_name_or_path, "the classifier guides the unconditional target itself")
     check_image_source(args.train_data_dir)
 
 
@@ -178,6 +180,11 @@ def check_labels(dataset: Dataset, label_column: str, num_labels: int | None) ->
     if any(v is None for v in values):
         raise ValueError(f"Column {label_column!r} has missing labels; every image needs one.")
     labels = torch.as_tensor(values)
+    distinct, largest = len(torch.unique(labels)), int(labels.max())
+    if num_labels is None and labels.min() >= 0 and distinct <= largest:  # e.g. {0, 1, 10**6}: 10**6 + 1 outputs
+        raise ValueError(f"Column {label_column!r} holds {distinct} distinct labels but its largest is {largest}, so the classifier "
+                         f"would get {largest + 1} outputs; relabel them 0..{distinct - 1} (as `side label` writes them), "
+                         f"or pass --num_classes {largest + 1} to keep the gaps on purpose.")
     num_labels = num_labels or int(labels.max()) + 1
     if labels.min() < 0 or labels.max() >= num_labels:
         raise ValueError(

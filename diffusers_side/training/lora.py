@@ -41,7 +41,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
-from ..models.lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional
+from ..models.lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional, refuse_lora_folder
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_side_lora import SIDELoRAPipeline
 from ..pipelines.pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
@@ -122,6 +122,7 @@ def validate_lora_flags(args: argparse.Namespace) -> None:
     if args.use_ema:
         raise ValueError("--use_ema is not supported for LoRA fine-tuning (the adapters are saved as trained); drop it.")
     check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
+    refuse_lora_folder(args.pretrained_model_name_or_path, "LoRA-SIDE fine-tunes the unconditional target itself")
     check_image_source(args.train_data_dir)
     if args.push_to_hub:
         check_shareable_base(base_reference(args.pretrained_model_name_or_path))
