@@ -33,6 +33,7 @@ from diffusers_side import SIDEPipeline
 from diffusers_side.evaluation.bands import default_bands
 from diffusers_side.evaluation.metrics import extraction_metrics
 from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.guidance.classifier import ClassifierGuide
 from diffusers_side.similarity.measures import find_best_matches
 from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset
 from diffusers_side.storage.embedded import resolve_pipeline_path
@@ -40,20 +41,20 @@ from diffusers_side.storage.embedded import resolve_pipeline_path
 SIMILARITY = "carlini"
 
 
-class AblatedSIDEPipeline(SIDEPipeline):
-    """`SIDEPipeline` whose guidance can be limited to a timestep window or replaced by matched noise."""
+class MatchedNoiseGuide(ClassifierGuide):
+    """The paper's classifier guide with each step's shift replaced by Gaussian noise of the same per-image RMS.
 
-    window: tuple[float, float] = (float("-inf"), float("inf"))
-    random_control: torch.Generator | None = None
+    A control: is it the direction of the classifier gradient that matters, or only its size?
+    """
 
-    def guide(self, model_output, model_input, timestep, step_index, targets, guidance_scale):
-        if not self.window[0] <= float(timestep) <= self.window[1]:
-            return model_output
-        guided = super().guide(model_output, model_input, timestep, step_index, targets, guidance_scale)
-        if self.random_control is None:
-            return guided
+    def __init__(self, classifier, window=None, generator: torch.Generator | None = None):
+        super().__init__(classifier, window)
+        self.generator = generator
+
+    def guided_output(self, pipe, model_input, timestep, step_index, model_output, targets, scale):
+        guided = super().guided_output(pipe, model_input, timestep, step_index, model_output, targets, scale)
         shift_rms = (guided - model_output).flatten(1).pow(2).mean(dim=1).sqrt().view(-1, 1, 1, 1)
-        noise = torch.randn(model_output.shape, generator=self.random_control).to(model_output)
+        noise = torch.randn(model_output.shape, generator=self.generator).to(model_output)
         return model_output + noise * shift_rms
 
 
@@ -62,14 +63,20 @@ def parse_variant(text: str) -> dict:
     random_control = text.endswith("+random")
     text = text.removesuffix("+random")
     scale, _, window = text.partition("@")
-    low, high = (float(edge) for edge in window.split(":")) if window else (float("-inf"), float("inf"))
-    return {"scale": float(scale), "window": (low, high), "random": random_control}
+    window = tuple(float(edge) for edge in window.split(":")) if window else None
+    return {"scale": float(scale), "window": window, "random": random_control}
 
 
-def sample(pipe: AblatedSIDEPipeline, variant: dict, num_images: int, seed: int, batch_size: int, eta: float, steps: int):
+def variant_guide(pipe: SIDEPipeline, variant: dict, seed: int) -> ClassifierGuide:
+    """The guide of a variant: the pipeline's classifier on x_t, in its window, or the matched-noise control."""
+    if variant["random"]:
+        return MatchedNoiseGuide(pipe.classifier, variant["window"], torch.Generator().manual_seed(seed))
+    return ClassifierGuide(pipe.classifier, variant["window"])
+
+
+def sample(pipe: SIDEPipeline, variant: dict, num_images: int, seed: int, batch_size: int, eta: float, steps: int):
     """Images in [0, 1] and their targets, generated exactly as `side extract` seeds them."""
-    pipe.window = variant["window"]
-    pipe.random_control = torch.Generator().manual_seed(seed) if variant["random"] else None
+    guide = variant_guide(pipe, variant, seed)
     num_classes = pipe.classifier.config.num_classes
     seeds = [image_seed(seed, index) for index in range(num_images)]
     targets = torch.tensor([image_target(s, num_classes) for s in seeds])
@@ -85,6 +92,7 @@ def sample(pipe: AblatedSIDEPipeline, variant: dict, num_images: int, seed: int,
                 generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
                 eta=eta,
                 output_type="pt",
+                guide=guide,
             ).images
         )
     return torch.cat(images), targets
@@ -101,7 +109,7 @@ def as_rows(images: torch.Tensor) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8).flatten(1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", required=True, help="a SIDEPipeline folder with its classifier (side train-classifier)")
     parser.add_argument("--reference", default="default", help="the target's training set (default: the embedded subset)")
@@ -112,10 +120,10 @@ def main() -> None:
     parser.add_argument("--num-inference-steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--output", help="append the results as JSON lines to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     variants = [(text, parse_variant(text)) for text in args.variants.split(",")]
 
-    pipe = AblatedSIDEPipeline.from_pretrained(resolve_pipeline_path(args.pipeline))
+    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(args.pipeline))
     if pipe.classifier is None:
         parser.error(f"--pipeline {args.pipeline!r} has no classifier; pass the output of `side train-classifier`.")
     pipe.set_progress_bar_config(disable=True)

@@ -33,7 +33,7 @@ A configuration is ``method/sampler/lambda/selection/window``:
   p(c | x_t) of the noised labelled synthetic set, `diffusers_side.guidance.exemplar.ExemplarPosterior`),
   ``x0side`` / ``x0cond`` (guidance on the predicted clean image, ``side extract --method side|cond
   --guidance-space x0``: the time-dependent classifier at t = 0, or the time-independent one, on x0_hat,
-  the gradient back-propagated through the UNet; see `SIDEPipeline.guide_x0`);
+  the gradient back-propagated through the UNet; see `diffusers_side.guidance.clean_image.CleanImageGuide`);
 - ``sampler``: ``ddim`` or ``ddpm``;
 - ``lambda``: the guidance scale (for ``x0side`` / ``x0cond`` the fraction of the noise prediction's RMS
   that guidance moves it by at each guided step, so useful values are small: 0.02-0.2);

@@ -155,6 +155,9 @@ TABLE = {
             ("--reference", "{missing}", "missing", RUN),
             ("--similarity", "{missing}.pt", "does not exist", RUN),
             ("--classifier", "{missing}", "missing", RUN),
+            ("--exemplars", "{missing}", "missing", RUN, ["--method", "side-exemplar"]),
+            ("--target-selection", "top2", "--target-selection", PARSE),
+            ("--guidance-window", "9:1", "--guidance-window", PARSE),
             ("--guidance-space", "x1", "--guidance-space", PARSE),
             ("--guidance-space", "x0", "guidance_space='x0'", RUN, ["--method", "side-exemplar"]),
             *GENERATION_ROWS,
@@ -258,11 +261,9 @@ def test_light_name_lists_match_the_libraries():
 
     from diffusers_side.models.classifier import RESNET_LAYOUTS
     from diffusers_side.pipelines.loading import SCHEDULERS
-    from diffusers_side.pipelines.pipeline_side import GUIDANCE_SPACES as PIPELINE_GUIDANCE_SPACES
     from diffusers_side.training.arguments import CLASSIFIER_LAYERS, LR_SCHEDULERS
-    from diffusers_side.utils.arg_types import GUIDANCE_SPACES, SCHEDULER_NAMES
+    from diffusers_side.utils.arg_types import SCHEDULER_NAMES
 
     assert set(LR_SCHEDULERS) == {s.value for s in SchedulerType} - {"piecewise_constant"}
     assert set(CLASSIFIER_LAYERS) == set(RESNET_LAYOUTS)
     assert tuple(SCHEDULERS) == SCHEDULER_NAMES
-    assert GUIDANCE_SPACES == PIPELINE_GUIDANCE_SPACES

@@ -22,6 +22,9 @@ from diffusers import (
 
 from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
+from diffusers_side.guidance.classifier import ClassifierGuide
+from diffusers_side.guidance.clean_image import CleanImageGuide
+from diffusers_side.guidance.noise import alpha_bar
 
 TRAIN_STEPS = 100  # num_train_timesteps of the tiny schedulers
 
@@ -109,14 +112,15 @@ def test_guidance_shifts_the_same_noise_for_every_parameterisation(scheduler_cla
     step_index, t = 3, pipe.scheduler.timesteps[3]
     torch.manual_seed(0)
     x_t, eps, targets = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
-    abar = pipe.alpha_bar(step_index, t).float()
+    abar = alpha_bar(pipe.scheduler, step_index, t).float()
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     x0 = (x_t - sigma * eps) / alpha
     output = alpha * eps - sigma * x0 if prediction_type == "v_prediction" else x0
-    guided = pipe.guide(output, x_t, t, step_index, targets, guidance_scale=3.0)
+    guide = ClassifierGuide(brightness_classifier)
+    guided = guide.guided_output(pipe, x_t, t, step_index, output, targets, scale=3.0)
     implied_eps = alpha * guided + sigma * x_t if prediction_type == "v_prediction" else (x_t - alpha * guided) / sigma
-    expected = eps_pipe.guide(eps, x_t, t, step_index, targets, guidance_scale=3.0)
-    gradient = eps_pipe.classifier_gradient(x_t, t, targets)
+    expected = guide.guided_output(eps_pipe, x_t, t, step_index, eps, targets, scale=3.0)
+    gradient = guide.log_prob_gradient(eps_pipe, x_t, t, abar, targets)
     torch.testing.assert_close(expected, eps - sigma * 3.0 * gradient, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(implied_eps, expected, atol=1e-4, rtol=1e-4)
 
@@ -125,7 +129,7 @@ def test_alpha_bar_of_sigma_schedulers_matches_training_schedule():
     pipe = SIDEPipeline(make_tiny_unet(), EulerDiscreteScheduler(num_train_timesteps=TRAIN_STEPS, timestep_spacing="leading"))
     pipe.scheduler.set_timesteps(10)
     for i, t in enumerate(pipe.scheduler.timesteps):
-        torch.testing.assert_close(pipe.alpha_bar(i, t).float(), pipe.scheduler.alphas_cumprod[int(t)], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(alpha_bar(pipe.scheduler, i, t).float(), pipe.scheduler.alphas_cumprod[int(t)], atol=1e-6, rtol=1e-5)
 
 
 def test_random_targets_are_seeded_and_cover_conditions(brightness_classifier):
@@ -322,10 +326,10 @@ def test_guidance_window_guides_only_inside_it(brightness_classifier):
         return pipe(batch_size=2, num_inference_steps=6, generator=generator(), output_type="pt", **kwargs).images
 
     plain = run(guidance_scale=0)
-    outside = run(target=1, guidance_scale=5.0, guidance_window=(1000, 2000))
+    with pytest.raises(ValueError, match=r"guidance_window=\(1000, 2000\) holds none of the 6 sampling timesteps"):
+        run(target=1, guidance_scale=5.0, guidance_window=(1000, 2000))  # issue 21, defect 4: no longer silently unguided
     everywhere = run(target=1, guidance_scale=5.0)
     wide = run(target=1, guidance_scale=5.0, guidance_window=(0, TRAIN_STEPS))
-    assert torch.equal(outside, plain)
     assert torch.equal(wide, everywhere)
     assert not torch.equal(everywhere, plain)
 
@@ -386,7 +390,7 @@ def test_x0_guidance_moves_eps_along_the_clean_image_gradient_by_lambda_times_it
     x_t = abar.sqrt() * clean + (1 - abar).sqrt() * torch.randn(4, 1, 16, 16)
     targets = torch.tensor([1, 0, 1, 0])  # one target per image
 
-    guided = pipe.guide_x0(x_t, t, step_index, targets, guidance_scale=0.3)
+    guided = CleanImageGuide(brightness_classifier).guided_output(pipe, x_t, t, step_index, None, targets, scale=0.3)
 
     gradient, eps = clean_image_log_prob_gradient(unet, brightness_classifier, x_t, t, abar, targets, prediction_type)
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
@@ -408,7 +412,7 @@ def test_x0_gradient_matches_finite_differences(brightness_classifier):
         torch.manual_seed(1)
         x_t = abar.sqrt() * 0.3 * torch.randn(2, 1, 16, 16, dtype=torch.float64) + (1 - abar).sqrt() * torch.randn(2, 1, 16, 16, dtype=torch.float64)
         targets = torch.tensor([0, 1])
-        _, gradient = pipe.clean_image_gradient(x_t, t, abar, targets)
+        _, gradient = CleanImageGuide(pipe.classifier).clean_image_gradient(pipe, x_t, t, abar, targets)
 
         def log_p(x):
             eps = pipe.unet(x, t).sample
@@ -447,10 +451,10 @@ def test_x0_guidance_window_and_unet_left_as_it_was(brightness_classifier):
         return pipe(batch_size=2, num_inference_steps=6, generator=generator(), output_type="pt", **kwargs).images
 
     plain = run(guidance_scale=0)
-    outside = run(target=1, guidance_scale=0.5, guidance_window=(1000, 2000), guidance_space="x0")
+    late = run(target=1, guidance_scale=0.5, guidance_window=(0, 40), guidance_space="x0")
     on_x0 = run(target=1, guidance_scale=0.5, guidance_space="x0")
     on_xt = run(target=1, guidance_scale=0.5)
-    assert torch.equal(outside, plain)
+    assert not torch.equal(late, plain) and not torch.equal(late, on_x0)
     assert not torch.equal(on_x0, plain) and not torch.equal(on_x0, on_xt)
     assert all(p.requires_grad for p in unet.parameters()) and all(p.grad is None for p in unet.parameters())
 

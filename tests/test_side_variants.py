@@ -91,7 +91,8 @@ def test_uniform_targets_are_the_papers_draw():
         ({"method": "uncond", "guidance_scale": 0.0, "exemplars": None, "target_selection": "top0.2"}, "samples without guidance"),
         ({"target_selection": "top3"}, "target selection 'top3' is not one of"),
         ({"guidance_window": [500, 100]}, r"guidance_window=\[500.0, 100.0\] must be"),
-        ({"method": "side-lora", "exemplars": None, "guidance_window": [0, 500]}, "apply to side, cond and side-exemplar only"),
+        ({"method": "side-lora", "exemplars": None, "guidance_window": [0, 500]},
+         r"only applies to method='side', 'cond' or 'side-exemplar', not 'side-lora' \(it samples a LoRA model\)"),
         ({"method": "side", "exemplars": None, "guidance_space": "x_0"}, r"guidance_space='x_0' is not one of \('xt', 'x0'\)"),
         ({"guidance_space": "x0"}, r"not 'side-exemplar' \(the exemplar posterior is already exact.*drop --guidance-space x0"),
         ({"method": "side-lora", "exemplars": None, "guidance_space": "x0"}, r"not 'side-lora' \(it samples a LoRA model\)"),
@@ -180,3 +181,25 @@ def test_sweep_recorded_before_guidance_space_existed_resumes_as_xt(tmp_path):
     check_sweep_folder(tmp_path, config)
     with pytest.raises(FileExistsError, match="holds a sweep with other settings \\(guidance_space\\)"):
         check_sweep_folder(tmp_path, {**config, "guidance_space": "x0"})
+
+
+def test_cli_sweep_side_exemplar_takes_its_exemplars(tmp_path, labelled_set, capsys):
+    """`side sweep --method side-exemplar` was offered without `--exemplars` and always refused (issue 19, 21/14)."""
+    from conftest import write_generation_dir
+
+    pipeline = tmp_path / "pipeline"
+    SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=50)).save_pretrained(pipeline)
+    reference = write_generation_dir(tmp_path / "reference", [np.full((16, 16), v, np.uint8) for v in (0, 80, 160, 240)])
+    argv = ["sweep", "--pipeline", str(pipeline), "--method", "side-exemplar", "--guidance-scales", "0,10", "--num-images", "3",
+            "--batch-size", "4", "--num-inference-steps", "2", "--reference", str(reference), "--similarity", "l2",
+            "--output", str(tmp_path / "sweep")]
+    assert side([*argv, "--exemplars", str(labelled_set), "--target-selection", "duplicates"]) == 0
+    results = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    recorded = [results[scale]["generated"][0]["settings"] for scale in ("0", "10")]
+    assert {(s["method"], s["exemplars"], s["target_selection"]) for s in recorded} == {
+        ("side-exemplar", str(labelled_set.resolve()), "duplicates")}
+    guided = load_image_dataset(tmp_path / "sweep" / "scale-10")
+    assert set(guided["target"]) == {0}  # duplicates: only label 0 holds near-duplicates
+    assert not np.array_equal(np.asarray(guided["image"][0]), np.asarray(load_image_dataset(tmp_path / "sweep" / "scale-0")["image"][0]))
+    assert side([*argv[:-1], str(tmp_path / "refused")]) == 2
+    assert "method='side-exemplar' needs exemplars=DIR" in capsys.readouterr().err

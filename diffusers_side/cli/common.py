@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import PIL.Image
 
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import (
-    GUIDANCE_SPACES,
     SCHEDULER_NAMES,
     non_negative_float,
     non_negative_int,
     positive_int,
+    target_selection,
+    timestep_window,
 )
 
 
@@ -71,13 +73,41 @@ def float_list(text: str) -> list[float]:
     return values
 
 
-def add_guidance_space_argument(parser: argparse.ArgumentParser) -> None:
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """The guidance settings of ``side extract`` and ``side sweep`` (which methods take each: `ExtractionMethod.accepts`)."""
+    from ..guidance.registry import GUIDES, guidance_spaces
+
     parser.add_argument(
-        "--guidance-space", default="xt", choices=GUIDANCE_SPACES,
-        help="where the classifier of side/cond reads the sample: xt (the paper, default: the noisy x_t) or x0 (not in "
-        "the paper: the predicted clean image, the gradient back-propagated through the UNet: about 1.7x the cost of xt guidance "
-        "per image; lambda is then the fraction of the noise prediction's RMS moved per step, e.g. 0.02-0.2)",
+        "--exemplars", default=None, metavar="DIR",
+        help="side-exemplar: the labelled synthetic set (output of `side label`) whose exact posterior guides instead of a classifier",
     )
+    parser.add_argument(
+        "--target-selection", type=target_selection, default="uniform", metavar="S",
+        help="how each image's target cluster is drawn: uniform (paper, default), weighted (by cohesion), topF "
+        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar)",
+    )
+    parser.add_argument(
+        "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",
+        help="guide only at timesteps in [T_MIN, T_MAX] (default: every step, as the paper); a window holding none of "
+        "the sampling timesteps is refused",
+    )
+    spaces = "; ".join(f"{name}: {GUIDES[name].description}" for name in guidance_spaces())
+    parser.add_argument(
+        "--guidance-space", default="xt", choices=guidance_spaces(),
+        help=f"which classifier guide side/cond use ({spaces}; default: xt). x0 is not in the paper: the gradient is "
+        "back-propagated through the UNet (about 1.7x the cost of xt guidance per image) and lambda is the fraction of the "
+        "noise prediction's RMS moved per step, e.g. 0.02-0.2",
+    )
+
+
+def guidance_settings(args: argparse.Namespace) -> dict:
+    """The `GenerationSettings` fields of `add_guidance_arguments`, with ``--exemplars`` checked before any model loads."""
+    if args.exemplars is not None and not (Path(args.exemplars) / "surrogate_labels.json").is_file():
+        raise CommandError(f"--exemplars {args.exemplars} is not the output of `side label` (no surrogate_labels.json there).")
+    return {
+        "exemplars": args.exemplars, "target_selection": args.target_selection, "guidance_window": args.guidance_window,
+        "guidance_space": args.guidance_space,
+    }
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, default_batch: int = 64) -> None:

@@ -16,6 +16,8 @@ from .common import example
 
 def add_demo_command(subparsers) -> None:
     """Register ``side demo`` on ``subparsers``."""
+    from ..methods.registry import get_method, guided_method_names
+
     parser = subparsers.add_parser(
         "demo",
         help="the whole audit of the embedded digits model: synthesize, label, train, extract x4, evaluate",
@@ -40,10 +42,12 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help=f"its training set: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
+    defaults = ", ".join(
+        f"{name} {get_method(name).default_guidance_scale:g}" for name in guided_method_names() if get_method(name).in_demo
+    )
     parser.add_argument(
         "--guidance-scale", type=non_negative_float, default=None, metavar="L",
-        help="lambda of every guided method (default: each method's own, SIDE and Cond 1, SIDE-exemplar 10; "
-        "with --preset paper it replaces the sweep)",
+        help=f"lambda of every guided method (default: each method's own, {defaults}; with --preset paper it replaces the sweep)",
     )
     parser.add_argument(
         "--scheduler", default=None, choices=SCHEDULER_NAMES,

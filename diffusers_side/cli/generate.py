@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..utils.arg_types import (
-    non_negative_float,
-    positive_int,
-    target_selection,
-    timestep_window,
-)
+from ..utils.arg_types import non_negative_float, positive_int
 from .common import (
     CommandError,
     add_generation_arguments,
-    add_guidance_space_argument,
+    add_guidance_arguments,
     check_repo_id,
     command_line,
     example,
+    guidance_settings,
     run_generation_step,
 )
 
@@ -50,38 +45,24 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def add_extract_command(subparsers) -> None:
     """Register ``side extract`` on ``subparsers``."""
-    from ..methods.registry import extraction_method_names
+    from ..methods.registry import extraction_method_names, methods_help
 
     parser = subparsers.add_parser(
         "extract",
         help="SIDE step 7 and its baselines: generate extraction candidates (resumable, accelerate-aware)",
         description=(
-            "Generate N candidates with SIDE (time-dependent classifier guidance toward one surrogate condition per\n"
-            "image), SIDE's LoRA branch (side-lora: --pipeline is a `side train-lora` folder), Carlini UnCond (plain\n"
-            "sampling) or Carlini Cond (a time-independent classifier). Run under\n"
-            "`accelerate launch --num_processes P -m diffusers_side extract ...` to split the shards over P processes."
+            "Generate N candidates with one extraction method, each image from its own seed (and, when guided, toward\n"
+            "its own surrogate condition). Run under `accelerate launch --num_processes P -m diffusers_side extract ...`\n"
+            "to split the shards over P processes. The methods (default guidance scale):\n" + methods_help()
         ),
         epilog=example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method")
+    parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method (see above)")
     parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of candidates (N_G)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda for guided methods (default: the method's, 1.0 for side/cond: the Bayes-exact conditional score; for side-lora the classifier-free guidance scale, 1.0: plain conditional)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda of a guided method (default: the method's own, listed above; for side-lora the classifier-free guidance scale)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
-    parser.add_argument(
-        "--exemplars", default=None, metavar="DIR",
-        help="side-exemplar: the labelled synthetic set (output of `side label`) whose exact posterior guides instead of a classifier",
-    )
-    parser.add_argument(
-        "--target-selection", type=target_selection, default="uniform", metavar="S",
-        help="how each image's target cluster is drawn: uniform (paper, default), weighted (by cohesion), topF "
-        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar)",
-    )
-    parser.add_argument(
-        "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",
-        help="guide only at timesteps in [T_MIN, T_MAX] (default: every step, as the paper)",
-    )
-    add_guidance_space_argument(parser)
+    add_guidance_arguments(parser)
     parser.add_argument(
         "--push-to-hub", default=None, metavar="REPO", help="upload the candidates as a private Hub data set with a card"
     )
@@ -95,24 +76,15 @@ def run_extract(args: argparse.Namespace) -> int:
     from ..generation.engine import GenerationSettings
     from ..methods.registry import get_method
 
-    method = get_method(args.method)
-    if not method.guided and args.guidance_scale:
-        raise CommandError(f"--method {args.method} samples without guidance; drop --guidance-scale {args.guidance_scale}.")
-    guidance_scale = method.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
-    if not method.guided:
-        guidance_scale = 0.0
+    guidance_scale = get_method(args.method).resolve_guidance_scale(args.guidance_scale)
     if args.public and not args.push_to_hub:
         raise CommandError("--public only applies to --push-to-hub REPO; add --push-to-hub or drop --public.")
-    if args.exemplars is not None and not (Path(args.exemplars) / "surrogate_labels.json").is_file():
-        raise CommandError(f"--exemplars {args.exemplars} is not the output of `side label` (no surrogate_labels.json there).")
     if args.push_to_hub:
         check_repo_id(args.push_to_hub, "--push-to-hub")
     settings = GenerationSettings(
         pipeline=args.pipeline, method=args.method, num_images=args.num_images, batch_size=args.batch_size,
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
-        scheduler=args.scheduler, classifier=args.classifier, exemplars=args.exemplars,
-        target_selection=args.target_selection, guidance_window=args.guidance_window,
-        guidance_space=args.guidance_space,
+        scheduler=args.scheduler, classifier=args.classifier, **guidance_settings(args),
     )
     if args.push_to_hub:  # every local check first, then the repo: an offline push fails before the work
         from ..generation.preflight import check_generation

@@ -12,7 +12,7 @@ one-process run, batch for batch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,15 @@ from datasets import Dataset
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
-from ..guidance.exemplar import ExemplarPosterior
-from ..guidance.targets import duplicate_fraction, target_probabilities
-from ..labels.surrogate_labels import SurrogateLabels
-from ..methods.registry import ShardRequest, get_method
+from ..guidance.targets import image_target
+from ..methods.base import ShardRequest, Steering
+from ..methods.registry import get_method
 from ..pipelines.loading import weights_fingerprint
 from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.data import load_image_dataset
 from ..storage.generation_folder import RECORD_FEATURES, shard_path
 from ..utils.atomic_io import atomic_path
-from .fingerprints import config_fingerprint, guide_fingerprint
+from .fingerprints import config_fingerprint, steering_fingerprint
 from .preflight import TargetFacts, check_generation
 from .settings import GenerationSettings, prepare_output_dir
 
@@ -45,72 +44,23 @@ def image_seed(run_seed: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
-def image_target(seed: int, num_classes: int, probabilities: np.ndarray | None = None) -> int:
-    """The surrogate condition of an image, drawn from its own seed (independent of its noise).
-
-    Uniform over the ``num_classes`` conditions (the paper) unless ``probabilities`` are given
-    (see `diffusers_side.guidance.targets.target_probabilities`).
-    """
-    if probabilities is None:
-        return int(np.random.default_rng(seed).integers(num_classes))
-    return int(np.random.default_rng(seed).choice(num_classes, p=probabilities))
-
-
-@dataclass
-class Guide:
-    """What steers a guided run, loaded once per run: the exemplar set (if any) and the target distribution."""
-
-    num_classes: int
-    exemplars: ExemplarPosterior | None = None
-    probabilities: np.ndarray | None = None
-
-
-def prepare_guide(pipe: SIDEPipeline, settings: GenerationSettings) -> Guide | None:
-    """Load the exemplar set and the target probabilities of ``settings`` (``None`` for unguided methods)."""
-    if not get_method(settings.method).guided:
-        return None
-    exemplars, duplicates = None, None
-    if settings.exemplars is not None:
-        labels = SurrogateLabels.load(settings.exemplars)
-        exemplars = ExemplarPosterior.from_labelled_set(settings.exemplars, num_classes=labels.num_labels)
-        cohesion = [labels.cohesion[k] for k in labels.kept_cluster_ids]
-        threshold = labels.resolved_cohesion_threshold
-        if settings.target_selection == "duplicates":
-            duplicates = duplicate_fraction(exemplars.images.view(-1, *exemplars.image_shape), exemplars.labels, labels.num_labels)
-    else:
-        classifier = getattr(pipe, "classifier", None)
-        info = (classifier.config.label_info if classifier is not None else None) or {}
-        cohesion, threshold = info.get("kept_cohesion"), info.get("resolved_cohesion_threshold")
-        if settings.target_selection != "uniform" and (cohesion is None or threshold is None):
-            raise ValueError(
-                f"target_selection={settings.target_selection!r} needs the clusters' cohesion, but this classifier's "
-                "config records none (train it on the output of `side label`)."
-            )
-    num_classes = exemplars.num_classes if exemplars is not None else get_method(settings.method).num_conditions(pipe)
-    probabilities = target_probabilities(settings.target_selection, cohesion or [0.0] * num_classes, threshold or 0.0, duplicates)
-    return Guide(num_classes, exemplars, probabilities)
-
-
-def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int, guide: Guide | None = None) -> Dataset:
-    """Generate the images of one shard (every image from its own seed); ``guide`` from `prepare_guide`."""
+def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int, steering: Steering | None = None) -> Dataset:
+    """Generate the images of one shard (every image from its own seed); ``steering`` from the method's `steering`."""
     indices = range(shard * settings.batch_size, min((shard + 1) * settings.batch_size, settings.num_images))
     seeds = [image_seed(settings.seed, i) for i in indices]
     device = pipe._execution_device
     method = get_method(settings.method)
-    guided = method.guided
-    if guided and guide is None:
-        guide = prepare_guide(pipe, settings)
-    targets = [image_target(seed, guide.num_classes, guide.probabilities) for seed in seeds] if guided else None
-    guidance_scale = settings.guidance_scale if guided else 0.0
+    if steering is None:
+        steering = method.steering(pipe, settings)
+    targets = [steering.targets.draw(seed) for seed in seeds] if steering is not None else None
+    guidance_scale = method.resolve_guidance_scale(settings.guidance_scale)
     request = ShardRequest(
         seeds=seeds,
         generators=[torch.Generator(device).manual_seed(seed) for seed in seeds],
         targets=targets,
         guidance_scale=guidance_scale,
         num_inference_steps=settings.num_inference_steps,
-        exemplars=guide.exemplars if guided else None,
-        guidance_window=tuple(settings.guidance_window) if guided and settings.guidance_window else None,
-        guidance_space=settings.guidance_space,
+        guide=steering.guide if steering is not None else None,
     )
     records = {
         "image": method.sample(pipe, request),
@@ -150,10 +100,11 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     process_index = accelerator.process_index if accelerator else 0
     num_processes = accelerator.num_processes if accelerator else 1
     settings.validate(num_processes)
-    get_method(settings.method).check_pipeline(pipe)
+    method = get_method(settings.method)
+    method.check_pipeline(pipe)
     check_inputs(pipe, settings)
-    guide = prepare_guide(pipe, settings)
-    settings = with_fingerprints(pipe, settings, guide)
+    steering = method.steering(pipe, settings)  # loads and checks what guides, before the folder is written
+    settings = with_fingerprints(pipe, settings, steering)
     if process_index == 0:
         prepare_output_dir(output_dir, settings)
     if accelerator:
@@ -168,7 +119,7 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=len(todo), desc=f"{settings.method} shards", unit="shard", disable=process_index != 0) as bar:
         for shard in todo:
-            write_shard_atomic(generate_shard(pipe, settings, shard, guide), shard_path(output_dir, shard))
+            write_shard_atomic(generate_shard(pipe, settings, shard, steering), shard_path(output_dir, shard))
             bar.update(1)
     if accelerator:
         accelerator.wait_for_everyone()
@@ -183,16 +134,16 @@ def check_inputs(pipe: SIDEPipeline, settings: GenerationSettings) -> None:
     check_generation(settings, TargetFacts.from_pipeline(pipe, settings.pipeline))
 
 
-def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings, guide: Guide | None = None) -> GenerationSettings:
-    """`settings` with the fingerprints of what will sample: the UNet's and (for classifier-guided methods) the
-    classifier's weights, every sampling component's config, and the exemplar guide (`guide`, if any)."""
-    guided = get_method(settings.method).needs_classifier
+def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings, steering: Steering | None = None) -> GenerationSettings:
+    """`settings` with the fingerprints of what will sample: the weights of the modules the method names
+    (`fingerprinted`: the UNet, and the classifier of classifier guidance), every sampling component's config, and
+    what steers the run (`steering`: targets and an exemplar set)."""
+    modules = get_method(settings.method).fingerprinted(pipe)
+    weights = {field: None if module is None else weights_fingerprint(module) for field, module in modules.items()}
+    include_classifier = modules.get("classifier_fingerprint") is not None
     return replace(
-        settings,
-        model_fingerprint=weights_fingerprint(pipe.unet),
-        classifier_fingerprint=weights_fingerprint(pipe.classifier) if guided else None,
-        config_fingerprint=config_fingerprint(pipe, include_classifier=guided),
-        exemplars_fingerprint=guide_fingerprint(guide),
+        settings, **weights, config_fingerprint=config_fingerprint(pipe, include_classifier),
+        exemplars_fingerprint=steering_fingerprint(steering),
     )
 
 

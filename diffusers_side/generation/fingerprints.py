@@ -1,4 +1,4 @@
-"""Fingerprints of what a generation run depends on beyond its settings: configs and the exemplar set.
+"""Fingerprints of what a generation run depends on beyond its settings: configs, targets and the exemplar set.
 
 The weights are fingerprinted by `diffusers_side.pipelines.loading.weights_fingerprint`. These cover the rest, so
 that a run killed and resumed after ``scheduler_config.json`` was edited (another beta schedule, another
@@ -43,14 +43,22 @@ def config_fingerprint(pipe, include_classifier: bool) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def guide_fingerprint(guide) -> str | None:
-    """The sha256 of an exemplar guide (its images, labels, number of conditions and target probabilities), or
-    ``None`` when the run has no exemplar set."""
-    if guide is None or guide.exemplars is None:
+def steering_fingerprint(steering) -> str | None:
+    """The sha256 of what steers a guided run beyond the model: the target distribution (number of conditions and
+    probabilities) and, for exemplar guidance, the exemplar images and labels; ``None`` for an unguided run.
+
+    Args:
+        steering (`diffusers_side.methods.base.Steering`, *optional*): from the method's ``steering``.
+    """
+    if steering is None:
         return None
-    digest = hashlib.sha256(f"{guide.num_classes};{guide.exemplars.image_shape}".encode())
-    for tensor in (guide.exemplars.images, guide.exemplars.labels):
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    if guide.probabilities is not None:
-        digest.update(np.ascontiguousarray(guide.probabilities, dtype=np.float64).tobytes())
+    targets = steering.targets
+    digest = hashlib.sha256(f"{targets.num_conditions};{type(steering.guide).__name__}".encode())
+    if targets.probabilities is not None:
+        digest.update(np.ascontiguousarray(targets.probabilities, dtype=np.float64).tobytes())
+    exemplars = getattr(steering.guide, "exemplars", None)
+    if exemplars is not None:
+        digest.update(f"{tuple(exemplars.image_shape)}".encode())
+        for tensor in (exemplars.images, exemplars.labels):
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

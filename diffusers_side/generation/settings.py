@@ -17,7 +17,6 @@ from ..methods.registry import METHODS, get_method
 from ..storage.embedded import canonical_model_source
 from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings, shard_files
 from ..storage.outputs import GENERATION, check_output_folder
-from ..utils.arg_types import GUIDANCE_SPACES
 from ..utils.atomic_io import write_json_atomic
 
 
@@ -33,7 +32,8 @@ class GenerationSettings:
     the target distribution drawn from it). `diffusers_side.generation.engine.generate` fills them in; they are
     checked when a run is resumed (and the weights when it is labelled).
     The variant fields (``exemplars``, ``target_selection``, ``guidance_window``, ``guidance_space``) default to
-    the paper's form, which is what a folder written before they existed was generated with.
+    the paper's form, which is what a folder written before they existed was generated with; which of them a
+    method takes, and its lambda, the method decides (`ExtractionMethod.validate`).
     """
 
     pipeline: str
@@ -83,50 +83,11 @@ class GenerationSettings:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0.")
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
-        if not method.guided and self.guidance_scale != 0:
-            guided = [name for name, other in METHODS.items() if other.guided]
-            raise ValueError(
-                f"method={self.method!r} samples without guidance but guidance_scale={self.guidance_scale}; "
-                f"use --method {' or '.join(guided)} for guided sampling, or drop --guidance-scale."
-            )
-        self.validate_guidance_options(method)
-
-    def validate_guidance_options(self, method) -> None:
-        """The exemplar set, target selection, guidance window and guidance space suit the method."""
         check_target_selection(self.target_selection)
-        if self.guidance_space not in GUIDANCE_SPACES:
-            raise ValueError(
-                f"guidance_space={self.guidance_space!r} is not one of {GUIDANCE_SPACES}; use 'xt' (the paper) or 'x0' "
-                "(the classifier reads the predicted clean image)."
-            )
-        if self.guidance_space == "x0" and not method.needs_classifier:
-            why = (
-                "the exemplar posterior is already exact at every noise level" if method.needs_exemplars
-                else "it samples a LoRA model" if method.needs_lora else "it samples without guidance"
-            )
-            raise ValueError(
-                f"guidance_space='x0' guides with a classifier on the predicted clean image, so it applies to "
-                f"--method side or cond, not {self.method!r} ({why}); drop --guidance-space x0 or change --method."
-            )
-        if method.needs_exemplars and self.exemplars is None:
-            raise ValueError(f"method={self.method!r} needs exemplars=DIR (--exemplars, the output of `side label`).")
-        if self.exemplars is not None and not method.needs_exemplars:
-            raise ValueError(f"exemplars={self.exemplars!r} only applies to method='side-exemplar'; drop it.")
-        if not method.guided and (self.target_selection != "uniform" or self.guidance_window is not None):
-            raise ValueError(
-                f"method={self.method!r} samples without guidance; drop target_selection={self.target_selection!r} "
-                f"and guidance_window={self.guidance_window!r}."
-            )
-        if method.needs_lora and (self.target_selection != "uniform" or self.guidance_window is not None):
-            raise ValueError(
-                f"method={self.method!r} samples a LoRA model: target_selection and guidance_window apply to "
-                "side, cond and side-exemplar only; drop them."
-            )
-        if self.target_selection == "duplicates" and self.exemplars is None:
-            raise ValueError("target_selection='duplicates' reads the labelled synthetic images; use --method side-exemplar.")
         window = self.guidance_window
         if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
             raise ValueError(f"guidance_window={window!r} must be [t_min, t_max] with 0 <= t_min <= t_max.")
+        method.validate(self, METHODS.values())
 
     @property
     def num_shards(self) -> int:
@@ -139,7 +100,7 @@ FINGERPRINTS = {
     "model_fingerprint": "the UNet's weights",
     "classifier_fingerprint": "the classifier's weights",
     "config_fingerprint": "the configuration (scheduler_config.json, or a component's config.json)",
-    "exemplars_fingerprint": "the exemplar set (--exemplars)",
+    "exemplars_fingerprint": "what steers it (the target distribution, the exemplar set of --exemplars)",
 }
 
 

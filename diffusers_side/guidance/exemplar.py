@@ -9,8 +9,9 @@ synthetic images m (in [-1, 1]) and the forward process q(x_t | m) = N(sqrt(abar
     grad_x log p(c | x_t) = sqrt(abar_t) (E[m | x_t, c] - E[m | x_t]) / (1 - abar_t).
 
 The gradient is exact, needs no training and carries signal at high noise, where a trained classifier
-is near chance. With the condition-score shift of `SIDEPipeline` it moves the predicted clean image
-by exactly ``guidance_scale * (E[m | x_t, c] - E[m | x_t])``. Cost per step: one ``batch x N_syn``
+is near chance. With the condition-score shift ([`ExemplarGuide`], a
+[`~diffusers_side.guidance.base.ScoreGuide`]) it moves the predicted clean image by exactly
+``guidance_scale * (E[m | x_t, c] - E[m | x_t])``. Cost per step: one ``batch x N_syn``
 distance matrix. Computed in float64 with log-sum-exp.
 
 Not in the SIDE paper (a deviation, see README "Results on the embedded model").
@@ -23,6 +24,8 @@ import os
 import torch
 
 from ..storage.data import find_image_column, images_to_tensor, load_image_dataset
+from .base import ScoreGuide
+from .schedule import GuidanceWindow
 
 
 class ExemplarPosterior:
@@ -98,3 +101,40 @@ class ExemplarPosterior:
         # exact log-sum-exp per class: subtract the class maximum before summing
         summed = torch.zeros_like(per_class).scatter_add(1, index, (log_w - per_class.gather(1, index)).exp())
         return (per_class + summed.log()).argmax(dim=1)
+
+
+class ExemplarGuide(ScoreGuide):
+    """
+    Exemplar (Bayes) guidance: the exact gradient of the labelled synthetic set's posterior replaces the classifier's.
+
+    Args:
+        exemplars ([`ExemplarPosterior`]): the labelled synthetic set (`ExemplarPosterior.from_labelled_set`).
+        window ([`GuidanceWindow`] or `tuple`, *optional*): guide only at timesteps in ``[t_min, t_max]``.
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.guidance.exemplar import ExemplarGuide, ExemplarPosterior
+    >>> guide = ExemplarGuide(ExemplarPosterior.from_labelled_set("side-demo/labels"))
+    >>> out = pipe(batch_size=4, guide=guide, guidance_scale=10.0)  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, exemplars: ExemplarPosterior, window: GuidanceWindow | tuple[float, float] | None = None):
+        super().__init__(window)
+        self.exemplars = exemplars
+
+    @property
+    def num_conditions(self) -> int:
+        return self.exemplars.num_classes
+
+    def check(self, pipe, sample_shape, num_inference_steps=None) -> None:
+        if tuple(self.exemplars.image_shape) != tuple(sample_shape):
+            raise ValueError(
+                f"The exemplars are {self.exemplars.image_shape} images but the UNet samples {tuple(sample_shape)}; label "
+                "a synthetic set sampled from this UNet."
+            )
+        super().check(pipe, sample_shape, num_inference_steps)
+
+    def log_prob_gradient(self, pipe, x_t, timestep, alpha_bar, targets) -> torch.Tensor:
+        return self.exemplars.gradient(x_t, alpha_bar, targets)

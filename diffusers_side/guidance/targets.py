@@ -9,9 +9,12 @@
   synthetic set): memorized images come back several times. Needs the labelled synthetic images.
 
 None of them reads the training set. Every non-uniform choice is a deviation from the paper.
+A [`TargetSampler`] draws each image's target from the image's own seed, so an image regenerates alone.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -98,3 +101,55 @@ def target_probabilities(
         weights = np.zeros_like(cohesion)
         weights[np.argsort(-cohesion, kind="stable")[:keep]] = 1.0
     return weights / weights.sum()
+
+
+def image_target(seed: int, num_classes: int, probabilities: np.ndarray | None = None) -> int:
+    """The surrogate condition of an image, drawn from its own seed (independent of its noise).
+
+    Uniform over the ``num_classes`` conditions (the paper) unless ``probabilities`` are given
+    (see `target_probabilities`).
+    """
+    if probabilities is None:
+        return int(np.random.default_rng(seed).integers(num_classes))
+    return int(np.random.default_rng(seed).choice(num_classes, p=probabilities))
+
+
+@dataclass
+class TargetSampler:
+    """
+    Draws the target surrogate condition of each image of a run from the image's seed.
+
+    Args:
+        num_conditions: K', the number of surrogate conditions.
+        probabilities: the probability of each (`target_probabilities`); ``None`` draws uniformly (the paper).
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.guidance.targets import TargetSampler
+    >>> sampler = TargetSampler.from_selection("top0.5", 4, cohesion=[0.9, 0.95, 0.8, 0.99], cohesion_threshold=0.8)
+    >>> {sampler.draw(seed) for seed in range(50)}
+    {1, 3}
+    ```
+    """
+
+    num_conditions: int
+    probabilities: np.ndarray | None = None
+
+    @classmethod
+    def from_selection(
+        cls,
+        selection: str,
+        num_conditions: int,
+        cohesion: list[float] | None = None,
+        cohesion_threshold: float | None = None,
+        duplicates: np.ndarray | None = None,
+    ) -> "TargetSampler":
+        """The sampler of a ``--target-selection`` (cohesion and tau are only read by the non-uniform ones)."""
+        cohesion = cohesion or [0.0] * num_conditions
+        probabilities = target_probabilities(selection, cohesion, cohesion_threshold or 0.0, duplicates)
+        return cls(num_conditions, probabilities)
+
+    def draw(self, seed: int) -> int:
+        """The target of the image with seed ``seed``."""
+        return image_target(seed, self.num_conditions, self.probabilities)

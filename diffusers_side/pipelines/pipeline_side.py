@@ -1,5 +1,8 @@
 """`SIDEPipeline`: unconditional diffusion sampling guided toward one surrogate condition at a time.
 
+How a step is guided is the business of a guide (`diffusers_side.guidance`): the pipeline draws the noise and
+the targets, runs the scheduler and asks the guide for the guided model output at every step inside its window.
+
 `model_index.json` records the pipeline as ``["diffusers_side", "SIDEPipeline"]``: the top-level package must keep
 exporting it.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,7 +26,10 @@ from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
+from ..guidance.base import Guide, frozen
+from ..guidance.classifier import check_classifier_reads
 from ..guidance.exemplar import ExemplarPosterior
+from ..guidance.registry import build_guide
 from ..models.classifier import TimeDependentClassifier
 from ..storage.embedded import EMBEDDED_CHOICES
 
@@ -30,9 +37,6 @@ logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 DDIM_DEFAULT_STEPS = 50  # DDIMPipeline's default; DDPM schedulers default to their full chain like DDPMPipeline
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-# Where the classifier reads the sample: the noisy x_t (the paper) or the predicted clean image x0_hat.
-GUIDANCE_SPACES = ("xt", "x0")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -65,20 +69,6 @@ class SIDEPipelineOutput(BaseOutput):
     targets: torch.Tensor | None
 
 
-@contextlib.contextmanager
-def frozen(model: torch.nn.Module):
-    """Put `model` in eval mode with no parameter gradients, and restore its state afterwards."""
-    was_training = model.training
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    model.eval().requires_grad_(False)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-        for parameter, flag in zip(model.parameters(), requires_grad):
-            parameter.requires_grad_(flag)
-
-
 class SIDEPipeline(DiffusionPipeline):
     r"""
     Sampling from an unconditional diffusion model with time-dependent classifier guidance (SIDE).
@@ -90,10 +80,9 @@ class SIDEPipeline(DiffusionPipeline):
     (the "condition score" form of Dhariwal & Nichol, 2021), so any scheduler can take the step. With
     `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline`.
 
-    `guidance_space="x0"` (not in the SIDE paper; universal / DPS-style guidance) instead classifies the
-    predicted clean image x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), clamped to [-1, 1],
-    at timestep 0, takes g = grad_{x_t} log p_phi(c | x0_hat) through the UNet, and moves eps by a fixed
-    fraction lambda of its own RMS: eps_guided = eps - lambda * RMS(eps) * g / RMS(g), per image (see `guide_x0`).
+    That is the default guide ([`~diffusers_side.guidance.classifier.ClassifierGuide`]); `guide=` takes any
+    other (`diffusers_side.guidance`: the clean-image classifier guide of `guidance_space="x0"`, exemplar guidance
+    of `exemplars=`, or your own [`~diffusers_side.guidance.base.Guide`]).
 
     Swapping it in for `DDPMPipeline` or `DDIMPipeline` keeps their calls working: the same arguments with
     the same defaults (`num_inference_steps` follows the scheduler, see `__call__`), `return_dict=False`
@@ -124,7 +113,7 @@ class SIDEPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, classifier: TimeDependentClassifier | None = None):
         super().__init__()
         if classifier is not None:
-            check_classifier_matches_unet(classifier, unet)
+            check_classifier_reads(classifier, (unet.config.in_channels, *_sample_hw(unet.config.sample_size)))
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
 
     @property
@@ -200,21 +189,50 @@ class SIDEPipeline(DiffusionPipeline):
                 ) from error
             raise
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one sample of the UNet."""
+        return (self.unet.config.in_channels, *_sample_hw(self.unet.config.sample_size))
+
+    def resolve_guide(
+        self,
+        guide: Guide | None = None,
+        exemplars: ExemplarPosterior | None = None,
+        guidance_window: tuple[float, float] | None = None,
+        guidance_space: str = "xt",
+    ) -> Guide | None:
+        """The guide of a call: ``guide`` itself, or the one its keyword arguments describe (`None`: nothing to guide with).
+
+        The keyword arguments are thin constructors (`diffusers_side.guidance.registry.build_guide`): the
+        pipeline's classifier read on x_t (``guidance_space="xt"``, the paper) or on the predicted clean image
+        (``"x0"``), or the exemplar posterior of ``exemplars``, each limited to ``guidance_window`` if given.
+        """
+        if guide is None:
+            return build_guide(self.classifier, exemplars, guidance_window, guidance_space)
+        if not isinstance(guide, Guide):
+            raise TypeError(f"guide must be a diffusers_side.guidance.base.Guide, got {type(guide).__name__}.")
+        if exemplars is not None or guidance_window is not None or guidance_space != "xt":
+            raise ValueError(
+                "guide= replaces exemplars=, guidance_window= and guidance_space=; pass the window to the guide "
+                "(e.g. ClassifierGuide(classifier, window=(t_min, t_max))) and drop the other arguments."
+            )
+        return guide
+
     def check_inputs(
         self,
         batch_size: int,
+        num_inference_steps: int,
         target: int | list[int] | torch.Tensor | None,
         guidance_scale: float,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
         use_clipped_model_output: bool | None = None,
-        exemplars: ExemplarPosterior | None = None,
-        guidance_window: tuple[float, float] | None = None,
-        guidance_space: str = "xt",
+        guide: Guide | None = None,
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+        for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer (an int >= 1, not a bool).")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -228,44 +246,18 @@ class SIDEPipeline(DiffusionPipeline):
             )
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
-        if guidance_window is not None and (len(guidance_window) != 2 or not guidance_window[0] <= guidance_window[1]):
-            raise ValueError(f"guidance_window={guidance_window!r} must be (t_min, t_max) with t_min <= t_max.")
-        if guidance_space not in GUIDANCE_SPACES:
-            raise ValueError(
-                f"guidance_space={guidance_space!r} is not one of {GUIDANCE_SPACES}; use 'xt' (the paper: the classifier "
-                "reads the noisy x_t) or 'x0' (it reads the predicted clean image)."
-            )
-        if guidance_space == "x0" and exemplars is not None:
-            raise ValueError(
-                "guidance_space='x0' guides with a classifier and cannot be combined with exemplars: the exemplar "
-                "posterior p(c | x_t) is already exact at every noise level, and at t = 0 it is a hard "
-                "nearest-exemplar assignment whose gradient vanishes. Drop exemplars=, or use guidance_space='xt'."
-            )
-        if exemplars is not None:
-            sample_shape = (self.unet.config.in_channels, *_sample_hw(self.unet.config.sample_size))
-            if exemplars.image_shape != sample_shape:
-                raise ValueError(
-                    f"The exemplars are {exemplars.image_shape} images but the UNet samples {sample_shape}; label a "
-                    "synthetic set sampled from this UNet."
-                )
-        elif self.classifier is None:
+        if guide is None:
             if guidance_scale > 0 or target is not None:
                 raise ValueError(
                     f"guidance_scale={guidance_scale}, target={target!r} need a classifier, but this pipeline has none; "
-                    "build it with `SIDEPipeline(unet, scheduler, classifier=...)`, pass `exemplars=`, or set "
+                    "build it with `SIDEPipeline(unet, scheduler, classifier=...)`, pass `exemplars=` or `guide=`, or set "
                     "guidance_scale=0 and target=None."
                 )
             return
-        else:
-            check_classifier_matches_unet(self.classifier, self.unet)
-        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
-        if guidance_scale > 0 and prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"Classifier guidance supports prediction_type in {PREDICTION_TYPES}, not {prediction_type!r}."
-            )
+        guide.check(self, self.sample_shape, num_inference_steps if guidance_scale > 0 else None)
         if target is not None:
             targets = torch.as_tensor(target).reshape(-1)
-            num_classes = self.num_conditions(exemplars)
+            num_classes = guide.num_conditions
             if targets.numel() not in (1, batch_size):
                 raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
             if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_classes:
@@ -274,151 +266,22 @@ class SIDEPipeline(DiffusionPipeline):
                     f"(valid targets are 0..{num_classes - 1})."
                 )
 
-    def num_conditions(self, exemplars: ExemplarPosterior | None = None) -> int:
-        """K', the number of surrogate conditions of the guide (the exemplar set's, else the classifier's)."""
-        return exemplars.num_classes if exemplars is not None else self.classifier.config.num_classes
-
     def prepare_targets(
         self,
         target,
         batch_size: int,
         generator: torch.Generator | list[torch.Generator] | None,
         device: torch.device,
-        exemplars: ExemplarPosterior | None = None,
+        num_classes: int,
     ) -> torch.Tensor:
-        """Fixed targets, or one condition drawn uniformly per image from the generator(s)."""
+        """Fixed targets, or one of the ``num_classes`` conditions drawn uniformly per image from the generator(s)."""
         if target is not None:
             return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-        num_classes = self.num_conditions(exemplars)
         if isinstance(generator, list):
             draws = [torch.randint(num_classes, (1,), generator=g, device=g.device) for g in generator]
             return torch.cat([d.to(device) for d in draws])
         generator_device = generator.device if generator is not None else "cpu"
         return torch.randint(num_classes, (batch_size,), generator=generator, device=generator_device).to(device)
-
-    def alpha_bar(self, step_index: int, timestep: torch.Tensor) -> torch.Tensor:
-        """abar_t of the current step: 1 / (1 + sigma^2) for sigma-parameterised schedulers, else alphas_cumprod[t]."""
-        sigmas = getattr(self.scheduler, "sigmas", None)
-        if sigmas is not None and len(sigmas) > step_index:
-            return 1.0 / (1.0 + sigmas[step_index].double() ** 2)
-        return self.scheduler.alphas_cumprod[int(timestep)].double()
-
-    def classifier_gradient(self, model_input: torch.Tensor, timestep: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """g = grad_x log p_phi(c | x_t, t), taken w.r.t. the noisy images only (the classifier is frozen)."""
-        with torch.enable_grad():
-            x_t = model_input.detach().to(self.classifier.dtype).requires_grad_(True)
-            log_probs = self.classifier(x_t, timestep.expand(x_t.shape[0])).log_softmax(dim=-1)
-            selected = log_probs[torch.arange(x_t.shape[0], device=x_t.device), targets].sum()
-            (gradient,) = torch.autograd.grad(selected, x_t)
-        return gradient.to(model_input.dtype)
-
-    def guide(
-        self,
-        model_output: torch.Tensor,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        step_index: int,
-        targets: torch.Tensor,
-        guidance_scale: float,
-        exemplars: ExemplarPosterior | None = None,
-    ) -> torch.Tensor:
-        """Shift the model's prediction so that its implied noise is eps - sqrt(1 - abar_t) * lambda * g.
-
-        g is the classifier's gradient, or the exact one of the exemplar posterior when `exemplars` is given.
-        """
-        abar = self.alpha_bar(step_index, timestep)
-        if exemplars is not None:
-            gradient = exemplars.gradient(model_input, abar, targets)
-        else:
-            gradient = self.classifier_gradient(model_input, timestep, targets)
-        check_finite_gradient(gradient, step_index, timestep)
-        eps_shift = (-(1 - abar).sqrt() * guidance_scale * gradient.double()).to(model_output.dtype)
-        return self.shift_noise_prediction(model_output, model_input, abar, eps_shift)
-
-    def shift_noise_prediction(
-        self, model_output: torch.Tensor, model_input: torch.Tensor, abar: torch.Tensor, eps_shift: torch.Tensor
-    ) -> torch.Tensor:
-        """`model_output` changed so that the noise it implies moves by `eps_shift`, in the model's own parameterisation.
-
-        x_t = alpha_t x_0 + sigma_t eps and v = alpha_t eps - sigma_t x_0, with alpha_t = sqrt(abar_t) and
-        sigma_t = sqrt(1 - abar_t); a learned-variance UNet's extra output channels are left as they are.
-        """
-        alpha_t, sigma_t = abar.sqrt(), (1 - abar).sqrt()
-        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            eps_shift = eps_shift * (-sigma_t / alpha_t).to(model_output.dtype)
-        elif prediction_type == "v_prediction":
-            eps_shift = eps_shift / alpha_t.to(model_output.dtype)
-        channels = model_input.shape[1]
-        guided = model_output.clone()
-        guided[:, :channels] += eps_shift
-        return guided
-
-    def predicted_noise(self, model_output: torch.Tensor, model_input: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t) implied by the model's output, whatever it predicts (epsilon, v or x_0)."""
-        alpha_t, sigma_t = (value.to(model_input.dtype) for value in (abar.sqrt(), (1 - abar).sqrt()))
-        prediction = model_output[:, : model_input.shape[1]]
-        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
-        if prediction_type == "sample":
-            return (model_input - alpha_t * prediction) / sigma_t
-        if prediction_type == "v_prediction":
-            return alpha_t * prediction + sigma_t * model_input
-        return prediction
-
-    def clean_image_gradient(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, abar: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's output at x_t and g = grad_{x_t} log p_phi(c | x0_hat(x_t), t=0), back-propagated through the UNet.
-
-        x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t), clamped to [-1, 1] as a scheduler with
-        `clip_sample=True` clamps its x_0 prediction, so the classifier sees an image in its training range (pixels
-        predicted outside it pass no gradient). A time-dependent classifier is evaluated at t = 0, the clean images
-        it was trained on; a time-independent one ignores t.
-
-        Returns:
-            `tuple`: the UNet's output (detached), which the step then guides, and g.
-        """
-        alpha_t, sigma_t = (value.to(model_input.dtype) for value in (abar.sqrt(), (1 - abar).sqrt()))
-        with torch.enable_grad():
-            x_t = model_input.detach().requires_grad_(True)
-            model_output = self.unet(x_t, timestep).sample
-            clean = ((x_t - sigma_t * self.predicted_noise(model_output, x_t, abar)) / alpha_t).clamp(-1, 1)
-            clean_timestep = torch.zeros(x_t.shape[0], device=x_t.device, dtype=torch.long)
-            log_probs = self.classifier(clean.to(self.classifier.dtype), clean_timestep).log_softmax(dim=-1)
-            selected = log_probs[torch.arange(x_t.shape[0], device=x_t.device), targets].sum()
-            (gradient,) = torch.autograd.grad(selected, x_t)
-        return model_output.detach(), gradient
-
-    def guide_x0(
-        self,
-        model_input: torch.Tensor,
-        timestep: torch.Tensor,
-        step_index: int,
-        targets: torch.Tensor,
-        guidance_scale: float,
-    ) -> torch.Tensor:
-        """Run the UNet at x_t and return its output guided on the predicted clean image (`guidance_space="x0"`).
-
-        The implied noise becomes, per image,
-
-            eps_guided = eps_theta(x_t, t) - lambda * RMS(eps_theta) * g / RMS(g),
-            g = grad_{x_t} log p_phi(c | x0_hat(x_t), t=0)   (see `clean_image_gradient`),
-
-        RMS over the pixels of one image. This is a per-step normalisation: the raw g grows like
-        1 / sqrt(abar_t) at high noise (the chain rule through x0_hat), and its size depends on the classifier's
-        calibration, so lambda is instead the fraction of the noise prediction's RMS by which guidance moves it,
-        at every t and for every model (lambda = 0.1: a 10 % change of eps at each guided step). The paper's
-        x_t form, eps - sqrt(1 - abar_t) * lambda * grad log p_phi(c | x_t, t), has no such normalisation: there
-        lambda scales the classifier's score. An image whose g is zero is left unguided.
-        """
-        abar = self.alpha_bar(step_index, timestep)
-        model_output, gradient = self.clean_image_gradient(model_input, timestep, abar, targets)
-        check_finite_gradient(gradient, step_index, timestep)
-        eps = self.predicted_noise(model_output, model_input, abar)
-        eps_shift = -guidance_scale * root_mean_square(eps) * gradient / root_mean_square(gradient).clamp_min(
-            torch.finfo(gradient.dtype).tiny
-        )
-        return self.shift_noise_prediction(model_output, model_input, abar, eps_shift.to(model_output.dtype))
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -435,47 +298,39 @@ class SIDEPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["SIDEPipeline", int, torch.Tensor, dict], dict] | None = None,
+        guide: Guide | None = None,
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
         guidance_space: str = "xt",
     ) -> SIDEPipelineOutput | tuple:
         r"""
-        Generate images, guided toward surrogate conditions when a classifier and a positive scale are given.
+        Generate images, guided toward surrogate conditions when there is a guide and a positive scale.
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
-            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image
-                (so each image can be regenerated from its own seed).
-            target (`int`, `list[int]` or `torch.Tensor`, *optional*): the surrogate condition(s) to guide toward,
-                one for all images or one per image. `None` draws one uniformly at random per image from `generator`
-                (only when guidance is on, so unguided sampling consumes exactly the random numbers
-                `DDPMPipeline` does).
-            guidance_scale (`float`, *optional*): lambda. Defaults to 1.0 when the pipeline has a classifier (the
-                Bayes-exact conditional score of p(x | c); unlike classifier-free guidance, 1.0 is not "off"), 0
-                otherwise. 0 reproduces unconditional sampling exactly. Without a classifier only 0 is accepted.
-            num_inference_steps (`int`, *optional*): denoising steps. Defaults to what the unguided pipeline for
-                this scheduler uses: the full training chain (`num_train_timesteps`, 1000 for a standard DDPM)
-                with a `DDPMScheduler`, as `DDPMPipeline` does, and 50 with any other scheduler, as
-                `DDIMPipeline` does.
-            eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers that do not take it.
-            use_clipped_model_output (`bool`, *optional*): forwarded to `DDIMScheduler.step` as `DDIMPipeline`
-                does; `None` passes nothing (required for schedulers whose `step` does not take it).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image.
+            target (`int`, `list[int]` or `torch.Tensor`, *optional*): the surrogate condition(s) to guide toward, one
+                for all images or one per image. `None` draws one uniformly per image from `generator` (only when
+                guidance is on, so unguided sampling consumes exactly the random numbers `DDPMPipeline` does).
+            guidance_scale (`float`, *optional*): lambda. Defaults to 1.0 when there is a guide (the Bayes-exact
+                conditional score; unlike classifier-free guidance, 1.0 is not "off"), 0 otherwise. 0 reproduces
+                unconditional sampling exactly.
+            num_inference_steps (`int`, *optional*): denoising steps; defaults to the full training chain with a
+                `DDPMScheduler` (as `DDPMPipeline`) and to 50 with any other scheduler (as `DDIMPipeline`).
+            eta, use_clipped_model_output: DDIM's, forwarded to `scheduler.step` as `DDIMPipeline` does (when it takes them).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): return a [`SIDEPipelineOutput`] instead of the tuple
-                `(images,)` that diffusers' pipelines return. The targets are only in the `SIDEPipelineOutput`:
-                use the default `return_dict=True` (or pass `target`) to know them.
+            return_dict (`bool`, defaults to `True`): a [`SIDEPipelineOutput`] (with the targets), else `(images,)`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after
                 every step; it may return `{"image": replacement}`.
-            exemplars ([`~diffusers_side.guidance.exemplar.ExemplarPosterior`], *optional*): guide with the exact posterior
-                of this labelled synthetic set instead of the classifier (exemplar guidance; not in the SIDE paper).
-            guidance_window (`tuple[float, float]`, *optional*): guide only at the steps whose timestep t lies in
-                `[t_min, t_max]`; `None` guides at every step (the paper).
-            guidance_space (`str`, defaults to `"xt"`): where the classifier reads the sample. `"xt"` (the paper):
-                p_phi(c | x_t, t) on the noisy sample, eps - sqrt(1 - abar_t) * lambda * g. `"x0"` (not in the SIDE
-                paper): p_phi(c | x0_hat) on the predicted clean image at t = 0, the gradient back-propagated
-                through the UNet (one extra UNet backward per guided step), and eps moved by lambda times its own
-                RMS (see `guide_x0`), so useful scales are fractions such as 0.02-0.2. Needs a classifier (not
-                `exemplars`).
+            guide ([`~diffusers_side.guidance.base.Guide`], *optional*): how to guide. Defaults to the pipeline's
+                classifier read on x_t (the paper), as the three arguments below describe.
+            exemplars ([`~diffusers_side.guidance.exemplar.ExemplarPosterior`], *optional*): guide with the exact
+                posterior of this labelled synthetic set instead of the classifier (not in the SIDE paper).
+            guidance_window (`tuple[float, float]`, *optional*): guide only at timesteps t in `[t_min, t_max]`
+                (`None`: every step, the paper); a window holding no sampling timestep is refused.
+            guidance_space (`str`, defaults to `"xt"`): a classifier guide of `diffusers_side.guidance.registry`:
+                `"xt"` (the paper) or `"x0"` (the classifier reads the predicted clean image; lambda is then the
+                fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
 
         Examples:
 
@@ -483,56 +338,65 @@ class SIDEPipeline(DiffusionPipeline):
             [`SIDEPipelineOutput`] or `tuple`: images and targets (`targets` is `None` without guidance), or
             `(images,)` when `return_dict=False`.
         """
+        guide = self.resolve_guide(guide, exemplars, guidance_window, guidance_space)
         if guidance_scale is None:
-            guidance_scale = 1.0 if self.classifier is not None or exemplars is not None else 0.0
+            guidance_scale = 1.0 if guide is not None else 0.0
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps()
         self.check_inputs(
-            batch_size, target, guidance_scale, generator, output_type, use_clipped_model_output, exemplars,
-            guidance_window, guidance_space,
+            batch_size, num_inference_steps, target, guidance_scale, generator, output_type, use_clipped_model_output, guide
         )
         device = self._execution_device
         guided = guidance_scale > 0
         targets = None
         if guided or target is not None:
-            targets = self.prepare_targets(target, batch_size, generator, device, exemplars)
-        window = guidance_window or (-math.inf, math.inf)
+            targets = self.prepare_targets(target, batch_size, generator, device, guide.num_conditions)
 
-        size = self.unet.config.sample_size
-        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        shape = (batch_size, *self.sample_shape)
         image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         image = image * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
+        image = self.denoise(image, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
 
-        on_clean_image = guided and guidance_space == "x0"
+        image = self.postprocess(image, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return SIDEPipelineOutput(images=image, targets=targets)
+
+    def denoise(
+        self,
+        image: torch.Tensor,
+        step_kwargs: dict,
+        guide: Guide | None = None,
+        targets: torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        callback_on_step_end: Callable | None = None,
+    ) -> torch.Tensor:
+        """Run the scheduler's timesteps from the noise ``image``; at the steps ``guide`` is active, it gives the output."""
         with contextlib.ExitStack() as stack:
-            if guided and exemplars is None:
-                stack.enter_context(frozen(self.classifier))
-            if on_clean_image:  # gradients flow through the UNet to x_t, never into its weights
-                stack.enter_context(frozen(self.unet))
+            for module in guide.frozen_modules(self) if guide is not None else []:
+                stack.enter_context(frozen(module))
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 model_input = self.scheduler.scale_model_input(image, t)
-                guide_now = guided and window[0] <= float(t) <= window[1]
-                if guide_now and on_clean_image:
-                    model_output = self.guide_x0(model_input, t, i, targets, guidance_scale)
-                else:
-                    model_output = self.unet(model_input, t).sample
-                    if guide_now:
-                        model_output = self.guide(model_output, model_input, t, i, targets, guidance_scale, exemplars)
+                guide_now = guide is not None and guide.active(t)
+                model_output = None if guide_now and guide.runs_unet else self.unet(model_input, t).sample
+                if guide_now:
+                    model_output = guide.guided_output(self, model_input, t, i, model_output, targets, guidance_scale)
                 image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
+        return image
 
+    def postprocess(self, image: torch.Tensor, output_type: str):
+        """Samples in [-1, 1] as images in [0, 1], in the format ``output_type`` asks for."""
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()  # float(): numpy has no bfloat16
             if output_type == "pil":
                 image = self.numpy_to_pil(image)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return SIDEPipelineOutput(images=image, targets=targets)
+        return image
 
     def default_num_inference_steps(self) -> int:
         """`DDPMPipeline`'s default (the whole chain) with a `DDPMScheduler`, `DDIMPipeline`'s 50 otherwise."""
@@ -557,32 +421,5 @@ class SIDEPipeline(DiffusionPipeline):
         return kwargs
 
 
-def root_mean_square(images: torch.Tensor) -> torch.Tensor:
-    """The RMS of each image of a batch, shaped `(batch, 1, 1, 1)` to broadcast against it."""
-    return images.pow(2).mean(dim=tuple(range(1, images.ndim)), keepdim=True).sqrt()
-
-
-def check_finite_gradient(gradient: torch.Tensor, step_index: int, timestep: torch.Tensor) -> None:
-    """Raise `ValueError` naming the step when the guidance gradient has a NaN or an infinity."""
-    if not torch.isfinite(gradient).all():
-        raise ValueError(
-            f"The classifier gradient is not finite at step {step_index} (t={float(timestep):g}); "
-            "check the classifier weights or lower guidance_scale."
-        )
-
-
 def _sample_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def check_classifier_matches_unet(classifier: TimeDependentClassifier, unet: UNet2DModel) -> None:
-    """Raise if the classifier cannot read the UNet's samples (channels or resolution differ)."""
-    if not isinstance(classifier, TimeDependentClassifier):
-        raise TypeError(f"classifier must be a TimeDependentClassifier, got {type(classifier).__name__}.")
-    unet_size, classifier_size = unet.config.sample_size, classifier.config.sample_size
-    if unet.config.in_channels != classifier.config.in_channels or unet_size != classifier_size:
-        raise ValueError(
-            f"The classifier expects {classifier.config.in_channels}x{classifier_size}x{classifier_size} images but the "
-            f"UNet samples {unet.config.in_channels}x{unet_size}x{unet_size}; train the classifier at the UNet's "
-            "resolution and channels (training/train_classifier.py reads them from the pipeline)."
-        )

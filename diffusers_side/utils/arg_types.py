@@ -16,8 +16,6 @@ import re
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
 # Names of `--scheduler`; `diffusers_side.pipelines.loading.SCHEDULERS` maps each to its diffusers class.
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")
-# Values of `--guidance-space`; the same as `diffusers_side.pipelines.pipeline_side.GUIDANCE_SPACES` (which imports torch).
-GUIDANCE_SPACES = ("xt", "x0")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -36,6 +36,7 @@ from ..evaluation.report import write_report
 from ..generation.engine import GenerationSettings, generate
 from ..generation.preflight import TargetFacts, check_reference_reachable, check_reference_shape, check_sampling_steps
 from ..labels.surrogate_labels import label_synthetic
+from ..methods.base import AuditArtefacts
 from ..methods.registry import extraction_method_names, get_method
 from ..pipelines.loading import load_pipeline
 from ..storage.embedded import DEFAULT, check_model_source
@@ -78,7 +79,7 @@ class DemoConfig:
             training of both classifiers.
         num_images: N_G, candidates per extraction method (all methods share the same seeds).
         guidance_scale: lambda of every guided method (SIDE's unless swept); ``None``: each method's registered
-            default (`ExtractionMethod.default_guidance_scale`: SIDE and Cond 1 as in the paper, SIDE-exemplar 10).
+            default (`ExtractionMethod.resolve_guidance_scale`: SIDE and Cond 1 as in the paper, SIDE-exemplar 10).
         sweep_guidance_scales: lambdas for SIDE tried at ``selection_seed`` with ``selection_num_images`` images
             each; SIDE is then extracted at the one with the best score (`SELECTION_CRITERION`). Empty: no sweep.
         selection_num_images, selection_seed: N_G per lambda and the seed of the sweep (never ``seed``, so the
@@ -214,18 +215,19 @@ class Demo:
                 seed=c.seed, num_inference_steps=c.num_inference_steps, scheduler=c.scheduler,
             )
         record = get_method(method)
-        classifier = None
-        if record.needs_classifier:
-            classifier = self.path("classifier-side" if record.time_dependent else "classifier-cond")
-        guidance_scale = record.default_guidance_scale if c.guidance_scale is None else c.guidance_scale
+        guidance_scale = record.resolve_guidance_scale(c.guidance_scale if record.guided else None)
         if method == SWEPT_METHOD and self.selected_guidance_scale is not None:
             guidance_scale = self.selected_guidance_scale
         return GenerationSettings(
             pipeline=c.pipeline, method=method, num_images=c.num_images, batch_size=c.batch_size, seed=c.seed,
-            num_inference_steps=c.num_inference_steps, guidance_scale=guidance_scale if record.guided else 0.0,
-            scheduler=c.scheduler, classifier=str(classifier) if classifier else None,
-            exemplars=str(self.path("labels")) if record.needs_exemplars else None,
+            num_inference_steps=c.num_inference_steps, guidance_scale=guidance_scale, scheduler=c.scheduler,
+            **record.audit_inputs(self.artefacts()),
         )
+
+    def artefacts(self) -> AuditArtefacts:
+        """Where the label and classifier stages write (what each method takes its inputs from)."""
+        classifiers = {not time_independent: self.path(name) for name, time_independent in CLASSIFIERS.items()}
+        return AuditArtefacts(labels=self.path("labels"), classifiers=classifiers)
 
     def sweep_settings(self) -> GenerationSettings:
         """SIDE's settings on the selection seed, at the sweep's N_G (`run_sweep` sets each lambda)."""
@@ -409,9 +411,9 @@ def select_guidance_scale(results_by_scale: dict[str, dict]) -> float:
 
 
 def demo_methods() -> list[str]:
-    """The extraction methods the demo compares: every registered one except the LoRA branch, whose fine-tuning
-    stage the demo does not run (README, "LoRA-SIDE", has its commands and numbers)."""
-    return [name for name in extraction_method_names() if not get_method(name).needs_lora]
+    """The extraction methods the demo compares: every registered one it has the inputs for (`ExtractionMethod.in_demo`;
+    not the LoRA branch, whose fine-tuning stage the demo does not run: README "LoRA-SIDE" has its commands)."""
+    return [name for name in extraction_method_names() if get_method(name).in_demo]
 
 
 def run_demo(
