@@ -90,6 +90,8 @@ FLAGS = ["--output", "--num-samples", "--num-images", "--method", "--guidance-sc
     command=st.sampled_from(COMMANDS),
     words=st.lists(st.one_of(st.sampled_from(FLAGS), NUMBERISH), max_size=8),
 )
+@example(command="demo", words=["\r"])  # found by this test: a carriage return in an argument split the error line
+@example(command="label", words=["--output", "a\nb"])
 def test_the_parser_parses_or_exits_2_with_one_line(command, words, capsys):
     argv = [command, *words]
     try:

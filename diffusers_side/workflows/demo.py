@@ -275,12 +275,9 @@ class Demo:
                 )
 
     def check_target_and_reference(self) -> None:
-        """The reference can be read and holds images of the shape the target samples (the evaluation compares
-        pixels), and the target takes the sampling steps asked for: all known from small files, before any stage.
-
-        Raises:
-            `ValueError`: naming both shapes (or the steps) and the flags of `side demo` that fix it.
-        """
+        """Before any stage, from small files: the target takes the sampling steps, and the reference can be read and
+        holds images of the shape the target samples (the evaluation compares pixels); else a `ValueError` naming
+        the shapes (or steps) and the flags of `side demo` that fix it."""
         c = self.config
         facts = TargetFacts.from_files(c.pipeline)
         check_sampling_steps(c.num_inference_steps, facts, "the preset's sampling steps", "pass --pipeline with a longer schedule")
