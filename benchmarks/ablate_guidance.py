@@ -1,7 +1,7 @@
 """Ablation of SIDE's guidance on one target: where does it help extraction, where does it hurt?
 
 Not a speed benchmark: the investigation behind README's "Results on the embedded model". Every
-variant samples the same ``N_G`` seeds as ``side extract`` (image i uses ``image_seed(seed, i)`` and
+variant samples the same ``N_G`` seeds as ``side extract`` (image i uses ``image_seed(seed, i, "extraction")`` and
 the target cluster ``image_target``) and is scored against the training set with the library's
 normalized L2 (`find_best_matches` + `extraction_metrics`, default bands), so variants compare at equal
 N_G and seeds. A variant is ``scale[@tmin:tmax][+random]``:
@@ -33,6 +33,7 @@ from diffusers_side import SIDEPipeline
 from diffusers_side.evaluation.bands import default_bands
 from diffusers_side.evaluation.metrics import extraction_metrics
 from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.guidance.classifier import ClassifierGuide
 from diffusers_side.similarity.measures import find_best_matches
 from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset
@@ -78,7 +79,7 @@ def sample(pipe: SIDEPipeline, variant: dict, num_images: int, seed: int, batch_
     """Images in [0, 1] and their targets, generated exactly as `side extract` seeds them."""
     guide = variant_guide(pipe, variant, seed)
     num_classes = pipe.classifier.config.num_classes
-    seeds = [image_seed(seed, index) for index in range(num_images)]
+    seeds = [image_seed(seed, index, EXTRACTION) for index in range(num_images)]
     targets = torch.tensor([image_target(s, num_classes) for s in seeds])
     images = []
     for start in range(0, num_images, batch_size):

@@ -129,6 +129,25 @@ TABLE = {
             *TRAINING_LOOP_ROWS,
         ],
     ),
+    "candidates": (
+        ["--generated", "{synthetic}"],
+        [
+            ("--generated", "{missing}", "missing", RUN),
+            ("--output", "{file}", "is a file", RUN),
+            ("--threshold", "0", "--threshold", PARSE),
+            ("--max-neighbors", "0", "--max-neighbors", PARSE),
+            ("--device", "bogus", "--device", PARSE),
+        ],
+    ),
+    "study": (
+        ["{study}", "--phase", "report", "--output", "{out}"],
+        [
+            ("config", "{missing}", "does not exist", RUN),
+            ("config", "{file}", "is not valid JSON", RUN),
+            ("--phase", "bogus", "--phase", PARSE),
+            ("--output", "{file}", "is a file", RUN),
+        ],
+    ),
     "evaluate": (
         ["--generated", "{synthetic}", "--reference", "{reference}", "--output", "{out}"],
         [
@@ -193,7 +212,7 @@ ROWS = [(command, *row[:4], row[4] if len(row) > 4 else []) for command, (_, row
 
 def build_argv(command: str, flag: str, value: str, extra: list, paths: dict) -> list[str]:
     base = list(TABLE[command][0])
-    if flag == "folder":
+    if not flag.startswith("-"):  # the positional argument
         base[0] = value
     elif flag in base:
         base[base.index(flag) + 1] = value
@@ -212,8 +231,10 @@ def paths(tmp_path_factory) -> dict:
         image.save(reference / f"{index}.png")
     synthetic = write_generation_dir(root / "synthetic", smooth_images(6), pipeline=str(pipe))
     (root / "a-file").write_text("")
+    study = {"pipeline": str(pipe), "reference": str(reference), "configurations": [{"name": "u", "method": "uncond"}]}
+    (root / "study.json").write_text(json.dumps(study))
     return {"pipe": pipe, "synthetic": synthetic, "labels": write_labels(root / "labels"), "reference": reference,
-            "file": root / "a-file", "missing": root / "missing", "out": root / "out"}  # "out" is never created
+            "file": root / "a-file", "study": root / "study.json", "missing": root / "missing", "out": root / "out"}  # "out" is never created
 
 
 def test_the_table_covers_every_flag_of_every_subcommand():

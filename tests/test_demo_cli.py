@@ -49,7 +49,14 @@ def test_quick_demo_writes_report_for_every_method(tmp_path, capsys):
         with PIL.Image.open(tmp_path / "demo" / figure) as image:
             assert image.format == "PNG" and image.size[0] > 0
     timings = json.loads((tmp_path / "demo" / "timings.json").read_text())
-    assert timings["total"] >= timings["synthesize"] > 0
+    assert timings["total"] >= timings["synthesize"] > 0 and timings["cpu_seconds"]["synthesize"] > 0
+    # every extraction ends with its blind candidate list, scored and drawn in the report
+    candidates = report["candidates"]
+    assert {result["method"] for result in candidates.values()} == set(report["methods"])
+    for source, result in candidates.items():
+        assert (tmp_path / "demo" / result["figure"]).is_file() and result["num_generations"] == 12
+        assert 0 <= result["at"]["10"]["precision"] <= 1 and (tmp_path / "demo" / source.split("/")[-1] / "candidates.png").is_file()
+    assert "## Blind candidates" in markdown and "P@10 (%)" in out
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from diffusers_side import SIDEPipeline, TimeDependentClassifier
 from diffusers_side.cli import main as side
 from diffusers_side.generation import engine as generation
 from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.storage.data import load_image_dataset
 
 
@@ -42,8 +43,8 @@ def saved_pipeline(tmp_path_factory) -> Path:
 def test_records_carry_seed_target_and_method(tmp_path):
     dataset = generate(tiny_pipeline(), tmp_path / "run", settings())
     assert dataset["index"] == list(range(10))
-    assert dataset["seed"] == [image_seed(7, i) for i in range(10)]
-    assert dataset["target"] == [image_target(image_seed(7, i), 3) for i in range(10)]
+    assert dataset["seed"] == [image_seed(7, i, EXTRACTION) for i in range(10)]
+    assert dataset["target"] == [image_target(image_seed(7, i, EXTRACTION), 3) for i in range(10)]
     assert set(dataset["method"]) == {"side"} and set(dataset["guidance_scale"]) == {2.0}
     assert len(list((tmp_path / "run" / "shards").glob("*.parquet"))) == 3
     assert json.loads((tmp_path / "run" / "generation.json").read_text())["num_images"] == 10

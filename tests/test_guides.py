@@ -14,6 +14,7 @@ from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
 from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.guidance import registry
 from diffusers_side.guidance.base import ScoreGuide
 from diffusers_side.guidance.classifier import ClassifierGuide
@@ -91,10 +92,12 @@ def test_a_new_guide_is_one_class_and_one_registration(tmp_path, monkeypatch):
     assert registry.guidance_spaces() == ("xt", "x0", "xt-darker")
     by_name = run(pipe, target=[0, 2], guidance_scale=1.0, guidance_space="xt-darker").images
     assert torch.equal(by_name, run(pipe, target=[0, 2], guidance_scale=1.0, guide=DarkerClassifierGuide(pipe.classifier)).images)
-    settings = GenerationSettings(pipeline="tiny", method="side", num_images=2, batch_size=2, num_inference_steps=4,
+    # batch_size 1: a shard of one image is computed exactly as the single-image call below (a batch of two can differ
+    # in the last bit of a pixel)
+    settings = GenerationSettings(pipeline="tiny", method="side", num_images=2, batch_size=1, num_inference_steps=4,
                                   guidance_scale=1.0, guidance_space="xt-darker")
     dataset = generate(pipe, tmp_path / "run", settings)  # the method builds the registered guide
-    seed = image_seed(0, 1)
+    seed = image_seed(0, 1, EXTRACTION)
     expected = pipe(batch_size=1, target=dataset["target"][1], guidance_scale=1.0, num_inference_steps=4, output_type="np",
                     generator=[torch.Generator().manual_seed(seed)], guidance_space="xt-darker").images
     assert np.array_equal(np.asarray(dataset["image"][1]), (expected[0, :, :, 0] * 255).round().astype(np.uint8))
@@ -179,7 +182,7 @@ def test_ablation_variants_sample_the_guides_they_name(ablation):
     control, again = sample("2@0:40+random"), sample("2@0:40+random")
     assert not torch.equal(guided, plain) and not torch.equal(windowed, guided)
     assert torch.equal(control[0], again[0]) and not torch.equal(control[0], windowed)
-    generators = [torch.Generator().manual_seed(image_seed(0, i)) for i in range(2)]
+    generators = [torch.Generator().manual_seed(image_seed(0, i, EXTRACTION)) for i in range(2)]
     expected = pipe(batch_size=2, target=targets[:2], guidance_scale=2.0, num_inference_steps=4, generator=generators,
                     output_type="pt", guidance_window=(0, 40)).images
     assert torch.equal(windowed[:2], expected)

@@ -21,6 +21,7 @@ from conftest import launch_two_processes, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline
 from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.models.lora import (
     ADAPTER_WEIGHT_NAME,
     CLASS_EMBEDDING_NAME,
@@ -303,12 +304,12 @@ def test_side_lora_extracts_through_the_engine_with_the_classifier_branch_target
     common = ["--num-images", "5", "--batch-size", "2", "--num-inference-steps", "2", "--seed", "7"]
     assert side(["extract", "--method", "side-lora", "--pipeline", str(trained_lora), *common, "--output", str(tmp_path / "x")]) == 0
     dataset = load_image_dataset(tmp_path / "x")
-    assert dataset["target"] == [image_target(image_seed(7, i), NUM_CLASSES) for i in range(5)]  # as `side extract --method side`
+    assert dataset["target"] == [image_target(image_seed(7, i, EXTRACTION), NUM_CLASSES) for i in range(5)]  # as `side extract --method side`
     assert set(dataset["guidance_scale"]) == {1.0} and set(dataset["method"]) == {"side-lora"}
 
     pipe = load_pipeline(str(trained_lora))
     assert isinstance(pipe, SIDELoRAPipeline) and pipe.num_labels == NUM_CLASSES
-    first = pipe(target=dataset["target"][0], num_inference_steps=2, generator=torch.Generator().manual_seed(image_seed(7, 0)),
+    first = pipe(target=dataset["target"][0], num_inference_steps=2, generator=torch.Generator().manual_seed(image_seed(7, 0, EXTRACTION)),
                  output_type="np").images[0]
     assert np.array_equal(np.asarray(dataset["image"][0]), (first[..., 0] * 255).round().astype(np.uint8))
 

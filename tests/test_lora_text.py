@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from conftest import make_tiny_unet
 from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.models.lora import ADAPTER_WEIGHT_NAME, LORA_CONFIG_NAME
 from diffusers_side.pipelines.pipeline_side_lora import SIDELoRAPipeline
 from diffusers_side.pipelines.pipeline_side_lora_text import SIDELoRATextPipeline, label_identifier, label_prompt
@@ -199,5 +200,5 @@ def test_side_extract_samples_a_text_lora_folder_with_its_training_prompt(target
             "--num-inference-steps", "2", "--seed", "3", "--output", str(tmp_path / "x")]
     assert side(argv) == 0
     dataset = load_image_dataset(tmp_path / "x")
-    assert dataset["target"] == [image_target(image_seed(3, i), NUM_LABELS) for i in range(3)]
+    assert dataset["target"] == [image_target(image_seed(3, i, EXTRACTION), NUM_LABELS) for i in range(3)]
     assert dataset[0]["image"].size == (16, 16) and dataset[0]["image"].mode == "RGB"

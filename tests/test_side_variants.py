@@ -13,6 +13,7 @@ from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline, TimeDependentClassifier
 from diffusers_side.cli import main as side
 from diffusers_side.generation.engine import GenerationSettings, generate, image_seed, image_target
+from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.generation.settings import check_output_dir
 from diffusers_side.guidance.exemplar import ExemplarPosterior
 from diffusers_side.guidance.targets import duplicate_fraction, target_probabilities
@@ -49,7 +50,7 @@ def exemplar_settings(labels_dir, **overrides):
 def test_side_exemplar_generates_toward_each_image_target(tmp_path, labelled_set):
     pipe = SIDEPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=50))
     dataset = generate(pipe, tmp_path / "run", exemplar_settings(labelled_set))
-    seeds = [image_seed(3, i) for i in range(6)]
+    seeds = [image_seed(3, i, EXTRACTION) for i in range(6)]
     assert dataset["target"] == [image_target(seed, 3) for seed in seeds]
     assert set(dataset["method"]) == {"side-exemplar"}
     # the same images as the pipeline call with the exemplar posterior, image by image
@@ -132,7 +133,7 @@ def test_x0_guidance_is_recorded_and_regenerates_image_by_image(tmp_path, method
     recorded = json.loads((tmp_path / "run" / "generation.json").read_text())
     assert recorded["guidance_space"] == "x0"
     assert GenerationSettings.from_dict(recorded).guidance_space == "x0"
-    seed = image_seed(5, 2)
+    seed = image_seed(5, 2, EXTRACTION)
     expected = pipe(batch_size=1, target=dataset["target"][2], guidance_scale=0.3, num_inference_steps=3,
                     generator=[torch.Generator().manual_seed(seed)], guidance_space="x0", output_type="np").images
     assert np.array_equal(np.asarray(dataset["image"][2]), (expected[0, :, :, 0] * 255).round().astype(np.uint8))

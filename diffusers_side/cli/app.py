@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..utils.arg_types import OneLineErrorParser
-from . import demo, evaluate, generate, label, push, sweep, train
+from . import candidates, demo, evaluate, generate, label, push, study, sweep, train
 from .common import USER_ERRORS
 
 # The subcommands, in the order `side --help` lists them: each function registers one on the subparsers and sets
@@ -23,8 +23,10 @@ COMMANDS = (
     train.add_train_classifier_command,
     train.add_train_lora_command,
     generate.add_extract_command,
+    candidates.add_candidates_command,
     evaluate.add_evaluate_command,
     sweep.add_sweep_command,
+    study.add_study_command,
     demo.add_demo_command,
     push.add_push_command,
 )

@@ -114,7 +114,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, default_batch: int
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
     parser.add_argument("--output", required=True, metavar="DIR", help="new output directory, or the same one to resume")
     parser.add_argument("--batch-size", type=positive_int, default=default_batch, help=f"images per shard (default: {default_batch})")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="run seed; image i uses a seed derived from (seed, i) (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="run seed; image i uses a seed derived from (seed, i, the run's role): synthesis and extraction never share an image seed, whatever --seed (default: 0)")
     parser.add_argument("--num-inference-steps", type=positive_int, default=50, help="denoising steps (default: 50)")
     parser.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES, help="sample with another scheduler (default: the saved one); ddpm, ancestral sampling, is the more sensitive audit: every method copies several times more under it on both embedded targets")
     parser.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only for checkpoints you trust)")

@@ -61,7 +61,7 @@ def add_demo_command(subparsers) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``side demo`` with the parsed arguments; return the exit code."""
-    from ..evaluation.report import format_table
+    from ..evaluation.report import candidate_table, format_table
     from ..workflows.demo import run_demo as run
 
     overrides = {"pipeline": args.pipeline, "reference": args.reference}
@@ -76,6 +76,8 @@ def run_demo(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(format_table(report))
+    if "candidates" in report:
+        print(candidate_table(report["candidates"]))
     if "guidance_selection" in report:
         selection = report["guidance_selection"]
         print(f"SIDE lambda {selection['selected']:g}, chosen on seed {selection['selection_seed']} (sweep-side/sweep.json)")

@@ -88,7 +88,7 @@ def similarity_arguments(value: str) -> dict:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``side evaluate`` with the parsed arguments; return the exit code."""
     from ..evaluation.evaluate import evaluate
-    from ..evaluation.report import REPORT_MD, format_table
+    from ..evaluation.report import REPORT_MD, candidate_table, format_table
 
     check_device(args.device)
     started = time.perf_counter()
@@ -107,5 +107,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ums=args.ums,
     )
     print(format_table(report))
+    if "candidates" in report:
+        print(candidate_table(report["candidates"]))
     summary("evaluate", started, f"{args.output}/{REPORT_MD}")
     return 0

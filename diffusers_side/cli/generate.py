@@ -54,6 +54,7 @@ def add_extract_command(subparsers) -> None:
             "Generate N candidates with one extraction method, each image from its own seed (and, when guided, toward\n"
             "its own surrogate condition). Run under `accelerate launch --num_processes P -m diffusers_side extract ...`\n"
             "to split the shards over P processes. The methods (default guidance scale):\n" + methods_help()
+            + "\nEnds with the blind candidate list beside the images (candidates.parquet: see `side candidates`)."
         ),
         epilog=example("side extract --pipeline side-demo/side-pipeline --method side --num-images 1000 --guidance-scale 2 --output side-demo/side"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,6 +97,10 @@ def run_extract(args: argparse.Namespace) -> int:
         check_generation(settings)
         create_repo_early(args.push_to_hub, "--push-to-hub", private=not args.public, repo_type="dataset")
     dataset = run_generation_step("extract", args, settings)
+    if dataset is not None:
+        from .candidates import candidates_after_extraction
+
+        candidates_after_extraction(args.output, len(dataset))
     if dataset is not None and args.push_to_hub:
         from ..generation.hub import push_extraction
 

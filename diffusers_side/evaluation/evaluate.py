@@ -37,6 +37,7 @@ from ..storage.generation_folder import RECORD_DEFAULTS, read_settings
 from ..storage.outputs import EVALUATION
 from ..utils.atomic_io import atomic_path
 from .bands import BAND_RATIONALE, Band, assign_bands, band_interval, default_bands, display_order, parse_bands, validate_bands
+from .candidates import evaluate_candidates, load_candidate_tables
 from .inputs import MATCHES_FILE, check_distinct_runs, check_image_set, check_inputs_and_output, write_outputs
 from .metrics import DEFAULT_UMS, UMS_COUNTINGS, UMS_DEFAULT_REASON, check_ums, extraction_metrics, training_images_in_bands
 from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure
@@ -323,6 +324,7 @@ class MatchedSets:
     pipeline: str | None
     generated_rows: torch.Tensor
     reference_rows: torch.Tensor
+    candidate_tables: dict | None = None  # set position -> its blind candidate list (`diffusers_side.candidates`)
 
     def fetch_pair(self, i: int) -> tuple:
         """Generation ``i``, its best training match and a caption with the score and training index."""
@@ -356,6 +358,7 @@ def match_generations(
         raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
     generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
     check_distinct_runs(generated_sets)
+    candidate_tables = load_candidate_tables(generated_sets)
     extractor = None
     if feature_extractor is not None:
         extractor, pipeline = _load_extractor(feature_extractor, pipeline, generated_sets, device)
@@ -367,7 +370,9 @@ def match_generations(
     columns = _metadata_columns(generated_sets)
     labels = _group_labels(columns["method"], columns["guidance_scale"], columns["source_id"], generated_sets)
     assigned = assign_bands(matches.score, bands)
-    return MatchedSets(reference_set, generated_sets, matches, columns, labels, assigned, pipeline, generated_rows, reference_rows)
+    return MatchedSets(
+        reference_set, generated_sets, matches, columns, labels, assigned, pipeline, generated_rows, reference_rows, candidate_tables
+    )
 
 
 def write_figures(matched: MatchedSets, bands: list[Band], kind: str, name: str, output_dir: Path, max_images: int) -> dict[str, str]:
@@ -488,6 +493,8 @@ def evaluate(
     _save_matches_table(output_dir / MATCHES_FILE, matched.columns, matched.generated, matched.matches, bands, matched.assigned, matched.labels)
     methods = group_metrics(matched, bands, kind, ums, chunk_size, device)
     figures = write_figures(matched, bands, kind, name, output_dir, max_figure_images)
+    candidates = evaluate_candidates(matched, bands, kind, output_dir)
+    figures.update({f"candidates: {result['method']} ({Path(source).name})": result["figure"] for source, result in candidates.items()})
     settings = {
         "similarity": name, "bands": [band.to_dict() for band in bands], "resolution": resolution, "channels": channels,
         "chunk_size": chunk_size, "batch_size": batch_size, "device": str(device), "alpha": alpha,
@@ -495,6 +502,8 @@ def evaluate(
         "ums": ums,
     }
     report = build_report(matched, name, kind, alpha, (bands, bands_source, bands_rationale), methods, figures, settings)
+    if candidates:
+        report["candidates"] = candidates
     write_outputs(report, output_dir, figures, output_kind)
     logger.info(f"Evaluation of {len(matched.matches.score)} generations written to {output_dir}.")
     return report

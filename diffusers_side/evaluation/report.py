@@ -151,6 +151,8 @@ def render_markdown(report: dict) -> str:
     ]
     lines += [f"| {band.name} | {band_interval(band, bands)} |" for band in bands]
     lines += ["", report["bands_rationale"], ""]
+    if "candidates" in report:
+        lines += candidate_section(report["candidates"])
     if "classifiers" in report:
         lines += classifier_accuracy_section(report["classifiers"])
     if "guidance_selection" in report:
@@ -162,6 +164,39 @@ def render_markdown(report: dict) -> str:
     lines += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     lines += ["Package versions: " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def candidate_table(candidates: dict) -> str:
+    """The candidate metrics as a Markdown table, one row per generation set."""
+    ks = list(next(iter(candidates.values()))["at"])
+    header = ["Generations", "Method", "Candidates", "Random generation (%)"]
+    header += [f"P@{k} (%)" for k in ks] + [f"distinct@{k}" for k in ks] + ["distinct in set"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for source, result in candidates.items():
+        cells = [f"`{Path(source).name}`", result["method"], str(result["num_candidates"]), f"{100 * result['base_rate']:.1f}"]
+        cells += [f"{100 * result['at'][k]['precision']:.1f}" for k in ks]
+        cells += [str(result["at"][k]["distinct"]) for k in ks] + [str(result["distinct_in_set"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def candidate_section(candidates: dict) -> list[str]:
+    """``report.md`` lines on the blind candidate lists (empty when no set had one)."""
+    if not candidates:
+        return []
+    bands = " + ".join(next(iter(candidates.values()))["bands"])
+    return [
+        "## Blind candidates",
+        "",
+        "Each extraction's candidate list was ranked *without* the training set (`candidates.parquet` beside its "
+        "generations: near-duplicate groups among the generations, largest and tightest first, duplicates merged). "
+        f"P@k: fraction of the top k candidates whose best training match lies in the {bands} band(s); distinct@k: the "
+        "distinct training images they copy; random generation: the same fraction for a generation drawn at random; "
+        "distinct in set: what all the generations copy in those bands.",
+        "",
+        candidate_table(candidates),
+        "",
+    ]
 
 
 def classifier_accuracy_section(classifiers: dict) -> list[str]:

@@ -1,7 +1,7 @@
 """Resumable, distributable image generation: the engine behind ``side synthesize`` and ``side extract``.
 
 A run of N images is cut into shards of ``batch_size`` images. Image ``i`` has its own seed (derived
-from the run seed and ``i``), its own `torch.Generator` and — for guided methods — its own target
+from the run seed, ``i`` and the run's seed stream, synthesis or extraction: `diffusers_side.generation.seeds`), its own `torch.Generator` and — for guided methods — its own target
 drawn from that seed, so every image can be regenerated alone and the result does not depend on how
 the shards are spread over processes. Finished shards are written atomically as parquet files under
 ``DIR/shards/``; a killed run started again with the same settings skips them. Under
@@ -15,7 +15,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from diffusers.utils import logging
@@ -31,6 +30,7 @@ from ..storage.generation_folder import RECORD_FEATURES, shard_path
 from ..utils.atomic_io import atomic_path
 from .fingerprints import config_fingerprint, steering_fingerprint
 from .preflight import TargetFacts, check_generation
+from .seeds import image_seed
 from .settings import GenerationSettings, prepare_output_dir
 
 logger = logging.get_logger(__name__)
@@ -38,16 +38,10 @@ logger = logging.get_logger(__name__)
 __all__ = ["GenerationSettings", "RECORD_FEATURES", "generate", "generate_shard", "image_seed", "image_target"]
 
 
-def image_seed(run_seed: int, index: int) -> int:
-    """The seed of image `index`: a 63-bit hash of (run seed, index) by numpy's SeedSequence."""
-    state = np.random.SeedSequence([run_seed, index]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
-
-
 def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int, steering: Steering | None = None) -> Dataset:
     """Generate the images of one shard (every image from its own seed); ``steering`` from the method's `steering`."""
     indices = range(shard * settings.batch_size, min((shard + 1) * settings.batch_size, settings.num_images))
-    seeds = [image_seed(settings.seed, i) for i in indices]
+    seeds = [image_seed(settings.seed, i, settings.seed_stream) for i in indices]
     device = pipe._execution_device
     method = get_method(settings.method)
     if steering is None:

@@ -18,6 +18,7 @@ from ..storage.embedded import canonical_model_source
 from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings, shard_files
 from ..storage.outputs import GENERATION, check_output_folder
 from ..utils.atomic_io import write_json_atomic
+from .seeds import SHARED, check_disjoint_seeds, check_seed_stream, run_seeds, stream_for_method
 
 
 @dataclass
@@ -33,7 +34,9 @@ class GenerationSettings:
     checked when a run is resumed (and the weights when it is labelled).
     The variant fields (``exemplars``, ``target_selection``, ``guidance_window``, ``guidance_space``) default to
     the paper's form, which is what a folder written before they existed was generated with; which of them a
-    method takes, and its lambda, the method decides (`ExtractionMethod.validate`).
+    method takes, and its lambda, the method decides (`ExtractionMethod.validate`). ``seed_stream`` follows
+    the method (``"synthesis"`` for ``synthetic``, ``"extraction"`` otherwise; see `diffusers_side.generation.seeds`),
+    so synthesis and extraction never share an image seed; a folder written before it existed reads as ``"shared"``.
     """
 
     pipeline: str
@@ -51,10 +54,12 @@ class GenerationSettings:
     target_selection: str = "uniform"
     guidance_window: list[float] | None = None
     guidance_space: str = "xt"
+    seed_stream: str | None = None
     config_fingerprint: str | None = None
     exemplars_fingerprint: str | None = None
 
     def __post_init__(self):
+        self.seed_stream = stream_for_method(self.method) if self.seed_stream is None else self.seed_stream
         self.pipeline = canonical_model_source(self.pipeline)
         self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
         self.exemplars = None if self.exemplars is None else str(Path(self.exemplars).resolve())
@@ -64,7 +69,7 @@ class GenerationSettings:
     def from_dict(cls, payload: dict) -> "GenerationSettings":
         """Settings from a ``generation.json`` payload; the empty ``extra`` of older folders is dropped."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in payload.items() if k in known})
+        return cls(**{"seed_stream": SHARED, **{k: v for k, v in payload.items() if k in known}})
 
     def validate(self, num_processes: int = 1) -> None:
         """Raise `ValueError` naming the setting and the fix, before any image is generated."""
@@ -81,9 +86,20 @@ class GenerationSettings:
             )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} must be an integer >= 0.")
+        check_seed_stream(self.method, self.seed_stream)
         if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
         check_target_selection(self.target_selection)
+        if self.exemplars is not None and Path(self.exemplars, "dataset_info.json").is_file():
+            from datasets import load_from_disk
+
+            exemplars = load_from_disk(self.exemplars)
+            if "seed" in exemplars.column_names:
+                check_disjoint_seeds(
+                    run_seeds(self.seed, self.num_images, self.seed_stream), exemplars["seed"],
+                    f"the exemplars {self.exemplars} (labelled from a run with these seeds)",
+                    "Label a `side synthesize` set (its own seed stream) or extract with another --seed.",
+                )
         window = self.guidance_window
         if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
             raise ValueError(f"guidance_window={window!r} must be [t_min, t_max] with 0 <= t_min <= t_max.")
@@ -136,6 +152,11 @@ def check_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings
             f"Since the run in {output_dir} started, {' and '.join(changed_fingerprints)} of {settings.pipeline} changed "
             f"(fingerprints differ from those in {SETTINGS_FILE}): its shards come from the old model. Restore it to "
             "resume, or choose another --output."
+        )
+    if "seed_stream" in changed and recorded["seed_stream"] == SHARED:
+        raise FileExistsError(
+            f"{output_dir} was written before synthesis and extraction had their own image seeds (its seeds are shared "
+            "by both roles), so it is not resumed; choose another --output (or delete the folder) and generate again."
         )
     if changed:
         raise FileExistsError(

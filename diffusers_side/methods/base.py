@@ -114,6 +114,8 @@ class ExtractionMethod:
     sample: SampleFn = sample_with_pipeline
 
     guided: ClassVar[bool] = False  # draws a surrogate condition per image and takes a guidance scale
+    # The classifier it is guided by: None (none), True (time-dependent, p(c | x_t, t)) or False (time-independent).
+    time_dependent: ClassVar[bool | None] = None
     scale_name: ClassVar[str] = "lambda"
 
     def resolve_guidance_scale(self, requested: float | None = None) -> float:

@@ -8,9 +8,10 @@ Stages (each one a library call the individual commands also use):
    `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
    with a lambda sweep configured (the ``paper`` preset), choose SIDE's lambda with
    `diffusers_side.workflows.runs.run_sweep` on the selection seed, never on the reported one;
-4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance) at the same seeds;
-5. evaluate them all against the training subset and write ``report.md``, ``report.json`` and figures, with each
-   classifier's held-out accuracy per timestep quartile and the lambda sweep, if any.
+4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance)
+   at the same extraction-stream seeds (never the synthesis seeds), each ranked into a blind candidate list;
+5. evaluate them all against the training subset and write ``report.md``, ``report.json`` and figures (the top blind
+   candidates too), with each classifier's held-out accuracy per timestep quartile and the lambda sweep, if any.
 
 Presets (`PRESETS`, ``side demo --preset``): ``demo`` (the defaults, minutes on 2 cores) and ``paper`` (the
 paper's scale, hours; README "Full-scale preset"); `QUICK` is a smoke test.
@@ -30,6 +31,8 @@ from typing import Callable
 
 from diffusers.utils import logging
 
+from ..candidates.files import write_candidates
+from ..candidates.ranking import MIN_GENERATIONS
 from ..evaluation.bands import Band, display_order
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
@@ -89,7 +92,7 @@ class DemoConfig:
             targets every method copies several times more often under it (README "Study"), so the audit is
             more sensitive; ``None`` samples with the pipeline's own scheduler.
         batch_size: images per generation shard.
-        seed: run seed of every stage.
+        seed: run seed of every stage (synthesis and extraction draw from disjoint seed streams of it).
     """
 
     preset: str = "demo"
@@ -193,6 +196,7 @@ class Demo:
         self.config = config
         self.on_stage_done = on_stage_done or (lambda stage, seconds, path: None)
         self.timings: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}  # process time of each stage (the budget unit of `side study`)
         self.selected_guidance_scale: float | None = None  # SIDE's lambda once the sweep has chosen it
 
     def path(self, name: str) -> Path:
@@ -201,9 +205,10 @@ class Demo:
 
     def stage(self, name: str, output: Path, run: Callable[[], object]) -> None:
         """Run one stage, record its time and report it to ``on_stage_done``."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run()
         self.timings[name] = round(time.perf_counter() - started, 2)
+        self.cpu_seconds[name] = round(time.process_time() - cpu, 2)
         self.on_stage_done(name, self.timings[name], str(output))
 
     def generation_settings(self, method: str) -> GenerationSettings:
@@ -342,6 +347,8 @@ class Demo:
         settings = self.generation_settings(method)
         pipe = load_pipeline(c.pipeline, c.scheduler, settings.classifier)
         generate(pipe, self.path(f"extract-{method}"), settings)
+        if settings.num_images >= MIN_GENERATIONS:
+            write_candidates(self.path(f"extract-{method}"))
 
     def classifier_accuracy(self) -> dict:
         """Each classifier's accuracy per timestep quartile on its held-out images (from its ``train_log.json``)."""
@@ -385,7 +392,7 @@ class Demo:
         report = {}
         self.stage("evaluate", self.output_dir, lambda: report.update(self.evaluate()))
         self.timings["total"] = round(sum(self.timings.values()), 2)
-        write_json_atomic(self.path(TIMINGS_FILE), self.timings)
+        write_json_atomic(self.path(TIMINGS_FILE), {**self.timings, "cpu_seconds": self.cpu_seconds})
         return report
 
 

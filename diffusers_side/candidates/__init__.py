@@ -1,0 +1,1 @@
+"""Blind candidates: what an attacker holds after extraction, a ranked list of likely training images found without the training set."""
