@@ -79,7 +79,7 @@ TABLE = {
         ["--synthetic", "{synthetic}", "--output", "{out}", "--features", "pixels", "--clusters", "3"],
         [
             ("--synthetic", "{missing}", "missing", RUN),
-            ("--output", "{file}", "not a directory", RUN),
+            ("--output", "{file}", "is a file", RUN),
             ("--clusters", "1", "--clusters", RUN),
             ("--cohesion", "nan", "--cohesion", PARSE),
             ("--features", "{missing}.pt", "does not exist", RUN),

@@ -105,13 +105,15 @@ def test_extraction_data_sets_are_pushed_private_unless_public(tmp_path, pipe_di
     pushed = []
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kwargs: pushed.append(kwargs.get("private")))
     monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo_id, **kwargs: None)
+    created = []  # `side extract --push-to-hub` creates the repo before generating (issue 21: offline fails early)
+    monkeypatch.setattr("huggingface_hub.create_repo", lambda repo_id, **kwargs: created.append(kwargs["private"]) or type("R", (), {"repo_id": repo_id}))
     folder = write_generation_dir(tmp_path / "uncond", smooth_images(4), method="uncond", pipeline=str(pipe_dir))
     assert run(["push", folder, "--repo", "me/candidates"], capsys)[0] == 0
     assert run(["push", folder, "--repo", "me/candidates", "--public"], capsys)[0] == 0
     extract = ["extract", "--pipeline", pipe_dir, "--method", "uncond", "--num-images", "2", *STEPS, "--push-to-hub", "me/c"]
     assert run([*extract, "--output", tmp_path / "a"], capsys)[0] == 0
     assert run([*extract, "--output", tmp_path / "b", "--public"], capsys)[0] == 0
-    assert pushed == [True, False, True, False]
+    assert pushed == [True, False, True, False] and created == [True, False]
     for command in ("push", "extract"):
         with pytest.raises(SystemExit):
             side([command, "--help"])

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
+
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import (
     SCHEDULER_NAMES,
@@ -22,8 +24,9 @@ class CommandError(Exception):
     """Bad input detected by the CLI itself."""
 
 
-# OSError covers missing or corrupt files, a file given for a folder, and the Hub being unreachable (ConnectionError).
-USER_ERRORS = (ValueError, TypeError, OSError, CommandError)
+# OSError covers missing or corrupt files, a file given for a folder, and the Hub being unreachable (ConnectionError);
+# a decompression bomb met where images are decoded without the header check of `storage.image_files` is one too.
+USER_ERRORS = (ValueError, TypeError, OSError, CommandError, PIL.Image.DecompressionBombError)
 
 
 def summary(step: str, started: float, output: str) -> None:

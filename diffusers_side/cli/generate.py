@@ -87,6 +87,15 @@ def run_extract(args: argparse.Namespace) -> int:
         seed=args.seed, num_inference_steps=args.num_inference_steps, guidance_scale=guidance_scale,
         scheduler=args.scheduler, classifier=args.classifier, **guidance_settings(args),
     )
+    if args.push_to_hub:  # every local check first, then the repo: an offline push fails before the work
+        from ..generation.preflight import check_generation
+        from ..generation.settings import check_output_dir
+        from ..storage.hub import create_repo_early
+
+        settings.validate()
+        check_output_dir(args.output, settings)
+        check_generation(settings)
+        create_repo_early(args.push_to_hub, "--push-to-hub", private=not args.public, repo_type="dataset")
     dataset = run_generation_step("extract", args, settings)
     if dataset is not None:
         from .candidates import candidates_after_extraction

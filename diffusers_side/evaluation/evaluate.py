@@ -9,7 +9,6 @@ report and the figures (see `diffusers_side.evaluation.report`).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +34,16 @@ from ..similarity.measures import (
 from ..similarity.nearest_match import DEFAULT_CHUNK_SIZE
 from ..storage.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
 from ..storage.generation_folder import RECORD_DEFAULTS, read_settings
+from ..storage.outputs import EVALUATION
 from ..utils.atomic_io import atomic_path
 from .bands import BAND_RATIONALE, Band, assign_bands, band_interval, default_bands, display_order, parse_bands, validate_bands
 from .candidates import evaluate_candidates, load_candidate_tables
+from .inputs import MATCHES_FILE, check_distinct_runs, check_image_set, check_inputs_and_output, write_outputs
 from .metrics import DEFAULT_UMS, UMS_COUNTINGS, UMS_DEFAULT_REASON, check_ums, extraction_metrics, training_images_in_bands
-from .report import FIGURES_DIR, REPORT_JSON, figure_name, package_versions, save_match_figure, write_report
+from .report import FIGURES_DIR, figure_name, package_versions, save_match_figure
 
 logger = logging.get_logger(__name__)
 
-MATCHES_FILE = "matches.parquet"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_FIGURE_IMAGES = 8
 
@@ -94,6 +94,7 @@ def _load_set(source: str, resolution: int | None, channels: int | None, role: s
         hint = "generate images first (side extract)" if role == "generated" else "pass a non-empty training set"
         raise ValueError(f"The {role} set {source!r} is empty; {hint}.")
     column = find_image_column(dataset)
+    check_image_set(source, dataset, column, generated=role == "generated")
     image = dataset[0][column]
     width, height = image.size if resolution is None else (resolution, resolution)
     shape = (channels or image_channels(image), height, width)
@@ -222,49 +223,6 @@ def _group_labels(methods: np.ndarray, scales: np.ndarray, source_ids: np.ndarra
             shown = [names[i] if names.count(names[i]) == 1 else generated[i].source for i in range(len(generated))]
             labels[rows] = [f"{label} [{shown[i]}]" for i in source_ids[rows]]
     return labels
-
-
-def _check_inputs_and_output(generated: list[str], reference: str, output_dir: Path) -> None:
-    """Refuse a folder given twice, and an output inside an input (its figures would join the images)."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
-    resolved = [Path(path).resolve() for path in generated]
-    for index, path in enumerate(resolved):
-        if path in resolved[:index]:
-            raise ValueError(
-                f"--generated {generated[index]} is given twice; its images would be counted twice: pass each folder once."
-            )
-    output = output_dir.resolve()
-    for source in [*generated, reference]:
-        path = Path(source)
-        if path.is_dir() and (output == path.resolve() or path.resolve() in output.parents):
-            raise ValueError(
-                f"--output {output_dir} is inside the input {source}; the report and figures would mix with its images: "
-                "choose another --output."
-            )
-
-
-def _check_distinct_runs(generated: list[ImageSet]) -> None:
-    """Refuse two folders that record the same generation run (a copy): their images would be counted twice."""
-    for index, image_set in enumerate(generated):
-        for earlier in generated[:index]:
-            if image_set.settings and image_set.settings == earlier.settings:
-                raise ValueError(
-                    f"--generated {earlier.source} and {image_set.source} hold the same run (identical generation.json); "
-                    "its images would be counted twice: pass one of them."
-                )
-
-
-def _remove_stale_figures(output_dir: Path, figures: dict) -> None:
-    """Delete the figures an earlier report in ``output_dir`` listed and this one does not (nothing else)."""
-    previous = output_dir / REPORT_JSON
-    if not previous.is_file():
-        return
-    keep = {output_dir / path for path in figures.values()}
-    for path in json.loads(previous.read_text()).get("files", {}).get("figures", {}).values():
-        figure = output_dir / path
-        if figure not in keep and figure.parent == output_dir / FIGURES_DIR:
-            figure.unlink(missing_ok=True)
 
 
 def _group_summary(result: dict, columns: dict[str, np.ndarray], rows: np.ndarray, generated: list[ImageSet]) -> dict:
@@ -400,7 +358,7 @@ def match_generations(
     if len(reference_set.dataset) < 2:
         raise ValueError(f"The reference set {reference_set.source!r} has 1 image; it needs at least 2 (for the second-best match).")
     generated_sets = [_load_set(path, resolution, channels, "generated") for path in generated]
-    _check_distinct_runs(generated_sets)
+    check_distinct_runs(generated_sets)
     candidate_tables = load_candidate_tables(generated_sets)
     extractor = None
     if feature_extractor is not None:
@@ -466,6 +424,7 @@ def evaluate(
     max_figure_images: int = DEFAULT_FIGURE_IMAGES,
     feature_extractor: str | None = None,
     ums: str = DEFAULT_UMS,
+    output_kind: str = EVALUATION,
 ) -> dict:
     """Score generations against a reference set and write the report.
 
@@ -499,6 +458,8 @@ def evaluate(
             as the best match of a generation in the band, or ``"pairs"``, in the band of any generation (the
             paper's Eqs. 8-9; one more pass over all pairs). The report names the counting and why ``"best"``
             is the default (`diffusers_side.evaluation.metrics.UMS_DEFAULT_REASON`).
+        output_kind (`str`): what ``output_dir`` is (`diffusers_side.storage.outputs.KINDS`; `side demo` passes
+            ``"demo"``); a folder of another kind (a pipeline, a label output, a generation run) is refused.
 
     Returns:
         `dict`: the report (also written to ``output_dir/report.json``).
@@ -522,7 +483,7 @@ def evaluate(
     generated = [str(path) for path in generated]
     check_ums(ums)
     _check_arguments(generated, chunk_size, batch_size, max_figure_images, resolution, channels, alpha, num_neighbors)
-    _check_inputs_and_output(generated, str(reference), Path(output_dir))
+    check_inputs_and_output(generated, str(reference), Path(output_dir), output_kind)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     matched = match_generations(
         generated, str(reference), kind, bands, feature_extractor, resolution, channels, chunk_size, batch_size, device,
@@ -544,8 +505,7 @@ def evaluate(
     report = build_report(matched, name, kind, alpha, (bands, bands_source, bands_rationale), methods, figures, settings)
     if candidates:
         report["candidates"] = candidates
-    _remove_stale_figures(output_dir, figures)
-    write_report(report, output_dir)
+    write_outputs(report, output_dir, figures, output_kind)
     logger.info(f"Evaluation of {len(matched.matches.score)} generations written to {output_dir}.")
     return report
 

@@ -25,6 +25,7 @@ import PIL.Image
 import PIL.ImageDraw
 from diffusers.utils import logging
 
+from ..storage.image_files import to_8bit
 from ..utils.atomic_io import atomic_path, write_text_atomic
 from .bands import Band, band_interval, display_order
 
@@ -264,7 +265,7 @@ def figure_name(method: str) -> str:
 
 def _tile(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     """Upscale a small image by an integer factor (nearest, so pixels stay sharp); shrink a large one."""
-    image = image.convert("RGB")
+    image = to_8bit(image).convert("RGB")
     side = max(image.size)
     if side <= size:
         factor = max(1, size // side)

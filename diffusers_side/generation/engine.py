@@ -28,6 +28,8 @@ from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.data import load_image_dataset
 from ..storage.generation_folder import RECORD_FEATURES, shard_path
 from ..utils.atomic_io import atomic_path
+from .fingerprints import config_fingerprint, steering_fingerprint
+from .preflight import TargetFacts, check_generation
 from .seeds import image_seed
 from .settings import GenerationSettings, prepare_output_dir
 
@@ -94,9 +96,9 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     settings.validate(num_processes)
     method = get_method(settings.method)
     method.check_pipeline(pipe)
+    check_inputs(pipe, settings)
     steering = method.steering(pipe, settings)  # loads and checks what guides, before the folder is written
-    modules = method.fingerprinted(pipe)
-    settings = replace(settings, **{field: None if m is None else weights_fingerprint(m) for field, m in modules.items()})
+    settings = with_fingerprints(pipe, settings, steering)
     if process_index == 0:
         prepare_output_dir(output_dir, settings)
     if accelerator:
@@ -119,6 +121,24 @@ def generate(pipe: SIDEPipeline, output_dir: str | os.PathLike, settings: Genera
     if missing:
         raise RuntimeError(f"Shards {missing[:10]} of {output_dir} are missing after generation.")
     return load_image_dataset(output_dir)
+
+
+def check_inputs(pipe: SIDEPipeline, settings: GenerationSettings) -> None:
+    """The checks of `diffusers_side.generation.preflight` on the loaded model, before anything is written."""
+    check_generation(settings, TargetFacts.from_pipeline(pipe, settings.pipeline))
+
+
+def with_fingerprints(pipe: SIDEPipeline, settings: GenerationSettings, steering: Steering | None = None) -> GenerationSettings:
+    """`settings` with the fingerprints of what will sample: the weights of the modules the method names
+    (`fingerprinted`: the UNet, and the classifier of classifier guidance), every sampling component's config, and
+    what steers the run (`steering`: targets and an exemplar set)."""
+    modules = get_method(settings.method).fingerprinted(pipe)
+    weights = {field: None if module is None else weights_fingerprint(module) for field, module in modules.items()}
+    include_classifier = modules.get("classifier_fingerprint") is not None
+    return replace(
+        settings, **weights, config_fingerprint=config_fingerprint(pipe, include_classifier),
+        exemplars_fingerprint=steering_fingerprint(steering),
+    )
 
 
 def write_shard_atomic(shard: Dataset, path: Path) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..guidance.targets import check_target_selection
 from ..methods.registry import METHODS, get_method
-from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings
+from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings, shard_files
+from ..storage.outputs import GENERATION, check_output_folder
 from ..storage.sources import canonical_source
 from ..utils.atomic_io import write_json_atomic
 from .seeds import SHARED, check_disjoint_seeds, check_seed_stream, run_seeds, stream_for_method
@@ -25,9 +26,12 @@ class GenerationSettings:
     """Everything that determines the images of a run (written to ``generation.json``).
 
     ``pipeline`` and ``classifier`` are stored as absolute paths (embedded names such as ``"default"`` and Hub repo ids as
-    given), so a later command finds the same model from any working directory; ``model_fingerprint``
-    and ``classifier_fingerprint`` (sha256 of the weights, see `diffusers_side.pipelines.loading.weights_fingerprint`)
-    are filled in by `diffusers_side.generation.engine.generate` and checked when a run is resumed or labelled.
+    given), so a later command finds the same model from any working directory. The fingerprints cover everything
+    a resume depends on besides these settings: ``model_fingerprint`` and ``classifier_fingerprint`` (sha256 of the
+    weights, see `diffusers_side.pipelines.loading.weights_fingerprint`), ``config_fingerprint`` (of the configs of
+    every sampling component: scheduler, UNet, classifier) and ``exemplars_fingerprint`` (of the exemplar set and
+    the target distribution drawn from it). `diffusers_side.generation.engine.generate` fills them in; they are
+    checked when a run is resumed (and the weights when it is labelled).
     The variant fields (``exemplars``, ``target_selection``, ``guidance_window``, ``guidance_space``) default to
     the paper's form, which is what a folder written before they existed was generated with; which of them a
     method takes, and its lambda, the method decides (`ExtractionMethod.validate`). ``seed_stream`` follows
@@ -51,6 +55,8 @@ class GenerationSettings:
     guidance_window: list[float] | None = None
     guidance_space: str = "xt"
     seed_stream: str | None = None
+    config_fingerprint: str | None = None
+    exemplars_fingerprint: str | None = None
 
     def __post_init__(self):
         self.seed_stream = stream_for_method(self.method) if self.seed_stream is None else self.seed_stream
@@ -105,42 +111,47 @@ class GenerationSettings:
         return math.ceil(self.num_images / self.batch_size)
 
 
-FINGERPRINTS = ("model_fingerprint", "classifier_fingerprint")
+# What each fingerprint covers, for the message when it changed between a killed run and its resume.
+FINGERPRINTS = {
+    "model_fingerprint": "the UNet's weights",
+    "classifier_fingerprint": "the classifier's weights",
+    "config_fingerprint": "the configuration (scheduler_config.json, or a component's config.json)",
+    "exemplars_fingerprint": "what steers it (the target distribution, the exemplar set of --exemplars)",
+}
 
 
 def check_output_dir(output_dir: str | os.PathLike, settings: GenerationSettings) -> None:
     """Refuse an output that is a file, a folder holding something else, or a run with other settings.
 
-    Cheap (reads ``generation.json`` only): call it before loading the model. The weights fingerprints
-    are compared only when ``settings`` has them (they are known once the model is loaded).
+    Cheap (reads ``generation.json`` only): call it before loading the model. The fingerprints are compared only
+    when ``settings`` has them (they are known once the model is loaded). A run that has not finished a single
+    shard holds nothing to lose: any settings may take it over (so a run refused at its first step can be
+    corrected and re-run into the same folder).
 
     Raises:
-        `FileExistsError`: naming the output and the fix.
+        `FileExistsError`: naming the output and the fix. `OSError`: the output cannot be written.
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output {output_dir} is a file; choose a folder.")
-    if not is_generation_folder(output_dir):
-        if output_dir.exists() and any(output_dir.iterdir()):
-            raise FileExistsError(f"{output_dir} is not empty and holds no generation run; choose another --output.")
+    output_dir = check_output_folder(output_dir, GENERATION)
+    if not is_generation_folder(output_dir) or not shard_files(output_dir):
         return
     raw = read_settings(output_dir)
-    if any(k not in raw for k in FINGERPRINTS):
+    if any(k not in raw for k in FINGERPRINTS) or "pipeline" not in raw:
         raise FileExistsError(
-            f"{output_dir} was written by an older diffusers-side that recorded no weights fingerprint, so resuming "
-            "it could mix images of two models; choose another --output (or delete the folder) and generate again."
+            f"{output_dir} was written by an older diffusers-side that did not record every fingerprint a resume "
+            "depends on, so resuming it could mix images of two models or samplers; choose another --output (or delete "
+            "the folder) and generate again."
         )
     recorded, wanted = asdict(GenerationSettings.from_dict(raw)), asdict(settings)
     changed = sorted(
         k for k in set(recorded) | set(wanted)
         if recorded.get(k) != wanted.get(k) and not (k in FINGERPRINTS and wanted.get(k) is None)
     )
-    if any(k in FINGERPRINTS for k in changed):
+    changed_fingerprints = [FINGERPRINTS[k] for k in changed if k in FINGERPRINTS]
+    if changed_fingerprints:
         raise FileExistsError(
-            f"The weights of {settings.pipeline} (or of its classifier) changed since the run in {output_dir} started "
-            f"(sha256 {recorded['model_fingerprint']} / {recorded['classifier_fingerprint']} recorded, "
-            f"{wanted['model_fingerprint']} / {wanted['classifier_fingerprint']} now): its shards come from the old "
-            "weights. Restore them to resume, or choose another --output."
+            f"Since the run in {output_dir} started, {' and '.join(changed_fingerprints)} of {settings.pipeline} changed "
+            f"(fingerprints differ from those in {SETTINGS_FILE}): its shards come from the old model. Restore it to "
+            "resume, or choose another --output."
         )
     if "seed_stream" in changed and recorded["seed_stream"] == SHARED:
         raise FileExistsError(
@@ -158,7 +169,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, settings: GenerationSettin
     """Create ``output_dir`` for `settings`, or check that it holds the same run (to resume it)."""
     output_dir = Path(output_dir)
     check_output_dir(output_dir, settings)
-    if is_generation_folder(output_dir):
+    if is_generation_folder(output_dir) and shard_files(output_dir):
         return
     (output_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / SETTINGS_FILE, asdict(settings))

@@ -33,29 +33,28 @@ seed), the sidecar ``surrogate_labels.json`` + ``surrogate_labels.safetensors`` 
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, Image, Value, load_from_disk
 from diffusers.utils import logging
-from safetensors.torch import load_file, save_file
 from sklearn.cluster import KMeans
 
 from ..pipelines.loading import weights_fingerprint
 from ..pipelines.target import AuditTarget
-from ..storage.data import find_image_column, load_image_dataset, load_images
+from ..storage.data import find_image_column, load_image_dataset
 from ..storage.generation_folder import SETTINGS_FILE, read_settings
-from ..utils.atomic_io import atomic_directory, atomic_path, write_json_atomic
+from ..storage.image_files import check_image_files
+from ..storage.outputs import LABELS, write_manifest, written_files
+from ..utils.atomic_io import atomic_directory, write_json_atomic
+from ..utils.safetensors_io import save_safetensors_atomic
+from ..utils.state_files import SURROGATE_LABELS
 from .features import UNET, embed_images, load_feature_extractor
+from .label_folder import CONTACT_SHEET, CONTACT_SHEET_GAP, check_output_dir, read_label_tensors, write_contact_sheet  # noqa: F401
 
 logger = logging.get_logger(__name__)
 
@@ -63,13 +62,9 @@ AUTO = "auto"
 DEFAULT_NUM_CLUSTERS = 100
 MIN_LABELS = 2
 KMEANS_N_INIT = 10
-LABELS_JSON = "surrogate_labels.json"
+LABELS_JSON = SURROGATE_LABELS.name
 LABELS_TENSORS = "surrogate_labels.safetensors"
-CONTACT_SHEET = "contact_sheet.png"
-CONTACT_SHEET_GAP = 4
 FORMAT_VERSION = 1
-# What a `side label` output holds (`save_to_disk` files and the sidecar): only these are ever replaced.
-OWN_FILES = ("data-*.arrow", "dataset_info.json", "state.json", LABELS_JSON, LABELS_TENSORS, CONTACT_SHEET)
 OUTPUT_FEATURES = Features({"image": Image(), "label": Value("int64"), "distance": Value("float32"), "seed": Value("int64")})
 
 
@@ -162,21 +157,25 @@ class SurrogateLabels:
             "centring": "features minus feature_mean, then L2-normalised, before clustering and cosine",
         }
         tensors = {"centroids": self.centroids.contiguous(), "feature_mean": self.feature_mean.contiguous()}
-        with atomic_path(directory / LABELS_TENSORS) as tmp:
-            save_file(tensors, str(tmp))
+        save_safetensors_atomic(tensors, directory / LABELS_TENSORS)
         write_json_atomic(directory / LABELS_JSON, metadata)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "SurrogateLabels":
-        """Read the sidecar written by [`~SurrogateLabels.save`] (e.g. a ``side label`` output directory)."""
+        """Read the sidecar written by [`~SurrogateLabels.save`] (e.g. a ``side label`` output directory).
+
+        Raises:
+            `FileNotFoundError`: a sidecar file is missing. `ValueError`: one is damaged or they disagree (the
+            message names the file).
+        """
         directory = Path(directory)
         for name in (LABELS_JSON, LABELS_TENSORS):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} has no {name}; pass the output directory of `side label`.")
-        metadata = json.loads((directory / LABELS_JSON).read_text())
+        metadata = SURROGATE_LABELS.read(directory / LABELS_JSON)
         if metadata.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
             raise ValueError(f"{directory / LABELS_JSON} was written by a newer diffusers-side; upgrade the package.")
-        tensors = load_file(str(directory / LABELS_TENSORS))
+        tensors = read_label_tensors(directory / LABELS_TENSORS, len(metadata["kept_cluster_ids"]))
         fields = {k: metadata[k] for k in cls.__dataclass_fields__ if k in metadata}
         return cls(**fields, centroids=tensors["centroids"], feature_mean=tensors["feature_mean"])
 
@@ -351,11 +350,13 @@ def label_synthetic(
     ```
     """
     synthetic_dir, output_dir = Path(synthetic_dir), Path(output_dir)
-    check_output_dir(output_dir, synthetic_dir)
+    output_dir = check_output_dir(output_dir, synthetic_dir)
     source = load_image_dataset(synthetic_dir)
     image_column = find_image_column(source)
     check_label_settings(num_clusters, cohesion, min_cluster_size, num_synthetic=len(source))
-    _check_one_image_size(source, image_column)
+    sizes = check_image_files(source, image_column, str(synthetic_dir))
+    if len(sizes) > 1:
+        raise ValueError(f"The synthetic images have mixed sizes {sorted(sizes)[:5]}; label images of one size.")
     settings = _generation_settings(synthetic_dir, len(source))
     target = _load_target(pipeline, settings, synthetic_dir) if features == UNET else None
     unet, scheduler, codec = (target.unet, target.scheduler, target.codec) if target else (None, None, None)
@@ -366,27 +367,10 @@ def label_synthetic(
     assigned, distances = labels.assign(embedded)
 
     output = _labelled_dataset(source, image_column, assigned, distances)
+    check_output_dir(output_dir, synthetic_dir)  # again: nothing was added to the folder while the run worked
     with atomic_directory(output_dir) as staging:
         _write_all(staging, output, labels, assigned, distances)
     return load_from_disk(str(output_dir)), labels
-
-
-def check_output_dir(output_dir: Path, synthetic_dir: Path) -> None:
-    """Refuse an output directory that would overwrite something other than an earlier label output."""
-    if output_dir.resolve() == synthetic_dir.resolve():
-        raise ValueError(f"--output {output_dir} is the synthetic set itself; choose another directory.")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output {output_dir} exists and is not a directory.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / LABELS_JSON).is_file():
-        raise FileExistsError(
-            f"--output {output_dir} is not empty and is not an earlier `side label` output; choose a new directory."
-        )
-    foreign = sorted(p.name for p in output_dir.glob("*") if not any(fnmatch.fnmatch(p.name, own) for own in OWN_FILES))
-    if output_dir.is_dir() and foreign:
-        raise FileExistsError(
-            f"--output {output_dir} holds files `side label` did not write ({', '.join(foreign[:5])}); re-running "
-            "replaces the folder, so move them elsewhere or choose another --output."
-        )
 
 
 def format_label_table(labels: SurrogateLabels) -> str:
@@ -409,36 +393,6 @@ def format_label_table(labels: SurrogateLabels) -> str:
     return "\n".join(rows)
 
 
-def write_contact_sheet(
-    dataset: Dataset,
-    labels: SurrogateLabels,
-    assigned: torch.Tensor,
-    distances: torch.Tensor,
-    path: str | os.PathLike,
-    per_row: int = 8,
-    tile: int = 64,
-) -> None:
-    """Save a PNG with one row per surrogate label: its ``per_row`` images closest to the centroid.
-
-    Each row starts with the label, its KMeans cluster id, cohesion and image count; rows are
-    ``tile`` pixels high plus a small white gap.
-    """
-    margin, row_height = 120, tile + CONTACT_SHEET_GAP
-    sheet = PIL.Image.new("RGB", (margin + per_row * tile, labels.num_labels * row_height), "white")
-    draw = PIL.ImageDraw.Draw(sheet)
-    for label, cluster in enumerate(labels.kept_cluster_ids):
-        members = torch.nonzero(assigned == label).flatten()
-        closest = members[torch.argsort(distances[members])][:per_row].tolist()
-        top = label * row_height
-        caption = f"label {label}\ncluster {cluster}\ncoh {labels.cohesion[cluster]:.3f}\nn {len(members)}"
-        draw.multiline_text((4, top + 4), caption, fill="black")
-        for column, image in enumerate(load_images(dataset, "image", closest)):
-            resample = PIL.Image.NEAREST if image.width < tile else PIL.Image.BICUBIC
-            sheet.paste(image.convert("RGB").resize((tile, tile), resample), (margin + column * tile, top))
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-
-
 def _centre(features: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float() - mean, dim=1)
 
@@ -451,17 +405,6 @@ def _too_few_kept_message(cohesion: torch.Tensor, sizes: torch.Tensor, threshold
         f"{min_cluster_size} members, but SIDE needs at least {MIN_LABELS} surrogate labels. Cluster cohesion "
         f"(size), highest first: {listing}. Lower --cohesion (or use --cohesion auto) or use fewer --clusters."
     )
-
-
-def _check_one_image_size(dataset: Dataset, image_column: str) -> None:
-    """Reject mixed image sizes before embedding, reading only the image headers."""
-    sizes = set()
-    for item in dataset.cast_column(image_column, Image(decode=False))[image_column]:
-        source = BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        with PIL.Image.open(source) as image:
-            sizes.add(image.size)
-    if len(sizes) > 1:
-        raise ValueError(f"The synthetic images have mixed sizes {sorted(sizes)[:5]}; label images of one size.")
 
 
 def _generation_settings(synthetic_dir: Path, num_images: int) -> dict:
@@ -513,3 +456,4 @@ def _write_all(directory: Path, output: Dataset, labels: SurrogateLabels, assign
     output.save_to_disk(str(directory))
     labels.save(directory)
     write_contact_sheet(output, labels, assigned, distances, directory / CONTACT_SHEET)
+    write_manifest(directory, LABELS, written_files(directory))

@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from ..storage.sources import HUB, LOCAL, ModelSource
 from ..utils.atomic_io import atomic_path, write_json_atomic
+from ..utils.state_files import LORA_CONFIG
 
 logger = logging.get_logger(__name__)
 
@@ -263,7 +264,7 @@ def read_lora_config(folder: Path) -> dict[str, Any]:
             f"{folder} holds no {LORA_CONFIG_NAME}: it is not a LoRA-SIDE folder written by training/train_lora.py "
             "(`side train-lora`)."
         )
-    return json.loads(path.read_text())
+    return LORA_CONFIG.read(path)
 
 
 def load_lora_conditioning(unet: torch.nn.Module, folder: Path, config: dict[str, Any], defaults: Sequence[str]) -> None:

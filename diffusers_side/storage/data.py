@@ -23,6 +23,7 @@ import pyarrow.parquet
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
+from .image_files import to_8bit
 from .sources import DATASET, EMBEDDED, HUB, ModelSource
 
 
@@ -151,8 +152,10 @@ def preprocess_image(
 
     With ``center_crop`` the shorter side is resized to ``resolution`` and the centre is cropped
     (aspect ratio kept); otherwise the image is resized to ``resolution x resolution``. Resizing uses
-    bicubic interpolation, as diffusers' training examples do.
+    bicubic interpolation, as diffusers' training examples do. 16-bit and float images are first scaled to
+    8 bits (`diffusers_side.storage.image_files.to_8bit`), never clipped.
     """
+    image = to_8bit(image)
     if channels is not None:
         image = image.convert("L" if channels == 1 else "RGB")
     if resolution is None or image.size == (resolution, resolution):

@@ -12,13 +12,16 @@ Labelling, evaluation, ``side push`` and the Hub code read a folder through [`re
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
 from datasets import Features, Image, Value
 
-SETTINGS_FILE = "generation.json"
+from ..utils.state_files import GENERATION
+
+SETTINGS_FILE = GENERATION.name
+DEFAULT_BATCH_SIZE = 64  # the batch size a generation.json without one was written with
 SHARDS_DIR = "shards"
 RECORD_FEATURES = Features(
     {
@@ -41,9 +44,13 @@ def is_generation_folder(path: str | os.PathLike) -> bool:
 
 
 def read_settings(path: str | os.PathLike) -> dict:
-    """The raw ``generation.json`` payload of a folder, or ``{}`` for any other source."""
+    """The raw ``generation.json`` payload of a folder (validated), or ``{}`` for any other source.
+
+    Raises:
+        `diffusers_side.utils.state_files.StateFileError`: ``generation.json`` is damaged (the message names it).
+    """
     settings_file = Path(path) / SETTINGS_FILE
-    return json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return GENERATION.read(settings_file) if settings_file.is_file() else {}
 
 
 def shard_path(output_dir: str | os.PathLike, shard: int) -> Path:
@@ -54,3 +61,31 @@ def shard_path(output_dir: str | os.PathLike, shard: int) -> Path:
 def shard_files(path: str | os.PathLike) -> list[Path]:
     """The finished shards of a generation folder, in order (empty for any other folder)."""
     return sorted((Path(path) / SHARDS_DIR).glob("*.parquet"))
+
+
+def check_complete(path: str | os.PathLike, num_rows: int, indices: list[int] | None) -> None:
+    """Refuse a generation folder whose run is unfinished or damaged: a shard missing, rows missing or duplicated.
+
+    Args:
+        path: the folder; any other source passes.
+        num_rows: the rows read from its shards.
+        indices: their ``index`` column (``None`` when absent).
+
+    Raises:
+        `ValueError`: naming the folder, N_G found and asked for, the missing shards and how to complete the run.
+    """
+    settings = read_settings(path)
+    if not settings:
+        return
+    expected = settings["num_images"]
+    num_shards = math.ceil(expected / settings.get("batch_size", DEFAULT_BATCH_SIZE))
+    present = {p.stem for p in shard_files(path)}
+    missing = [s for s in range(num_shards) if shard_path(path, s).stem not in present]
+    if not missing and num_rows == expected and (indices is None or sorted(indices) == list(range(expected))):
+        return
+    shown = f"shards {missing[:10]} are missing" if missing else "its rows do not match the run's image indices"
+    raise ValueError(
+        f"{path} holds {num_rows} of the {expected} images its {SETTINGS_FILE} asks for ({shown}): the run is unfinished "
+        f"or damaged, and scoring it would report N_G = {num_rows}. Complete it by running the same `side synthesize` / "
+        f"`side extract` command again with --output {path} (it resumes and regenerates missing shards)."
+    )

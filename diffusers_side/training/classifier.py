@@ -141,6 +141,11 @@ def check_labels(dataset: Dataset, label_column: str, num_labels: int | None) ->
     if any(v is None for v in values):
         raise ValueError(f"Column {label_column!r} has missing labels; every image needs one.")
     labels = torch.as_tensor(values)
+    distinct, largest = len(torch.unique(labels)), int(labels.max())
+    if num_labels is None and labels.min() >= 0 and distinct <= largest:  # e.g. {0, 1, 10**6}: 10**6 + 1 outputs
+        raise ValueError(f"Column {label_column!r} holds {distinct} distinct labels but its largest is {largest}, so the classifier "
+                         f"would get {largest + 1} outputs; relabel them 0..{distinct - 1} (as `side label` writes them), "
+                         f"or pass --num_classes {largest + 1} to keep the gaps on purpose.")
     num_labels = num_labels or int(labels.max()) + 1
     if labels.min() < 0 or labels.max() >= num_labels:
         raise ValueError(

@@ -42,14 +42,17 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tqdm.auto import tqdm
 
 from ..storage.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
-from ..storage.hub import push_folder
+from ..storage.hub import create_repo_early, push_folder
+from ..storage.outputs import check_writable
 from ..utils.atomic_io import write_json_atomic
+from ..utils.state_files import RUN_CONFIG, TRAINING_STATE
+from .checkpoint_files import damaged_checkpoint_message
 
 logger = logging.get_logger(__name__)
 
 PIXEL_VALUES = "pixel_values"
-RUN_CONFIG_NAME = "run_config.json"
-TRAINING_STATE_NAME = "training_state.json"
+RUN_CONFIG_NAME = RUN_CONFIG.name
+TRAINING_STATE_NAME = TRAINING_STATE.name
 TRAIN_LOG_NAME = "train_log.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 EMA_FOLDER = "ema"
@@ -206,6 +209,9 @@ def check_output_dir(args: argparse.Namespace, identity: dict[str, Any]) -> None
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"--output_dir {output_dir} is a file; choose a directory.")
+    check_writable(output_dir, "--output_dir")
+    if args.push_to_hub:  # after the local checks, before any work: an offline push fails now
+        create_repo_early(args.hub_model_id, "--push_to_hub", token=args.hub_token, private=args.hub_private_repo)
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return
     config_path = output_dir / RUN_CONFIG_NAME
@@ -221,7 +227,7 @@ def check_output_dir(args: argparse.Namespace, identity: dict[str, Any]) -> None
             f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
             "continue it or --overwrite_output_dir to start over."
         )
-    differences = _differences(json.loads(config_path.read_text()), identity)
+    differences = _differences(RUN_CONFIG.read(config_path), identity)
     if differences:
         raise ValueError(
             f"--output_dir {output_dir} holds a different run ({'; '.join(differences)}); use the same settings "
@@ -402,15 +408,18 @@ def load_checkpoint(
     Raises:
         `ValueError`: the checkpoint belongs to a run with different settings.
     """
-    state = json.loads((checkpoint / TRAINING_STATE_NAME).read_text())
+    state = TRAINING_STATE.read(checkpoint / TRAINING_STATE_NAME)
     differences = _differences(state["run"], identity)
     if differences:
         raise ValueError(f"Checkpoint {checkpoint} belongs to a different run ({'; '.join(differences)}).")
-    accelerator.load_state(str(checkpoint))
-    if ema is not None:
-        saved = EMAModel.from_pretrained(str(checkpoint / EMA_FOLDER), model_cls=model_cls)
-        ema.load_state_dict(saved.state_dict())
-        ema.to(accelerator.device)
+    try:
+        accelerator.load_state(str(checkpoint))
+        if ema is not None:
+            saved = EMAModel.from_pretrained(str(checkpoint / EMA_FOLDER), model_cls=model_cls)
+            ema.load_state_dict(saved.state_dict())
+            ema.to(accelerator.device)
+    except Exception as error:  # noqa: BLE001 - torch, safetensors and accelerate each raise their own kind
+        raise ValueError(damaged_checkpoint_message(checkpoint, error)) from None
     logger.info(f"Resumed from {checkpoint} at step {state['global_step']}")
     return state
 

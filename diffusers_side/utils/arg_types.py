@@ -22,7 +22,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """An `argparse.ArgumentParser` whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        # a control character typed into an argument (a carriage return, a newline) would break the line: escape it
+        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+        self.exit(2, f"{self.prog}: error: {shown} (see `{self.prog} --help`)\n")
 
 
 def _number(text: str, kind: type, expected: str):

@@ -46,6 +46,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_directory(path: str | os.PathLike, staging_name: str | None = None) -> Iterator[Path]:
     """Yield an empty staging folder next to ``path``; on success it replaces ``path``, on error it is removed.
 
+    The old folder is renamed aside (``.NAME.old-PID``) before the staging folder is renamed into place and deleted
+    only then, so a kill at any point leaves the old folder or the new one, whole: a folder left aside by a killed
+    run is put back by the next run when ``path`` is missing (see [`remove_stale_staging`]).
+
     Args:
         path: the folder to (re)write as a whole.
         staging_name: the staging folder's name (default ``.NAME.tmp-PID``); a leftover one is cleared first,
@@ -66,11 +70,20 @@ def atomic_directory(path: str | os.PathLike, staging_name: str | None = None) -
     staging = path.parent / (staging_name or f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    aside = path.parent / f".{path.name}.old-{os.getpid()}"
     try:
         yield staging
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        moved = path.exists()
+        if moved:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if moved:
+                os.replace(aside, path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -94,10 +107,16 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def remove_stale_staging(directory: str | os.PathLike) -> None:
-    """Remove the ``.<name>.tmp-<pid>`` staging folders of ``directory`` whose process no longer runs."""
+    """Remove the ``.<name>.tmp-<pid>`` staging folders of ``directory`` whose process no longer runs, and put back
+    a ``.<name>.old-<pid>`` folder such a process had moved aside (deleted when ``directory`` exists again)."""
     directory = Path(directory)
-    prefix = f".{directory.name}.tmp-"
-    for staging in directory.parent.glob(f"{prefix}*"):
-        pid = staging.name[len(prefix):]
-        if staging.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
+    for kind in ("tmp", "old"):
+        prefix = f".{directory.name}.{kind}-"
+        for stale in directory.parent.glob(f"{prefix}*"):
+            pid = stale.name[len(prefix):]
+            if not (stale.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid))):
+                continue
+            if kind == "old" and not directory.exists():
+                os.replace(stale, directory)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)

@@ -37,17 +37,20 @@ from ..evaluation.bands import Band, display_order
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..generation.engine import GenerationSettings, generate
+from ..generation.preflight import TargetFacts, check_reference_reachable, check_reference_shape, check_sampling_steps
 from ..labels.surrogate_labels import label_synthetic
 from ..methods.base import AuditArtefacts
 from ..methods.registry import extraction_method_names, get_method
 from ..pipelines.loading import load_pipeline
 from ..storage.data import check_image_source
 from ..storage.embedded import DEFAULT
+from ..storage.outputs import DEMO, check_output_folder
 from ..storage.sources import ModelSource
 from ..training.arguments import CLASSIFIER_LAYERS
 from ..training.classifier import classifier_training_args, train_classifier
 from ..training.common import TRAIN_LOG_NAME
 from ..utils.atomic_io import write_json_atomic
+from ..utils.state_files import DEMO_CONFIG, SWEEP_RESULTS, TRAIN_LOG
 from .runs import SWEEP_JSON, run_sweep
 
 logger = logging.get_logger(__name__)
@@ -260,12 +263,12 @@ class Demo:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
         check_image_source(self.config.reference)
         ModelSource.parse(self.config.pipeline, what="--pipeline")
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
+        self.check_target_and_reference()
+        check_output_folder(self.output_dir, DEMO, command="`side demo`")
         config_file = self.path(CONFIG_FILE)
         if config_file.is_file():
             # a field added after a demo was recorded has the default value, the behaviour of that demo's version
-            recorded = {**asdict(DemoConfig()), **json.loads(config_file.read_text())}
+            recorded = {**asdict(DemoConfig()), **DEMO_CONFIG.read(config_file)}
             wanted = json.loads(json.dumps(asdict(self.config)))
             if recorded["preset"] != wanted["preset"]:
                 raise FileExistsError(
@@ -278,8 +281,17 @@ class Demo:
                     f"{self.output_dir} holds a demo with other settings ({', '.join(changed)}); re-run it with the same "
                     "flags to resume, or choose another --output."
                 )
-        elif self.output_dir.is_dir() and any(self.output_dir.iterdir()):
-            raise FileExistsError(f"{self.output_dir} is not empty and holds no demo; choose another --output.")
+
+    def check_target_and_reference(self) -> None:
+        """Before any stage, from small files: the target takes the sampling steps, and the reference can be read and
+        holds images of the shape the target samples (the evaluation compares pixels); else a `ValueError` naming
+        the shapes (or steps) and the flags of `side demo` that fix it."""
+        c = self.config
+        facts = TargetFacts.from_files(c.pipeline)
+        check_sampling_steps(c.num_inference_steps, facts, "the preset's sampling steps", "pass --pipeline with a longer schedule")
+        advice = "pass --reference with the training set of --pipeline, or --pipeline with a model trained on --reference"
+        check_reference_shape(c.reference, facts, advice)
+        check_reference_reachable(c.reference)
 
     def synthesize(self) -> None:
         """Stage 1: N_syn unguided samples of the target."""
@@ -322,7 +334,7 @@ class Demo:
     def guidance_selection(self) -> dict:
         """The sweep's curve (AMS per band and lambda), the chosen lambda and how it was chosen."""
         c = self.config
-        results = json.loads((self.path(SWEEP_DIR) / SWEEP_JSON).read_text())
+        results = SWEEP_RESULTS.read(self.path(SWEEP_DIR) / SWEEP_JSON)
         return {
             "method": SWEPT_METHOD,
             "selection_seed": c.selection_seed,
@@ -345,7 +357,7 @@ class Demo:
         """Each classifier's accuracy per timestep quartile on its held-out images (from its ``train_log.json``)."""
         accuracy = {}
         for name in CLASSIFIERS:
-            log = json.loads((self.path(name) / TRAIN_LOG_NAME).read_text())
+            log = TRAIN_LOG.read(self.path(name) / TRAIN_LOG_NAME)
             num_labels = json.loads((self.path(name) / "classifier" / "config.json").read_text())["num_classes"]
             accuracy[name] = {
                 "global_step": log["global_step"], "num_labels": num_labels, "evaluated_on": log["evaluated_on"],
@@ -356,7 +368,7 @@ class Demo:
     def evaluate(self) -> dict:
         """Stage 5: score every extraction method against the reference and write the report."""
         generated = [self.path(f"extract-{method}") for method in demo_methods()]
-        report = evaluate(generated, self.config.reference, self.output_dir, similarity="carlini")
+        report = evaluate(generated, self.config.reference, self.output_dir, similarity="carlini", output_kind=DEMO)
         report["classifiers"] = self.classifier_accuracy()
         if self.config.sweep_guidance_scales:
             report["guidance_selection"] = self.guidance_selection()

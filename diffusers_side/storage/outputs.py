@@ -1,0 +1,208 @@
+"""What a command may write, overwrite, delete or upload: the one place that decides.
+
+Every folder a ``side`` command writes is one *kind* of artefact (`KINDS`), recognised by the file that
+marks it (``generation.json``, ``surrogate_labels.json``, ``report.json``, ...) or by the manifest
+``.side_outputs.json`` in which a command lists the files it wrote. The rules:
+
+- [`check_output_folder`]: a command writes into a new or empty folder, or into a folder of its own kind
+  (to resume or refresh it); a folder of another kind (``side evaluate --output`` into a pipeline or a label
+  output) or holding files no command wrote is refused, before any model loads. An output that cannot be
+  created or written (a parent that is a file, a read-only file system) is refused then too, and a symbolic
+  link is followed to the folder it names.
+- [`foreign_entries`]: a command that replaces its folder as a whole (``side label``) deletes only the files
+  its manifest lists, exactly by name, and refuses to run while anything else is there.
+- [`training_data_files`]: what holds training images or their matches (``matches.parquet`` and the figures
+  of ``side evaluate``); ``side push`` refuses to upload it unless asked explicitly.
+
+This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from ..utils.atomic_io import write_json_atomic
+from ..utils.state_files import OUTPUTS_MANIFEST, StateFileError
+
+MANIFEST = OUTPUTS_MANIFEST.name
+GENERATION, LABELS, EVALUATION, SWEEP, DEMO = "generation", "labels", "evaluation", "sweep", "demo"
+TRAINING, PIPELINE, LORA = "training", "pipeline", "lora"
+MATCHES_FILE = "matches.parquet"
+FIGURES_DIR = "figures"
+
+# kind -> (the file that marks it, what it is). Checked in this order: a folder of several (a demo holds a
+# report, a training run a pipeline) is the first kind that matches.
+KINDS: dict[str, tuple[str, str]] = {
+    DEMO: ("demo_config.json", "a `side demo` output"),
+    SWEEP: ("sweep_config.json", "a `side sweep` output"),
+    TRAINING: ("run_config.json", "a training run (`side train-classifier` / `side train-lora` / train_dpm.py)"),
+    LORA: ("side_lora.json", "LoRA-SIDE adapters"),
+    PIPELINE: ("model_index.json", "a diffusers pipeline"),
+    GENERATION: ("generation.json", "a generation run (`side synthesize` / `side extract`)"),
+    LABELS: ("surrogate_labels.json", "a `side label` output"),
+    EVALUATION: ("report.json", "a `side evaluate` report"),
+}
+# The files a `side label` output written before manifests existed holds (besides its arrow shards).
+LEGACY_LABEL_FILES = ("dataset_info.json", "state.json", "surrogate_labels.json", "surrogate_labels.safetensors", "contact_sheet.png")
+
+
+def folder_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of artefact ``folder`` holds (its manifest's, else the first marker of `KINDS` found), or ``None``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return manifest["kind"]
+    for kind, (marker, _) in KINDS.items():
+        if (folder / marker).is_file():
+            return kind
+    return EVALUATION if (folder / MATCHES_FILE).is_file() else None
+
+
+def describe(kind: str | None) -> str:
+    """What a kind of folder is, for messages."""
+    return KINDS[kind][1] if kind in KINDS else f"a {kind!r} output" if kind else "files no `side` command wrote"
+
+
+def check_output_folder(
+    folder: str | os.PathLike, kind: str, flag: str = "--output", accept: Iterable[str] = (), command: str | None = None
+) -> Path:
+    """Refuse an output folder ``command`` may not write, before any work; return it with symbolic links resolved.
+
+    Args:
+        folder: the output folder (absent, empty, or one the command wrote before).
+        kind: the kind of folder the command writes (a key of `KINDS`).
+        flag: the flag that named the folder, for messages.
+        accept: other kinds the command may also write into.
+        command: the command, for messages (default: the writer of ``kind``).
+
+    Raises:
+        `FileExistsError`: ``folder`` is a file, or holds another kind of artefact or files no command wrote.
+        `OSError`: ``folder`` cannot be created or written.
+    """
+    given = Path(folder)
+    folder = given.resolve() if given.is_symlink() else given
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{flag} {given} is a file; choose a folder.")
+    found = folder_kind(folder)
+    if found is not None and found != kind and found not in accept:
+        writer = command or describe(kind)
+        raise FileExistsError(
+            f"{flag} {given} holds {describe(found)}; it is not {writer}'s to overwrite: choose another (new or empty) {flag}."
+        )
+    if found is None and folder.is_dir() and any(folder.iterdir()):
+        earlier = f" (not an earlier {command} output)" if command else ""
+        raise FileExistsError(f"{flag} {given} is not empty and holds no {describe(kind)[2:]}{earlier}; choose another {flag}.")
+    check_writable(folder, flag)
+    return folder
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder that cannot be created or written (probed with a temporary file, as root is not bound by modes).
+
+    Raises:
+        `OSError`: naming the flag, the folder and why.
+    """
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {folder} cannot be created: {existing} is a file; choose another {flag}.")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".side-write-probe-"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"{flag} {folder} cannot be written ({error.strerror or error}); choose a folder you can write to."
+        ) from None
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The manifest of ``folder`` (``{"kind", "files"}``), or ``None`` when it has none.
+
+    Raises:
+        [`~diffusers_side.utils.state_files.StateFileError`]: the manifest is damaged.
+    """
+    path = Path(folder) / MANIFEST
+    return OUTPUTS_MANIFEST.read(path) if path.is_file() else None
+
+
+def write_manifest(folder: str | os.PathLike, kind: str, files: Iterable[str]) -> Path:
+    """Record (atomically) that the command writing ``kind`` wrote ``files`` (paths relative to ``folder``)."""
+    files = sorted({Path(f).as_posix() for f in files} - {MANIFEST})
+    return write_json_atomic(Path(folder) / MANIFEST, {"kind": kind, "files": files})
+
+
+def written_files(folder: str | os.PathLike) -> list[str]:
+    """Every regular file under ``folder``, relative and in posix form (for [`write_manifest`])."""
+    folder = Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
+    """The files (relative paths) the command writing ``kind`` wrote into ``folder``: its manifest, or for a
+    `side label` output from before manifests, the fixed names and the arrow shards its ``state.json`` lists."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return set(manifest["files"]) if manifest["kind"] == kind else set()
+    if kind != LABELS or not (folder / KINDS[LABELS][0]).is_file():
+        return set()
+    owned = set(LEGACY_LABEL_FILES)
+    try:
+        import json
+
+        state = json.loads((folder / "state.json").read_text())
+        owned |= {entry["filename"] for entry in state.get("_data_files", []) if isinstance(entry, dict)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # then its arrow files count as foreign, and the user is asked to move them
+    return {name for name in owned if "/" not in name}
+
+
+def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
+    """The names directly in ``folder`` that the command writing ``kind`` did not write: anything but a regular
+    file (or a folder of files) its manifest lists by exact name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    try:
+        owned = owned_files(folder, kind)
+    except StateFileError:
+        owned = set()
+    owned_dirs = {name.split("/", 1)[0] for name in owned if "/" in name}
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if name == MANIFEST and entry.is_file():
+            continue
+        if entry.is_symlink():
+            foreign.append(name)
+        elif entry.is_file() and name in owned:
+            continue
+        elif entry.is_dir() and name in owned_dirs and all(
+            p.relative_to(folder).as_posix() in owned for p in entry.rglob("*") if not p.is_dir()
+        ):
+            continue
+        else:
+            foreign.append(name)
+    return foreign
+
+
+def training_data_files(folder: str | os.PathLike) -> list[Path]:
+    """The files under ``folder`` that hold training images or which training image each generation matches:
+    every ``matches.parquet`` and the figures (generated | best training match) beside an evaluation report."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+        root = Path(root)
+        if MATCHES_FILE in files:
+            found.append(root / MATCHES_FILE)
+        if KINDS[EVALUATION][0] in files or MATCHES_FILE in files:
+            found += sorted(p for p in (root / FIGURES_DIR).rglob("*") if p.is_file())
+    return found
