@@ -94,6 +94,7 @@ TABLE = {
         ["--pretrained_model_name_or_path", "{pipe}", "--train_data_dir", "{labels}", "--output_dir", "{out}"],
         [
             ("--pretrained_model_name_or_path", "{missing}", "missing", RUN),
+            ("--revision", "v1", "revision='v1' applies to Hub repo ids only", RUN),
             ("--train_data_dir", "{missing}", "missing", RUN),
             ("--image_column", "nope", "nope", RUN),
             ("--resolution", "0", "--resolution", PARSE),
@@ -113,6 +114,7 @@ TABLE = {
         ["--pretrained_model_name_or_path", "{pipe}", "--train_data_dir", "{labels}", "--output_dir", "{out}"],
         [
             ("--pretrained_model_name_or_path", "{missing}", "missing", RUN),
+            ("--revision", "v1", "revision='v1' applies to Hub repo ids only", RUN),
             ("--train_data_dir", "{missing}", "missing", RUN),
             ("--image_column", "nope", "nope", RUN),
             ("--resolution", "0", "--resolution", PARSE),

@@ -32,13 +32,13 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..storage.embedded import resolve_pipeline_path
+from ..storage.sources import HUB, LOCAL, ModelSource
 from ..utils.atomic_io import atomic_path, write_json_atomic
 
 logger = logging.get_logger(__name__)
@@ -218,33 +218,18 @@ def save_lora_conditioning(unet: torch.nn.Module, save_directory: str | os.PathL
     return directory
 
 
-def local_folder(spec: str | os.PathLike, what: str, **download_kwargs) -> Path:
-    """
-    A local folder for ``spec``: the folder itself, or the snapshot of a Hub repo id (honours ``HF_HUB_OFFLINE``).
-
-    Raises:
-        `FileNotFoundError`: ``spec`` looks like a local path but is not a folder.
-    """
-    source = str(spec)
-    if os.path.isdir(source):
-        return Path(source)
-    if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
-        raise FileNotFoundError(f"{what} folder {source!r} does not exist (or is not a folder); pass a folder or a Hub repo id.")
-    return Path(snapshot_download(source, **download_kwargs))
-
-
 def is_lora_folder(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` (a folder or a Hub repo id) holds a LoRA-SIDE result (``side_lora.json``).
+    """Whether ``spec`` (a folder, an embedded name or a Hub repo id) holds a LoRA-SIDE result (``side_lora.json``).
 
     For a repo id only that one file is fetched (from the cache when ``HF_HUB_OFFLINE`` is set).
     """
-    source = str(spec)
-    if os.path.isdir(source):
-        return (Path(source) / LORA_CONFIG_NAME).is_file()
-    if os.path.isabs(source) or source.startswith(".") or os.path.exists(source) or source.count("/") != 1:
+    source = ModelSource.parse(spec)
+    if source.kind != HUB:
+        return (source.local_path() / LORA_CONFIG_NAME).is_file()
+    if source.location.count("/") != 1:
         return False
     try:
-        hf_hub_download(source, LORA_CONFIG_NAME)
+        hf_hub_download(source.location, LORA_CONFIG_NAME, revision=source.revision)
     except (EntryNotFoundError, RepositoryNotFoundError):  # includes "not in the offline cache"
         return False
     return True
@@ -256,7 +241,13 @@ def check_shareable_base(base_model: str | None) -> None:
     Raises:
         `ValueError`: ``base_model`` is a local path (the message says how to fix it).
     """
-    if base_model is not None and (os.path.isabs(base_model) or os.path.isdir(base_model)):
+    if base_model is None:
+        return
+    try:
+        local = ModelSource.from_record(base_model).kind == LOCAL
+    except OSError:  # a path that is gone is still a path
+        local = True
+    if local:
         raise ValueError(
             f"The adapters' base model is the local folder {base_model!r}, which a Hub user cannot load; push the base "
             "pipeline first and fine-tune from its repo id (--pretrained_model_name_or_path user/repo), or keep the "
@@ -345,5 +336,6 @@ def is_text_conditional(spec: str | os.PathLike) -> bool:
 
     Only ``model_index.json`` is read (downloaded for a repo id).
     """
-    return "text_encoder" in DiffusionPipeline.load_config(resolve_pipeline_path(spec))
+    source = ModelSource.parse(spec)
+    return "text_encoder" in DiffusionPipeline.load_config(source.name_or_path, revision=source.revision)
 

@@ -23,7 +23,6 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from huggingface_hub import snapshot_download
 
 from ..guidance.base import Guide, frozen
 from ..guidance.classifier import check_classifier_reads
@@ -31,6 +30,7 @@ from ..guidance.exemplar import ExemplarPosterior
 from ..guidance.registry import build_guide
 from ..models.classifier import TimeDependentClassifier
 from ..storage.embedded import EMBEDDED_CHOICES
+from ..storage.sources import resolve_folder
 from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
 
 logger = logging.get_logger(__name__)
@@ -143,39 +143,23 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SIDEPipeline":
         """
-        Load a pipeline from a local folder or a Hub repo id, safetensors only unless you opt in.
+        Load a pipeline from a folder, an embedded model's name or a Hub repo id, safetensors only unless you opt in.
 
-        A repo id is first resolved to a local snapshot with `huggingface_hub.snapshot_download` (honouring
-        `HF_HUB_CACHE` and `HF_HUB_OFFLINE`): diffusers' own download path refuses third-party components
-        such as the classifier unless remote code is trusted, which a plugin-pushed repo must not need.
+        The source is decided by `diffusers_side.storage.sources.ModelSource.parse`; a repo id is first resolved to
+        a local snapshot with `huggingface_hub.snapshot_download` (honouring `HF_HUB_CACHE` and `HF_HUB_OFFLINE`):
+        diffusers' own download path refuses third-party components such as the classifier unless remote code is
+        trusted, which a plugin-pushed repo must not need.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): folder or Hub repo id.
+            pretrained_model_name_or_path (`str` or `os.PathLike`): folder, embedded name or Hub repo id (``user/repo@rev``).
             use_safetensors (`bool`, *optional*, defaults to `True`): pass `False` to allow pickled
                 `.bin` weights (only for checkpoints you trust: unpickling can run code).
             revision, cache_dir, token, local_files_only: forwarded to `snapshot_download`.
             kwargs: forwarded to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
         """
-        source = str(pretrained_model_name_or_path)
-        if not os.path.isdir(source):
-            if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
-                raise FileNotFoundError(
-                    f"Pipeline folder {source!r} does not exist (or is not a folder); pass a folder written by "
-                    "`save_pretrained` or a Hub repo id such as 'user/repo'."
-                )
-            try:
-                source = snapshot_download(
-                    source,
-                    revision=kwargs.pop("revision", None),
-                    cache_dir=kwargs.get("cache_dir"),
-                    token=kwargs.pop("token", None),
-                    local_files_only=kwargs.get("local_files_only", False),
-                )
-            except (OSError, ValueError) as error:
-                raise FileNotFoundError(
-                    f"{source!r} is not a local folder, and fetching it as a Hub repo id failed ({error}). Check the path, "
-                    "or the repo id and your connection."
-                ) from error
+        download = {k: kwargs.pop(k, None) for k in ("revision", "token")}
+        download.update({k: kwargs.get(k) for k in ("cache_dir", "local_files_only")})
+        source = str(resolve_folder(pretrained_model_name_or_path, "Pipeline folder", **download))
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(
                 f"{str(pretrained_model_name_or_path)!r} is not a pipeline folder (it has no model_index.json); pass a folder "
@@ -268,6 +252,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
         guidance_space: str = "xt",
+        latents: torch.Tensor | None = None,
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when there is a guide and a positive scale.
@@ -297,6 +282,8 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
             guidance_space (`str`, defaults to `"xt"`): a classifier guide of `diffusers_side.guidance.registry`:
                 `"xt"` (the paper) or `"x0"` (the classifier reads the predicted clean image; lambda is then the
                 fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
+            latents (`torch.Tensor`, *optional*): the initial standard normal noise x_T, `(batch_size, C, H, W)`;
+                `None` draws it from `generator` (see `prepare_latents`).
 
         Examples:
 
@@ -317,7 +304,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         targets = None
         if guided or target is not None:
             targets = draw_targets(target, batch_size, guide.num_conditions, generator, device)
-        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device)
+        samples = self.prepare_latents(batch_size, num_inference_steps, generator, device, latents)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
         samples = self.denoise(samples, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
         return self.finish(samples, output_type, return_dict, SIDEPipelineOutput, targets)

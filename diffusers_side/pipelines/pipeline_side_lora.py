@@ -28,11 +28,10 @@ from ..models.lora import (
     classifier_free_guidance,
     is_text_conditional,
     load_lora_conditioning,
-    local_folder,
     read_lora_config,
     save_lora_conditioning,
 )
-from ..storage.embedded import resolve_pipeline_path
+from ..storage.sources import ModelSource, resolve_folder
 from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
 from .pipeline_side import SIDEPipeline
 
@@ -156,7 +155,7 @@ class SIDELoRAPipeline(SamplingMixin, DiffusionPipeline):
                 f"{base_model} is a text-conditional pipeline; use SIDELoRATextPipeline (one prompt per label) for it."
             )
         if base_model is not None:
-            base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+            base = SIDEPipeline.from_pretrained(base_model, use_safetensors=use_safetensors)
         if getattr(base, "vqvae", None) is not None:
             raise ValueError(
                 f"{base_model or type(base).__name__} is a latent target (a UNet over the latents of its vqvae); LoRA-SIDE "
@@ -230,12 +229,13 @@ class SIDELoRAPipeline(SamplingMixin, DiffusionPipeline):
         download = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        folder = local_folder(pretrained_model_name_or_path, "LoRA-SIDE", **download)
+        folder = resolve_folder(pretrained_model_name_or_path, "LoRA-SIDE folder", **download)
         config = read_lora_config(folder)
         if config.get("pipeline_class") != PIPELINE_CLASS:
             raise ValueError(f"{folder} holds a {config.get('pipeline_class')}, not a {PIPELINE_CLASS}.")
+        base_source = ModelSource.parse(base_model, what="base_model") if base_model else ModelSource.from_record(config["base_model"])
         base_model = base_model or config["base_model"]
-        base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+        base = SIDEPipeline.from_pretrained(base_source.resolved, use_safetensors=use_safetensors)
         check_base_unet(base.unet, config["base_unet_config"], base_model)
         unet = add_label_conditioning(base.unet, config["num_labels"])
         load_lora_conditioning(unet, folder, config, DEFAULT_UNET_TARGETS)
@@ -301,7 +301,7 @@ class SIDELoRAPipeline(SamplingMixin, DiffusionPipeline):
         conditional = guidance_scale > 0 or target is not None  # as SIDEPipeline: scale 0 keeps given targets, unused
         targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
         used = targets if guidance_scale > 0 else None
-        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device)
+        samples = self.prepare_latents(batch_size, num_inference_steps, generator, device)
         samples = self.denoising_loop(
             samples,
             lambda model_input, t, i: self.predict(model_input, t, used, guidance_scale),

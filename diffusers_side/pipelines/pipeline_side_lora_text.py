@@ -44,11 +44,10 @@ from ..models.lora import (
     check_base_unet,
     classifier_free_guidance,
     load_lora_conditioning,
-    local_folder,
     read_lora_config,
     save_lora_conditioning,
 )
-from ..storage.embedded import resolve_pipeline_path
+from ..storage.sources import ModelSource, resolve_folder
 from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
 
 logger = logging.get_logger(__name__)
@@ -186,7 +185,7 @@ class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
         """
         base_model = None if isinstance(base, DiffusionPipeline) else str(base)
         if base_model is not None:
-            base = DiffusionPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+            base = load_text_base(base_model, use_safetensors)
         components = check_text_components(base)
         add_lora_adapters(components["unet"], rank, lora_alpha, target_modules, DEFAULT_TEXT_UNET_TARGETS)
         info = {"num_labels": num_labels, **(label_info or {})}
@@ -236,12 +235,13 @@ class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
         download = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        folder = local_folder(pretrained_model_name_or_path, "LoRA-SIDE", **download)
+        folder = resolve_folder(pretrained_model_name_or_path, "LoRA-SIDE folder", **download)
         config = read_lora_config(folder)
         if config.get("pipeline_class") != PIPELINE_CLASS:
             raise ValueError(f"{folder} holds a {config.get('pipeline_class')}, not a {PIPELINE_CLASS}.")
+        base_source = ModelSource.parse(base_model, what="base_model") if base_model else ModelSource.from_record(config["base_model"])
         base_model = base_model or config["base_model"]
-        base = DiffusionPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+        base = load_text_base(base_source.resolved, use_safetensors)
         components = check_text_components(base)
         check_base_unet(components["unet"], config["base_unet_config"], base_model)
         load_lora_conditioning(components["unet"], folder, config, DEFAULT_TEXT_UNET_TARGETS)
@@ -334,7 +334,7 @@ class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
         label_embeddings = None
         if guidance_scale > 0:
             label_embeddings = self.encode_prompts([label_prompt(p, int(k)) for p, k in zip(prompts, targets)])
-        latents = self.prepare_noise(batch_size, num_inference_steps, generator, device, timesteps_device=device)
+        latents = self.prepare_latents(batch_size, num_inference_steps, generator, device, timesteps_device=device)
         latents = self.denoising_loop(
             latents,
             lambda model_input, t, i: self.predict(model_input, t, null_embeddings, label_embeddings, guidance_scale),
@@ -342,6 +342,12 @@ class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
             callback_on_step_end,
         )
         return self.finish(latents, output_type, return_dict, SIDELoRATextPipelineOutput, targets)
+
+
+def load_text_base(spec: str | os.PathLike, use_safetensors: bool | None = True) -> DiffusionPipeline:
+    """A text-conditional base pipeline with diffusers' own loader, from a folder, an embedded name or ``user/repo@rev``."""
+    source = ModelSource.parse(spec, what="Base pipeline")
+    return DiffusionPipeline.from_pretrained(source.name_or_path, revision=source.revision, use_safetensors=use_safetensors)
 
 
 def check_text_components(pipe: DiffusionPipeline) -> dict[str, Any]:

@@ -127,6 +127,12 @@ def add_labelled_target_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help=f"The audited pipeline: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}).",
     )
+    target.add_argument(
+        "--revision",
+        type=str,
+        default=None,
+        help="The Hub branch, tag or commit of --pretrained_model_name_or_path (a repo id only; or write user/repo@rev).",
+    )
     add_data_arguments(parser, with_dataset_name=False)
     parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
     parser.add_argument(

@@ -32,7 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCardData
 
 from ..storage.cards import render_card, write_card
-from ..storage.embedded import EMBEDDED_CHOICES, hub_id
+from ..storage.embedded import EMBEDDED_CHOICES
+from ..storage.sources import DATASET, ModelSource
 from ..utils.atomic_io import atomic_path, write_json_atomic
 from .arguments import add_data_arguments, add_training_arguments
 from .common import (
@@ -218,7 +219,7 @@ def save_sample_grid(pipeline: DDPMPipeline, args: argparse.Namespace, path: Pat
 
 def write_model_card(args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData):
     """Render ``model_cards/train_dpm.md`` into ``output_dir/README.md``."""
-    dataset_id = hub_id(data.source)
+    dataset_id = ModelSource.parse(data.source, repo_type=DATASET).hub_id
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",

@@ -42,7 +42,8 @@ from ..methods.base import AuditArtefacts
 from ..methods.registry import extraction_method_names, get_method
 from ..pipelines.loading import load_pipeline
 from ..storage.data import check_image_source
-from ..storage.embedded import DEFAULT, check_model_source
+from ..storage.embedded import DEFAULT
+from ..storage.sources import ModelSource
 from ..training.arguments import CLASSIFIER_LAYERS
 from ..training.classifier import classifier_training_args, train_classifier
 from ..training.common import TRAIN_LOG_NAME
@@ -258,7 +259,7 @@ class Demo:
             for scale in c.sweep_guidance_scales:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
         check_image_source(self.config.reference)
-        check_model_source(self.config.pipeline, "--pipeline")
+        ModelSource.parse(self.config.pipeline, what="--pipeline")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
         config_file = self.path(CONFIG_FILE)

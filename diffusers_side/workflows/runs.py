@@ -21,10 +21,10 @@ from ..evaluation.report import plot_sweep
 from ..generation.engine import generate
 from ..generation.hub import push_extraction
 from ..generation.settings import GenerationSettings, check_output_dir
+from ..labels.features import check_feature_spec
 from ..models.lora import LORA_CONFIG_NAME, check_shareable_base, read_lora_config
 from ..pipelines.loading import load_pipeline
 from ..storage.data import check_image_source, load_image_dataset
-from ..storage.embedded import check_model_source
 from ..storage.generation_folder import is_generation_folder, read_settings
 from ..storage.hub import push_folder
 from ..utils.atomic_io import write_json_atomic
@@ -95,7 +95,7 @@ def run_sweep(
         settings.validate()
     check_image_source(reference)
     if feature_extractor is not None:
-        check_model_source(feature_extractor, "--similarity")
+        check_feature_spec(feature_extractor, "--similarity")
     config = {"guidance_scales": list(guidance_scales), "reference": reference, "similarity": similarity,
               "feature_extractor": feature_extractor, **{k: v for k, v in asdict(base).items() if k != "guidance_scale"}}
     check_sweep_folder(output_dir, config)

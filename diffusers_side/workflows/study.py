@@ -35,8 +35,8 @@ from ..generation.engine import GenerationSettings, generate
 from ..methods.registry import get_method
 from ..pipelines.loading import load_pipeline
 from ..storage.data import check_image_source
-from ..storage.embedded import check_model_source
 from ..storage.generation_folder import is_generation_folder, read_settings, shard_path
+from ..storage.sources import ModelSource
 from ..training.common import CHECKPOINT_PREFIX
 from ..utils.atomic_io import write_json_atomic, write_text_atomic
 from .costs import COSTS_FILE, LABEL_STAGE, SYNTHESIS_STAGE, CostLedger, budget, unet_evaluations
@@ -141,7 +141,7 @@ class Study:
             `FileExistsError`: the output holds something other than this study.
         """
         self.config.validate()
-        check_model_source(self.config.pipeline, "pipeline")
+        ModelSource.parse(self.config.pipeline, what="pipeline")
         check_image_source(self.config.reference)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
