@@ -63,7 +63,7 @@ class PipelineBlackBox:
     Example:
 
     ```py
-    >>> from diffusers_side.loading import load_pipeline
+    >>> from diffusers_side.pipelines.loading import load_pipeline
     >>> from diffusers_side.audits.query_only import PipelineBlackBox
     >>> generate = PipelineBlackBox(load_pipeline("digits-rare"))
     >>> images = generate(torch.randn(4, *generate.noise_shape))  # 4 queries
@@ -312,7 +312,7 @@ def query_only_search(
 
     ```py
     >>> from diffusers_side.audits.query_only import ClassifierFitness, PipelineBlackBox, query_only_search
-    >>> from diffusers_side.loading import load_classifier, load_pipeline
+    >>> from diffusers_side.pipelines.loading import load_classifier, load_pipeline
     >>> generate = PipelineBlackBox(load_pipeline("digits-rare"))
     >>> fitness = ClassifierFitness(load_classifier("side-demo-rare/classifier-side"))
     >>> result = query_only_search(generate, fitness, targets=[0, 1], num_queries=200, noise_shape=generate.noise_shape)

@@ -7,8 +7,7 @@ Everything around it is here, once:
 1. input checks: ``batch_size`` and ``num_inference_steps`` positive integers, one generator per image,
    ``output_type``, DDIM's ``use_clipped_model_output``, ``guidance_scale`` and the targets;
 2. targets: fixed, or one drawn uniformly per image from the image's generator;
-3. initial noise x_T: `randn_tensor` of the UNet's sample shape (or the caller's ``latents``, checked), times the
-   scheduler's ``init_noise_sigma``;
+3. initial noise: `randn_tensor` of the UNet's sample shape, times the scheduler's ``init_noise_sigma``;
 4. the arguments ``scheduler.step`` takes (``generator``, ``eta``, ``use_clipped_model_output``);
 5. the denoising loop with ``callback_on_step_end``;
 6. the end: decode the samples with the target's codec (`diffusers_side.models.codec`: the identity for a pixel
@@ -86,16 +85,6 @@ def draw_targets(target, batch_size: int, num_conditions: int, generator, device
     return torch.randint(num_conditions, (batch_size,), generator=generator, device=generator_device).to(device)
 
 
-def check_latents(latents: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Return ``latents`` if it is a finite tensor of ``shape``; raise `ValueError` naming the shape otherwise."""
-    if not torch.is_tensor(latents) or tuple(latents.shape) != tuple(shape):
-        got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
-        raise ValueError(f"latents must be a tensor of shape {tuple(shape)} (batch_size, C, H, W of the UNet); got {got}.")
-    if not torch.isfinite(latents).all():
-        raise ValueError("latents hold a NaN or an infinity; pass finite initial noise.")
-    return latents
-
-
 class SamplingMixin:
     """
     What `SIDEPipeline`, `SIDELoRAPipeline` and `SIDELoRATextPipeline` share (see the module docstring).
@@ -155,19 +144,19 @@ class SamplingMixin:
             kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
 
-    def prepare_latents(
+    def prepare_noise(
         self,
         batch_size: int,
         num_inference_steps: int,
         generator: torch.Generator | list[torch.Generator] | None,
         device: torch.device,
-        latents: torch.Tensor | None = None,
         timesteps_device: torch.device | None = None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Set the scheduler's timesteps and return x_T times the scheduler's ``init_noise_sigma``.
+        """Set the scheduler's timesteps and return x_T: `randn_tensor` noise of the sample shape (or the given
+        ``latents``, checked), times ``init_noise_sigma``. Stochastic schedulers draw their step noise from
+        ``generator`` either way.
 
-        x_T is ``latents`` when given (checked: finite, ``(batch_size, *sample_shape)``), else `randn_tensor` noise
-        from ``generator``; stochastic schedulers draw their step noise from ``generator`` either way.
         ``timesteps_device``: where `set_timesteps` puts the timesteps (`None`: on the CPU, as `DDPMPipeline` does).
         """
         self.scheduler.set_timesteps(num_inference_steps, device=timesteps_device)
@@ -218,3 +207,13 @@ class SamplingMixin:
         if not return_dict:
             return (images,)
         return output_class(images=images, targets=targets)
+
+
+def check_latents(latents: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Return ``latents`` if it is a finite tensor of ``shape``; raise `ValueError` naming the shape otherwise."""
+    if not torch.is_tensor(latents) or tuple(latents.shape) != tuple(shape):
+        got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+        raise ValueError(f"latents must be a tensor of shape {tuple(shape)} (batch_size, C, H, W of the UNet); got {got}.")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents hold a NaN or an infinity; pass finite initial noise.")
+    return latents

@@ -283,7 +283,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
                 `"xt"` (the paper) or `"x0"` (the classifier reads the predicted clean image; lambda is then the
                 fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
             latents (`torch.Tensor`, *optional*): the initial standard normal noise x_T, `(batch_size, C, H, W)`;
-                `None` draws it from `generator` (see `prepare_latents`).
+                `None` draws it from `generator` (see `prepare_noise`).
 
         Examples:
 
@@ -304,7 +304,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         targets = None
         if guided or target is not None:
             targets = draw_targets(target, batch_size, guide.num_conditions, generator, device)
-        samples = self.prepare_latents(batch_size, num_inference_steps, generator, device, latents)
+        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device, latents=latents)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
         samples = self.denoise(samples, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
         return self.finish(samples, output_type, return_dict, SIDEPipelineOutput, targets)

@@ -301,7 +301,7 @@ class SIDELoRAPipeline(SamplingMixin, DiffusionPipeline):
         conditional = guidance_scale > 0 or target is not None  # as SIDEPipeline: scale 0 keeps given targets, unused
         targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
         used = targets if guidance_scale > 0 else None
-        samples = self.prepare_latents(batch_size, num_inference_steps, generator, device)
+        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device)
         samples = self.denoising_loop(
             samples,
             lambda model_input, t, i: self.predict(model_input, t, used, guidance_scale),

@@ -334,7 +334,7 @@ class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
         label_embeddings = None
         if guidance_scale > 0:
             label_embeddings = self.encode_prompts([label_prompt(p, int(k)) for p, k in zip(prompts, targets)])
-        latents = self.prepare_latents(batch_size, num_inference_steps, generator, device, timesteps_device=device)
+        latents = self.prepare_noise(batch_size, num_inference_steps, generator, device, timesteps_device=device)
         latents = self.denoising_loop(
             latents,
             lambda model_input, t, i: self.predict(model_input, t, null_embeddings, label_embeddings, guidance_scale),
