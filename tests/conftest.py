@@ -98,12 +98,13 @@ def write_generation_dir(path: Path, images: list, method: str = "synthetic", gu
     return path
 
 
-def make_tiny_autoencoder(kind: str = "vq", seed: int = 0):
-    """A randomly initialised two-level `VQModel` (``"vq"``) or `AutoencoderKL` (``"kl"``): 3x16x16 <-> 2x8x8."""
+def make_tiny_autoencoder(kind: str = "vq", seed: int = 0, channels: int = 3):
+    """A randomly initialised two-level `VQModel` (``"vq"``) or `AutoencoderKL` (``"kl"``): 3x16x16 (or
+    ``channels``x16x16) <-> 2x8x8."""
     from diffusers import AutoencoderKL, VQModel
 
     torch.manual_seed(seed)
-    shared = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+    shared = dict(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
                   latent_channels=2, norm_num_groups=4, sample_size=16)
     return (VQModel(num_vq_embeddings=16, **shared) if kind == "vq" else AutoencoderKL(**shared)).eval()

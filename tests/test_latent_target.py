@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, LDMPipeline
-from test_sampling_core import LATENT_CHANNELS, tiny_autoencoder
+from test_sampling_core import LATENT_CHANNELS
 
-from conftest import make_tiny_unet
+from conftest import make_tiny_autoencoder, make_tiny_unet
 from diffusers_side import SIDEPipeline
 from diffusers_side.cli import main as side
 from diffusers_side.guidance.exemplar import ExemplarPosterior
@@ -29,7 +29,7 @@ def ldm_target(tmp_path_factory):
     """A tiny LDMPipeline saved by diffusers (vqvae + unet + scheduler), and 24 reference images it is audited against."""
     unet = make_tiny_unet(in_channels=LATENT_CHANNELS, sample_size=8)
     root = tmp_path_factory.mktemp("ldm")
-    LDMPipeline(vqvae=tiny_autoencoder("vq"), unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(root / "ldm")
+    LDMPipeline(vqvae=make_tiny_autoencoder("vq", channels=1), unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(root / "ldm")
     reference = root / "reference"
     reference.mkdir()
     for index, image in enumerate(load_training_subset()[:24]["image"]):
@@ -67,7 +67,7 @@ def test_ldm_target_passes_the_quick_demo_in_latent_space(ldm_target, tmp_path, 
 
 def test_exemplars_of_a_latent_target_are_its_latents():
     unet = make_tiny_unet(in_channels=LATENT_CHANNELS, sample_size=8)
-    pipe = SIDEPipeline(unet, DDPMScheduler(num_train_timesteps=100), vqvae=tiny_autoencoder("kl"))
+    pipe = SIDEPipeline(unet, DDPMScheduler(num_train_timesteps=100), vqvae=make_tiny_autoencoder("kl", channels=1))
     pixels = ExemplarPosterior(torch.rand(6, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2] * 2), num_classes=3)
     with pytest.raises(ValueError, match=r"exemplars.encoded\(pipe.codec\)"):
         pipe(batch_size=1, exemplars=pixels, num_inference_steps=2)

@@ -1,16 +1,16 @@
 """The sampling core the three pipelines share (`diffusers_side.pipelines.core`), and latent targets sampled through it.
 
 A latent target is diffusers' `LDMPipeline` layout: a `UNet2DModel` over the latents of a ``vqvae`` (a `VQModel`,
-or an `AutoencoderKL`). Built here from tiny random components: 1x16x16 images, 2x8x8 latents.
+or an `AutoencoderKL`). Built here from tiny random components (conftest): 1x16x16 images, 2x8x8 latents.
 """
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMPipeline, DDIMScheduler, DDPMScheduler, LDMPipeline, VQModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, LDMPipeline, VQModel
 from test_lora_text import PROMPT, tiny_text_pipeline
 
-from conftest import make_tiny_unet
+from conftest import make_tiny_autoencoder, make_tiny_unet
 from diffusers_side import SIDELoRAPipeline, SIDEPipeline, TimeDependentClassifier
 from diffusers_side.pipelines.pipeline_side_lora_text import SIDELoRATextPipeline
 
@@ -21,19 +21,9 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def tiny_autoencoder(kind: str = "vq") -> VQModel | AutoencoderKL:
-    """A random two-level autoencoder: 1x16x16 images <-> 2x8x8 latents (VQModel's scaling_factor is 0.18215)."""
-    torch.manual_seed(3)
-    shared = dict(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=LATENT_CHANNELS,
-                  norm_num_groups=4, sample_size=16)
-    model = VQModel(num_vq_embeddings=16, **shared) if kind == "vq" else AutoencoderKL(**shared)
-    return model.eval()
-
-
 def latent_pipeline(kind: str = "vq", classifier: TimeDependentClassifier | None = None, scheduler=None) -> SIDEPipeline:
     unet = make_tiny_unet(in_channels=LATENT_CHANNELS, sample_size=8)
-    pipe = SIDEPipeline(unet, scheduler or DDIMScheduler(num_train_timesteps=100), classifier, vqvae=tiny_autoencoder(kind))
+    pipe = SIDEPipeline(unet, scheduler or DDIMScheduler(num_train_timesteps=100), classifier, vqvae=make_tiny_autoencoder(kind, channels=1))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -26,11 +26,11 @@ from diffusers import DDPMScheduler, DiffusionPipeline
 from ..models.codec import PixelCodec, pixel_codec
 from ..models.lora import is_lora_folder, read_lora_config
 from ..storage.sources import ModelSource
+from .core import AUTOENCODER_COMPONENTS
 from .pipeline_side import SIDEPipeline
 from .pipeline_side_lora_text import load_text_base
 
 PIXEL, LATENT, TEXT = "pixel", "latent", "text"
-AUTOENCODER_COMPONENTS = ("vqvae", "vae")
 
 
 def target_kind(spec: str | os.PathLike | ModelSource, what: str = "--pretrained_model_name_or_path") -> str:
