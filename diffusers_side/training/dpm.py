@@ -176,6 +176,15 @@ def build_unet(args: argparse.Namespace, data: ImageData) -> UNet2DModel:
     )
 
 
+def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    """The training noise schedule the flags describe (also rebuilt from a checkpoint by `training.export`)."""
+    return DDPMScheduler(
+        num_train_timesteps=args.ddpm_num_steps,
+        beta_schedule=args.ddpm_beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+
+
 def denoising_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -297,11 +306,7 @@ def train_dpm(args: argparse.Namespace) -> Path:
     accelerator = create_accelerator(args)
     unet = build_unet(args, data)  # before anything is written: diffusers rejects unknown block types here
     start_output_dir(accelerator, args, identity)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.ddpm_num_steps,
-        beta_schedule=args.ddpm_beta_schedule,
-        prediction_type=args.prediction_type,
-    )
+    noise_scheduler = build_noise_scheduler(args)
     dataloader = image_dataloader(data, args.train_batch_size, args.center_crop, args.dataloader_num_workers)
     compute_loss = functools.partial(denoising_loss, noise_scheduler=noise_scheduler, random_flip=args.random_flip)
     result = train(accelerator, args, unet, dataloader, compute_loss, identity)
