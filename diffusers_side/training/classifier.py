@@ -46,13 +46,14 @@ from huggingface_hub import ModelCardData
 
 from ..labels.surrogate_labels import LABELS_JSON, SurrogateLabels
 from ..models.classifier import TimeDependentClassifier
+from ..models.classifier_size import resolve_classifier_size
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_side import SIDEPipeline
 from ..storage.cards import render_card, write_card
 from ..storage.data import check_image_source
 from ..storage.embedded import check_model_source, hub_id
 from ..utils.atomic_io import write_json_atomic
-from .arguments import add_classifier_arguments
+from .arguments import DEFAULT_BASE_CHANNELS, DEFAULT_CLASSIFIER_LAYERS, add_classifier_arguments
 from .common import (
     PIXEL_VALUES,
     TRAIN_LOG_NAME,
@@ -80,6 +81,7 @@ logger = logging.get_logger(__name__)
 SCRIPT = "train_classifier"
 DESCRIPTION = "Train SIDE's time-dependent classifier on surrogate labels and save a SIDEPipeline."
 NUM_QUARTILES = 4
+SIZE_FLAG_DEFAULTS = {"classifier_layers": DEFAULT_CLASSIFIER_LAYERS, "base_channels": DEFAULT_BASE_CHANNELS}
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -113,6 +115,13 @@ def validate_classifier_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--validation_split must be in [0, 1), got {args.validation_split}.")
     if args.base_channels < 1:
         raise ValueError(f"--base_channels must be a positive integer, got {args.base_channels}.")
+    if args.classifier_size is not None:
+        given = [f"--{name} {getattr(args, name)}" for name, default in SIZE_FLAG_DEFAULTS.items() if getattr(args, name) != default]
+        if given:
+            raise ValueError(
+                f"--classifier_size {args.classifier_size} sets the layout and width itself; drop {' and '.join(given)} or "
+                "drop --classifier_size."
+            )
     check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
     check_image_source(args.train_data_dir)
 
@@ -412,17 +421,22 @@ def train_classifier(args: argparse.Namespace) -> Path:
     data = match_target(args, data, target)
 
     accelerator = create_accelerator(args)
+    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
+    layers, base_channels = args.classifier_layers, args.base_channels
+    if args.classifier_size is not None:
+        size = resolve_classifier_size(args.classifier_size, data.resolution, len(train_data.dataset))
+        layers, base_channels = size.layers, size.base_channels
+        logger.info(f"--classifier_size {args.classifier_size}: {layers} at width {base_channels}.")
     classifier = TimeDependentClassifier(
         in_channels=data.channels,
         sample_size=data.resolution,
         num_classes=label_info["num_labels"],
-        layers=args.classifier_layers,
-        base_channels=args.base_channels,
+        layers=layers,
+        base_channels=base_channels,
         time_dependent=not args.time_independent,
         label_info=label_info,
     )
     start_output_dir(accelerator, args, identity)
-    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
     dataloader = image_dataloader(
         train_data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column]
     )
