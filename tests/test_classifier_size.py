@@ -159,3 +159,39 @@ def test_demo_trains_its_classifiers_at_the_named_size(monkeypatch, tmp_path):
     assert (seen[1].classifier_size, seen[1].classifier_layers, seen[1].base_channels) == (None, "resnet34", 64)
     with pytest.raises(ValueError, match="classifier_size 'huge' is not one of"):
         demo.Demo(tmp_path / "x", demo.resolve_config("paper", classifier_size="huge")).check()
+
+
+def test_preloaded_batches_are_the_streamed_batches(tmp_path):
+    from diffusers_side.training.common import image_dataloader, load_training_images
+    from diffusers_side.training.preload import PreloadedImages, preloaded_dataloader
+
+    data = load_training_images(str(make_labelled_data(tmp_path / "labels", num_images=20)))
+    loaders = [image_dataloader(data, 6, False, extra_columns=["label"]), preloaded_dataloader(data, 6, False, extra_columns=["label"])]
+    assert isinstance(loaders[1].dataset, PreloadedImages)
+    epochs = []
+    for loader in loaders:
+        torch.manual_seed(3)  # the sampler's shuffle draws from the global generator here (accelerate seeds it in training)
+        epochs.append(list(loader))
+    assert len(epochs[0]) == len(epochs[1]) == 4
+    for streamed, preloaded in zip(*epochs):
+        assert torch.equal(streamed["pixel_values"], preloaded["pixel_values"]) and torch.equal(streamed["label"], preloaded["label"])
+    too_big = preloaded_dataloader(data, 6, False, extra_columns=["label"], max_bytes=100)
+    assert not isinstance(too_big.dataset, PreloadedImages)
+
+
+def test_training_on_preloaded_images_gives_the_weights_of_streamed_images(monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusers_side.training import classifier as classifier_training
+    from diffusers_side.training.common import image_dataloader
+
+    target = tmp_path / "ddpm"
+    DDPMPipeline(unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(target)
+    labelled = make_labelled_data(tmp_path / "labels", num_images=24)
+    flags = dict(pretrained_model_name_or_path=str(target), train_data_dir=str(labelled), max_train_steps=4,
+                 train_batch_size=8, base_channels=4)
+    preloaded = train_classifier(classifier_training_args(output_dir=str(tmp_path / "preloaded"), **flags))
+    monkeypatch.setattr(classifier_training, "preloaded_dataloader", image_dataloader)
+    streamed = train_classifier(classifier_training_args(output_dir=str(tmp_path / "streamed"), **flags))
+    weights = [load_file(str(run / "classifier" / "diffusion_pytorch_model.safetensors")) for run in (preloaded, streamed)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -75,6 +75,7 @@ from .common import (
     train,
     validate_training_args,
 )
+from .preload import preloaded_dataloader
 
 logger = logging.get_logger(__name__)
 
@@ -437,7 +438,8 @@ def train_classifier(args: argparse.Namespace) -> Path:
         label_info=label_info,
     )
     start_output_dir(accelerator, args, identity)
-    dataloader = image_dataloader(
+    # the images decoded once (identical batches; see training/preload.py) rather than per batch
+    dataloader = preloaded_dataloader(
         train_data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column]
     )
     compute_loss = functools.partial(
