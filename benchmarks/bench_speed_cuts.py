@@ -9,12 +9,14 @@ thread and process CPU time (`bench_common`), in alternating rounds:
    paper's, and the ``auto`` size) and a guided step (classifier forward and backward to x_t, frozen).
 2. **Guided sampling** per image against plain sampling, ``SIDEPipeline`` at lambda 1 with fixed targets vs lambda 0,
    for the demo's classifier (ResNet-18 width 16), the ``auto`` one (resnet8 width 16) and the paper's (ResNet-34
-   width 64), each **before** (BatchNorm as its own layer, `set_batch_norm_folding(False)`) and **after** (folded,
-   the library's default). Guidance 0 is checked bit-identical to `DDPMPipeline`.
-3. **Options measured and not taken by default**: a channels-last classifier, bfloat16 autocast of the classifier
-   (speed, and the relative error of its input gradient against float32), `torch.inference_mode` instead of
-   `torch.no_grad` for the UNet, the fused AdamW of a training step, and, with ``--compile``, `torch.compile` of the
-   classifier (compile time counted with its worker processes).
+   width 64), each **before** (BatchNorm as its own layer, `set_fused_inference(False)`) and **after** (BatchNorm
+   folded into channels-last convolutions, the library's default). Guidance 0 is checked bit-identical to
+   `DDPMPipeline`, and the largest pixel difference between after and before is recorded.
+3. **Options** for the guided step: the layer-by-layer classifier converted to channels-last as a whole (the usual
+   recipe), bfloat16 autocast of the fused classifier (speed, and the relative error of its input gradient against
+   float32) and, with ``--compile``, `torch.compile` (compile time counted with its worker processes); for the rest:
+   `torch.inference_mode` instead of `torch.no_grad` for the UNet, and the fused AdamW and bf16 autocast of a
+   training step.
 4. **Data loading** of a training batch: decoding the labelled set's PNG images per batch (the library's
    `image_dataloader`) against indexing a preloaded tensor.
 
@@ -136,7 +138,7 @@ def sampling(unet, batch: int, steps: int, repeats: int, names: list[str]) -> di
     parity = bool((run(plain, 0.0) == reference(batch_size=batch, num_inference_steps=steps, output_type="np",
                                                  generator=torch.Generator().manual_seed(0)).images).all())
     def guided(pipe, fold):
-        pipe.classifier.set_batch_norm_folding(fold)
+        pipe.classifier.set_fused_inference(fold)
         return run(pipe, 1.0)
 
     calls = {"plain": lambda: run(plain, 0.0)}
@@ -150,38 +152,37 @@ def sampling(unet, batch: int, steps: int, repeats: int, names: list[str]) -> di
     per_image = {key: value["cpu"]["min_s"] / batch for key, value in times.items()}
     differences = {name: float(np.abs(guided(pipe, True) - guided(pipe, False)).max()) for name, pipe in pipes.items()}
     for pipe in pipes.values():
-        pipe.classifier.set_batch_norm_folding(True)
+        pipe.classifier.set_fused_inference(True)
     return {"batch": batch, "steps": steps, "guidance_0_equals_DDPMPipeline": parity, "cpu_s_per_image": per_image,
             "ratio_to_plain": {k: v / per_image["plain"] for k, v in per_image.items() if k != "plain"},
             "max_pixel_difference_after_vs_before": differences, "raw": times}
 
 
 def classifier_options(batch: int, repeats: int, names: list[str], compile_: bool) -> dict:
-    """Section 3: channels-last, bf16 autocast and (optionally) torch.compile of the classifier's guided step."""
+    """Section 3: the guided step layer by layer (with a channels-last model), fused, under bf16 autocast, compiled."""
     sample, timestep, targets = torch.randn(batch, 1, 16, 16), torch.tensor(500), torch.arange(batch) % NUM_LABELS
     result = {}
     for name in names:
         classifier = make_classifier(name).requires_grad_(False)
-        channels_last = copy.deepcopy(classifier).to(memory_format=torch.channels_last)
-        cl_sample = sample.contiguous(memory_format=torch.channels_last)
+        channels_last = copy.deepcopy(classifier).to(memory_format=torch.channels_last).set_fused_inference(False)
         calls = {
-            "unfolded": lambda: input_gradient(classifier.set_batch_norm_folding(False), sample, timestep, targets),
-            "folded": lambda: input_gradient(classifier.set_batch_norm_folding(True), sample, timestep, targets),
-            "folded, channels-last": lambda: input_gradient(channels_last, cl_sample, timestep, targets),
-            "folded, bf16 autocast": lambda: input_gradient(classifier.set_batch_norm_folding(True), sample, timestep, targets, torch.bfloat16),
+            "layer by layer": lambda: input_gradient(classifier.set_fused_inference(False), sample, timestep, targets),
+            "layer by layer, channels-last model": lambda: input_gradient(channels_last, sample, timestep, targets),
+            "fused (library)": lambda: input_gradient(classifier.set_fused_inference(True), sample, timestep, targets),
+            "fused, bf16 autocast": lambda: input_gradient(classifier.set_fused_inference(True), sample, timestep, targets, torch.bfloat16),
         }
         entry = {}
         if compile_:
-            compiled = torch.compile(classifier.set_batch_norm_folding(True))
+            compiled = torch.compile(classifier.set_fused_inference(True))
             with Stopwatch() as watch:
                 children = resource.getrusage(resource.RUSAGE_CHILDREN)
                 input_gradient(compiled, sample, timestep, targets)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
             entry["compile_wall_s"] = watch.wall
             entry["compile_cpu_s_with_workers"] = watch.cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
-            calls["folded, torch.compile"] = lambda: input_gradient(compiled, sample, timestep, targets)
+            calls["fused, torch.compile"] = lambda: input_gradient(compiled, sample, timestep, targets)
         times = time_interleaved(calls, repeats=repeats, warmup=1)
-        classifier.set_batch_norm_folding(True)
+        classifier.set_fused_inference(True)
         reference = input_gradient(classifier, sample, timestep, targets)
         bf16 = input_gradient(classifier, sample, timestep, targets, torch.bfloat16)
         entry.update({

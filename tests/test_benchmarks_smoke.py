@@ -35,7 +35,8 @@ def test_bench_speed_cuts_quick(monkeypatch, tmp_path):
     assert {"synthesis step (UNet forward)", "labelling (UNet features)"} <= set(results["profiles"])
     assert all(ops and 0 < ops[0]["share"] <= 1 for ops in results["profiles"].values())
     for entry in results["classifier_options"].values():
-        assert {"unfolded", "folded", "folded, channels-last", "folded, bf16 autocast"} == set(entry["cpu_ms_per_image_step"])
+        assert {"layer by layer", "layer by layer, channels-last model", "fused (library)", "fused, bf16 autocast"} == set(
+            entry["cpu_ms_per_image_step"])
         assert 0 <= entry["bf16_gradient_relative_error"] < 1
 
 

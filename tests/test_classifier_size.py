@@ -48,8 +48,8 @@ def input_gradient(classifier: TimeDependentClassifier, sample: torch.Tensor, ti
 def test_folded_batch_norm_gives_the_layer_by_layer_logits_and_input_gradient(layers):
     classifier = trained_statistics_classifier(layers)
     sample, timesteps = torch.randn(6, 1, 16, 16), torch.tensor([0, 10, 200, 500, 800, 999])
-    reference = input_gradient(classifier.set_batch_norm_folding(False), sample, timesteps)
-    folded = input_gradient(classifier.set_batch_norm_folding(True), sample, timesteps)
+    reference = input_gradient(classifier.set_fused_inference(False), sample, timesteps)
+    folded = input_gradient(classifier.set_fused_inference(True), sample, timesteps)
     for expected, got in zip(reference, folded):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -65,7 +65,7 @@ def test_frozen_eval_forward_skips_the_batch_norm_layers(monkeypatch):
         assert classifier(torch.randn(2, 1, 16, 16), torch.tensor([3, 4])).shape == (2, 4)
     input_gradient(classifier, torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))  # guidance: grad to x_t only
     with pytest.raises(AssertionError, match="BatchNorm2d.forward ran"):
-        classifier.set_batch_norm_folding(False)(torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))
+        classifier.set_fused_inference(False)(torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))
 
 
 def test_weights_still_get_gradients_in_eval_mode_and_training_uses_batch_statistics():
@@ -90,12 +90,12 @@ def test_guided_sampling_with_folding_matches_the_layer_by_layer_classifier_and_
                     generator=torch.Generator().manual_seed(0), output_type="pt").images
 
     folded = sample(5.0)
-    classifier.set_batch_norm_folding(False)
+    classifier.set_fused_inference(False)
     reference = sample(5.0)
     torch.testing.assert_close(folded, reference, rtol=0, atol=1e-4)
     plain = DDPMPipeline(unet, DDPMScheduler(num_train_timesteps=100))
     plain_images = plain(batch_size=3, num_inference_steps=8, generator=torch.Generator().manual_seed(0), output_type="np").images
-    side = SIDEPipeline(unet, DDPMScheduler(num_train_timesteps=100), classifier.set_batch_norm_folding(True))
+    side = SIDEPipeline(unet, DDPMScheduler(num_train_timesteps=100), classifier.set_fused_inference(True))
     side_images = side(batch_size=3, guidance_scale=0.0, num_inference_steps=8, generator=torch.Generator().manual_seed(0),
                        output_type="np").images
     assert (plain_images == side_images).all()

@@ -27,24 +27,28 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 RESNET_LAYOUTS = {"resnet8": (1, 1, 1), "resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 
-FOLD_ATTRIBUTE = "fold_into_conv"  # set to False on a BatchNorm2d (`set_batch_norm_folding`) to keep it a layer of its own
+FUSED_ATTRIBUTE = "fused_inference"  # False on a BatchNorm2d (`set_fused_inference`) keeps it a layer of its own
 
 
 def conv_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, hidden: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(hidden))``, as one convolution with the BatchNorm folded in when no parameter can get a gradient.
+    """``norm(conv(hidden))``, as one channels-last convolution with the BatchNorm folded in when no weight needs a gradient.
 
     In eval mode a BatchNorm is the affine map gamma (x - mu) / sqrt(var + eps) + beta of its running statistics, so
-    it folds into the preceding convolution's weights and bias (`torch.nn.utils.fusion.fuse_conv_bn_weights`): the
-    result is the same up to float rounding (relative 1e-7 to 1e-6), and a guided sampling step skips a BatchNorm
-    forward and backward per convolution (about a third of the demo classifier's gradient cost, benchmarks README,
-    "Speed cuts"). Training, and any eval forward that may back-propagate into the weights, keep the two layers.
+    it folds into the preceding convolution's weights and bias (`torch.nn.utils.fusion.fuse_conv_bn_weights`), and the
+    folded weights are laid out channels-last, which lets oneDNN keep every activation in one layout instead of
+    reordering it around each convolution. The result is the same up to float rounding (relative 1e-7 to 1e-6 on a
+    trained network), and a guided sampling step skips a BatchNorm forward and backward per convolution: about a
+    third of the demo classifier's gradient cost (benchmarks README, "Speed cuts"). Training, and any eval forward that
+    may back-propagate into the weights, keep the two layers. With channels-last weights the gradient w.r.t. a
+    3-channel input comes back channels-last strided (the same values; 1-channel inputs are unaffected).
     """
     trainable = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (conv.weight, norm.weight, norm.bias))
-    if norm.training or trainable or not getattr(norm, FOLD_ATTRIBUTE, True) or norm.running_mean is None:
+    if norm.training or trainable or not getattr(norm, FUSED_ATTRIBUTE, True) or norm.running_mean is None:
         return norm(conv(hidden))
     weight, bias = fuse_conv_bn_weights(
         conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
     )
+    weight = weight.contiguous(memory_format=torch.channels_last)
     return F.conv2d(hidden, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
@@ -141,15 +145,15 @@ class TimeDependentClassifier(ModelMixin, ConfigMixin):
         self.blocks = nn.Sequential(*stages)
         self.head = nn.Linear(channels, num_classes)
 
-    def set_batch_norm_folding(self, enabled: bool) -> "TimeDependentClassifier":
-        """Fold every BatchNorm into its convolution in frozen eval forwards (`enabled=True`, the default) or never.
+    def set_fused_inference(self, enabled: bool) -> "TimeDependentClassifier":
+        """Fold every BatchNorm into its (channels-last) convolution in frozen eval forwards (`True`, the default) or never.
 
-        Folding changes results only by float rounding; `False` restores the layer-by-layer computation (the reference
-        that tests and benchmarks compare against). Returns the classifier.
+        See `conv_batch_norm`: folding changes results only by float rounding; `False` restores the layer-by-layer
+        computation (the reference that tests and benchmarks compare against). Returns the classifier.
         """
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
-                setattr(module, FOLD_ATTRIBUTE, enabled)
+                setattr(module, FUSED_ATTRIBUTE, enabled)
         return self
 
     def _time_features(self, timestep: torch.Tensor | float | int, batch_size: int, device, dtype) -> torch.Tensor:
