@@ -282,8 +282,9 @@ def memorization_divergence(
     ```py
     >>> from diffusers import DDPMPipeline
     >>> from diffusers_side.audits.divergence import memorization_divergence
-    >>> from diffusers_side.storage.embedded import load_training_subset, resolve_pipeline_path
-    >>> pipe = DDPMPipeline.from_pretrained(resolve_pipeline_path("digits-rare"))
+    >>> from diffusers_side.storage.embedded import load_training_subset
+    >>> from diffusers_side.storage.sources import ModelSource
+    >>> pipe = DDPMPipeline.from_pretrained(ModelSource.parse("digits-rare").resolved)
     >>> result = memorization_divergence(pipe, load_training_subset("digits-rare")["image"], num_samples=50)
     >>> result.train.value, result.train.ci_low, result.train.ci_high
     ```

@@ -180,7 +180,8 @@ def ode_log_likelihood(
 
     ```py
     >>> from diffusers import DDPMPipeline
-    >>> pipe = DDPMPipeline.from_pretrained(resolve_pipeline_path("digits-rare"))
+    >>> from diffusers_side.storage.sources import ModelSource
+    >>> pipe = DDPMPipeline.from_pretrained(ModelSource.parse("digits-rare").resolved)
     >>> x = torch.rand(4, 1, 16, 16) * 2 - 1
     >>> ode_log_likelihood(pipe.unet, pipe.scheduler.alphas_cumprod, x).bits_per_dim
     ```

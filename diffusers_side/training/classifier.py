@@ -49,12 +49,13 @@ from huggingface_hub import ModelCardData
 
 from ..labels.surrogate_labels import LABELS_JSON, SurrogateLabels
 from ..models.classifier import TimeDependentClassifier
+from ..models.classifier_size import resolve_classifier_size
 from ..models.codec import PixelCodec
 from ..pipelines.target import LATENT, PIXEL, AuditTarget
 from ..storage.cards import render_card, write_card
 from ..storage.data import check_image_source
 from ..utils.atomic_io import write_json_atomic
-from .arguments import add_classifier_arguments
+from .arguments import DEFAULT_BASE_CHANNELS, DEFAULT_CLASSIFIER_LAYERS, add_classifier_arguments
 from .common import (
     PIXEL_VALUES,
     TRAIN_LOG_NAME,
@@ -76,6 +77,7 @@ from .common import (
     train,
     validate_training_args,
 )
+from .preload import preloaded_dataloader
 from .target_data import check_target_kind, load_training_target, match_target, target_source
 
 logger = logging.get_logger(__name__)
@@ -83,6 +85,7 @@ logger = logging.get_logger(__name__)
 SCRIPT = "train_classifier"
 DESCRIPTION = "Train SIDE's time-dependent classifier on surrogate labels and save a SIDEPipeline."
 NUM_QUARTILES = 4
+SIZE_FLAG_DEFAULTS = {"classifier_layers": DEFAULT_CLASSIFIER_LAYERS, "base_channels": DEFAULT_BASE_CHANNELS}
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -99,6 +102,13 @@ def validate_classifier_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--validation_split must be in [0, 1), got {args.validation_split}.")
     if args.base_channels < 1:
         raise ValueError(f"--base_channels must be a positive integer, got {args.base_channels}.")
+    if args.classifier_size is not None:
+        given = [f"--{name} {getattr(args, name)}" for name, default in SIZE_FLAG_DEFAULTS.items() if getattr(args, name) != default]
+        if given:
+            raise ValueError(
+                f"--classifier_size {args.classifier_size} sets the layout and width itself; drop {' and '.join(given)} or "
+                "drop --classifier_size."
+            )
     check_target_kind(
         args, (PIXEL, LATENT), "the classifier branch guides unconditional UNets (pixel or latent); fine-tune a "
         "text-conditional pipeline with `side train-lora` instead."
@@ -394,18 +404,24 @@ def train_classifier(args: argparse.Namespace) -> Path:
     if target.autoencoder is not None:  # frozen; encodes each batch where the classifier trains
         target.autoencoder.requires_grad_(False).eval().to(accelerator.device)
     channels, size, _ = target.sample_shape  # the UNet's samples: latents for a latent target
+    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
+    layers, base_channels = args.classifier_layers, args.base_channels
+    if args.classifier_size is not None:
+        chosen = resolve_classifier_size(args.classifier_size, size, len(train_data.dataset))
+        layers, base_channels = chosen.layers, chosen.base_channels
+        logger.info(f"--classifier_size {args.classifier_size}: {layers} at width {base_channels}.")
     classifier = TimeDependentClassifier(
         in_channels=channels,
         sample_size=size,
         num_classes=label_info["num_labels"],
-        layers=args.classifier_layers,
-        base_channels=args.base_channels,
+        layers=layers,
+        base_channels=base_channels,
         time_dependent=not args.time_independent,
         label_info=label_info,
     )
     start_output_dir(accelerator, args, identity)
-    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
-    dataloader = image_dataloader(
+    # the images decoded once (identical batches; see training/preload.py) rather than per batch
+    dataloader = preloaded_dataloader(
         train_data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column]
     )
     compute_loss = functools.partial(
