@@ -92,7 +92,7 @@ def write_generation_dir(path: Path, images: list, method: str = "synthetic", gu
         },
         features=RECORD_FEATURES,
     ).to_parquet(str(path / "shards" / "shard-00000.parquet"))
-    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "seed": first_seed,
+    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "batch_size": count, "seed": first_seed,
                 "num_inference_steps": 10, **({"pipeline": pipeline} if pipeline else {})}
     (path / "generation.json").write_text(json.dumps(settings))
     return path

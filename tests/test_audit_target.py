@@ -147,7 +147,8 @@ def test_trainers_refuse_targets_they_cannot_train_before_loading_data(ldm, tmp_
         train_classifier(classifier_training_args(pretrained_model_name_or_path=str(text), train_data_dir=missing, output_dir=str(tmp_path / "b")))
     lora = tmp_path / "lora"  # issue 21, defect 5: a train-lora folder is not a target
     lora.mkdir()
-    (lora / "side_lora.json").write_text(json.dumps({"pipeline_class": "SIDELoRAPipeline", "base_model": "default"}))
+    (lora / "side_lora.json").write_text(json.dumps({"pipeline_class": "SIDELoRAPipeline", "base_model": "default", "num_labels": 3, "rank": 2,
+                                                    "lora_alpha": 2, "target_modules": [], "base_unet_config": {}}))
     with pytest.raises(ValueError, match=r"is a LoRA-SIDE result \(adapters on 'default'\), not a model to audit: pass its base model 'default'"):
         train_classifier(classifier_training_args(pretrained_model_name_or_path=str(lora), train_data_dir=missing, output_dir=str(tmp_path / "c")))
     assert not any((tmp_path / name).exists() for name in "abc")
