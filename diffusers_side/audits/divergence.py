@@ -280,12 +280,13 @@ def memorization_divergence(
     Example:
 
     ```py
-    >>> from diffusers import DDPMPipeline
-    >>> from diffusers_side.audits.divergence import memorization_divergence
-    >>> from diffusers_side.storage.embedded import load_training_subset, resolve_pipeline_path
-    >>> pipe = DDPMPipeline.from_pretrained(resolve_pipeline_path("digits-rare"))
-    >>> result = memorization_divergence(pipe, load_training_subset("digits-rare")["image"], num_samples=50)
-    >>> result.train.value, result.train.ci_low, result.train.ci_high
+    >>> from diffusers_side.audits.divergence import embedded_holdout, memorization_divergence
+    >>> from diffusers_side.pipelines.loading import load_pipeline
+    >>> from diffusers_side.storage.embedded import load_training_subset
+    >>> pipe = load_pipeline("digits-rare")
+    >>> training = load_training_subset("digits-rare")["image"]
+    >>> result = memorization_divergence(pipe, training, embedded_holdout("digits-rare"), num_samples=50)
+    >>> print(result.describe())
     ```
     """
     started = time.perf_counter()
