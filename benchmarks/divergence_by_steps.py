@@ -26,7 +26,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusers_side.audits.divergence import embedded_holdout, memorization_divergence
 from diffusers_side.storage.embedded import load_training_subset
-from diffusers_side.storage.sources import ModelSource
+from diffusers_side.storage.sources import resolve_folder
 
 
 def load_model(spec: str, scheduler_source: str) -> tuple[UNet2DModel, DDPMScheduler, int | None]:
@@ -37,8 +37,8 @@ def load_model(spec: str, scheduler_source: str) -> tuple[UNet2DModel, DDPMSched
         unet = UNet2DModel.from_pretrained(path / "ema")
     else:
         step = None
-        unet = UNet2DModel.from_pretrained(ModelSource.parse(spec).resolved, subfolder="unet")
-    scheduler = DDPMScheduler.from_pretrained(ModelSource.parse(scheduler_source).resolved, subfolder="scheduler")
+        unet = UNet2DModel.from_pretrained(resolve_folder(spec), subfolder="unet")
+    scheduler = DDPMScheduler.from_pretrained(resolve_folder(scheduler_source), subfolder="scheduler")
     return unet, scheduler, step
 
 

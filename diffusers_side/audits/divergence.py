@@ -206,6 +206,19 @@ def _check_counts(reference: torch.Tensor, holdout: torch.Tensor | None, eps: fl
             f"holdout_images holds {len(holdout)} images, fewer than the {len(reference)} reference images; the gap "
             "compares mixtures of equal size: pass at least as many holdout images (a seeded subset is used)."
         )
+    if holdout is not None and tuple(holdout.shape[1:]) != tuple(reference.shape[1:]):
+        raise ValueError(f"holdout_images have shape {tuple(holdout.shape[1:])}, reference {tuple(reference.shape[1:])}.")
+
+
+def _separation(reference: torch.Tensor, eps: float) -> tuple[float, float]:
+    """(median nearest-neighbour distance, eps * sqrt(2 D) over it); warns when q_eps's components overlap."""
+    nn_distance = median_nearest_neighbor_distance(reference)
+    overlap = eps * math.sqrt(2 * reference[0].numel()) / nn_distance if nn_distance > 0 else math.inf
+    if overlap >= 1:
+        logger.warning(
+            f"eps {eps:.4g}: eps * sqrt(2D) = {overlap:.2f} x the median nearest-neighbour distance; q_eps blurs images together."
+        )
+    return nn_distance, overlap
 
 
 def _draw_from_mixture(centers: torch.Tensor, eps: float, num_samples: int, generator: torch.Generator) -> torch.Tensor:
@@ -280,13 +293,13 @@ def memorization_divergence(
     Example:
 
     ```py
-    >>> from diffusers import DDPMPipeline
-    >>> from diffusers_side.audits.divergence import memorization_divergence
+    >>> from diffusers_side.audits.divergence import embedded_holdout, memorization_divergence
+    >>> from diffusers_side.pipelines.loading import load_pipeline
     >>> from diffusers_side.storage.embedded import load_training_subset
-    >>> from diffusers_side.storage.sources import ModelSource
-    >>> pipe = DDPMPipeline.from_pretrained(ModelSource.parse("digits-rare").resolved)
-    >>> result = memorization_divergence(pipe, load_training_subset("digits-rare")["image"], num_samples=50)
-    >>> result.train.value, result.train.ci_low, result.train.ci_high
+    >>> pipe = load_pipeline("digits-rare")
+    >>> training = load_training_subset("digits-rare")["image"]
+    >>> result = memorization_divergence(pipe, training, embedded_holdout("digits-rare"), num_samples=50)
+    >>> print(result.describe())
     ```
     """
     started = time.perf_counter()
@@ -296,13 +309,8 @@ def memorization_divergence(
     eps_rule = "given" if eps is not None else "sigma_min of the scheduler (the model's finest noise level)"
     eps = default_eps(scheduler.alphas_cumprod) if eps is None else eps
     _check_counts(reference, holdout, eps, num_samples, batch_size)
-    if holdout is not None and tuple(holdout.shape[1:]) != tuple(reference.shape[1:]):
-        raise ValueError(f"holdout_images have shape {tuple(holdout.shape[1:])}, reference {tuple(reference.shape[1:])}.")
     dim = reference[0].numel()
-    nn_distance = median_nearest_neighbor_distance(reference)
-    overlap = eps * math.sqrt(2 * dim) / nn_distance if nn_distance > 0 else math.inf
-    if overlap >= 1:
-        logger.warning(f"eps {eps:.4g}: eps * sqrt(2D) = {overlap:.2f} x the median nearest-neighbour distance; q_eps blurs images together.")
+    nn_distance, overlap = _separation(reference, eps)
     seeds = np.random.SeedSequence(seed).generate_state(3)
     ode_kwargs = {"num_probes": num_probes, "rtol": rtol, "atol": atol}
     was_training = getattr(unet, "training", False)

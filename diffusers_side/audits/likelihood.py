@@ -179,9 +179,8 @@ def ode_log_likelihood(
     Example:
 
     ```py
-    >>> from diffusers import DDPMPipeline
-    >>> from diffusers_side.storage.sources import ModelSource
-    >>> pipe = DDPMPipeline.from_pretrained(ModelSource.parse("digits-rare").resolved)
+    >>> from diffusers_side.pipelines.loading import load_pipeline
+    >>> pipe = load_pipeline("digits-rare")
     >>> x = torch.rand(4, 1, 16, 16) * 2 - 1
     >>> ode_log_likelihood(pipe.unet, pipe.scheduler.alphas_cumprod, x).bits_per_dim
     ```
