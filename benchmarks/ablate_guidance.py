@@ -37,7 +37,6 @@ from diffusers_side.generation.seeds import EXTRACTION
 from diffusers_side.guidance.classifier import ClassifierGuide
 from diffusers_side.similarity.measures import find_best_matches
 from diffusers_side.storage.data import find_image_column, images_to_tensor, load_image_dataset
-from diffusers_side.storage.embedded import resolve_pipeline_path
 
 SIMILARITY = "carlini"
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     variants = [(text, parse_variant(text)) for text in args.variants.split(",")]
 
-    pipe = SIDEPipeline.from_pretrained(resolve_pipeline_path(args.pipeline))
+    pipe = SIDEPipeline.from_pretrained(args.pipeline)  # an embedded name, folder or repo id
     if pipe.classifier is None:
         parser.error(f"--pipeline {args.pipeline!r} has no classifier; pass the output of `side train-classifier`.")
     pipe.set_progress_bar_config(disable=True)

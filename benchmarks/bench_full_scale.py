@@ -32,6 +32,8 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_full_scale.py   # writes results/full_scale.json
     OMP_NUM_THREADS=1 python benchmarks/bench_full_scale.py --quick       # smoke run, results/full_scale_quick.json
+    # the same preset on digits-rare with the classifier sized to the data (issue 20):
+    OMP_NUM_THREADS=1 python benchmarks/bench_full_scale.py --pipeline digits-rare --classifier-size auto
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from diffusers_side.generation.engine import GenerationSettings, generate
 from diffusers_side.guidance.exemplar import ExemplarPosterior
 from diffusers_side.labels.features import embed_images, load_feature_extractor
 from diffusers_side.labels.surrogate_labels import fit_surrogate_labels
+from diffusers_side.models.classifier_size import CLASSIFIER_SIZES, resolve_classifier_size
 from diffusers_side.pipelines.loading import load_pipeline
 from diffusers_side.training.classifier import classification_loss
 from diffusers_side.training.common import PIXEL_VALUES
@@ -113,11 +116,14 @@ def time_training_steps(classifier: TimeDependentClassifier, loss, batch_size: i
     return timed(lambda: [step() for _ in range(steps)]), flops
 
 
-def paper_classifier(time_dependent: bool) -> TimeDependentClassifier:
+def paper_classifier(time_dependent: bool, size: str = "paper") -> TimeDependentClassifier:
+    """The preset's classifier (``size="paper"``: ResNet-34 width 64) or another `CLASSIFIER_SIZES` entry, random weights."""
+    training_images = math.ceil(PAPER.num_synthetic * (1 - VALIDATION_FRACTION))
+    chosen = resolve_classifier_size(size, 16, training_images)
     torch.manual_seed(0)
     return TimeDependentClassifier(
-        in_channels=1, sample_size=16, num_classes=NUM_LABELS, layers=PAPER.classifier_layers,
-        base_channels=PAPER.classifier_base_channels, time_dependent=time_dependent,
+        in_channels=1, sample_size=16, num_classes=NUM_LABELS, layers=chosen.layers,
+        base_channels=chosen.base_channels, time_dependent=time_dependent,
     )
 
 
@@ -140,6 +146,9 @@ def main() -> None:
     parser.add_argument("--guided", type=int, default=50, help="SIDE generations (cond and side-exemplar: --plain / 2)")
     parser.add_argument("--sampling-batch", type=int, default=50)
     parser.add_argument("--assumed-gpu-tflops", type=float, default=20.0, help="sustained TFLOP/s assumed for the GPU estimate")
+    parser.add_argument("--pipeline", default="default", help="the target: an embedded name (default, digits-rare) or a folder")
+    parser.add_argument("--classifier-size", default="paper", choices=CLASSIFIER_SIZES,
+                        help="the classifiers' size (paper: the preset's ResNet-34 width 64; auto: sized to the data)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     if args.quick:
@@ -147,13 +156,13 @@ def main() -> None:
         args.plain, args.guided, args.sampling_batch = 4, 2, 4
 
     info = machine_info()
-    base = load_pipeline("default")
+    base = load_pipeline(args.pipeline)
     base.set_progress_bar_config(disable=True)
     measured, slices, flops_per_unit = {}, {}, {}
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = GenerationSettings(
-            pipeline="default", method="synthetic", num_images=args.synthetic, batch_size=PAPER.batch_size,
+            pipeline=args.pipeline, method="synthetic", num_images=args.synthetic, batch_size=PAPER.batch_size,
             seed=0, num_inference_steps=PAPER.num_inference_steps,
         )
         measured["synthesize"] = timed(lambda: generate(base, os.path.join(scratch, "synthetic"), settings))
@@ -180,12 +189,12 @@ def main() -> None:
         loss = functools.partial(classification_loss, noise_scheduler=noise_scheduler, label_column="label",
                                  time_dependent=time_dependent, random_flip=False)
         measured[name], flops_per_unit[name] = time_training_steps(
-            paper_classifier(time_dependent), loss, PAPER.classifier_batch_size, steps
+            paper_classifier(time_dependent, args.classifier_size), loss, PAPER.classifier_batch_size, steps
         )
         slices[name] = steps
 
-    side = SIDEPipeline(base.unet, base.scheduler, paper_classifier(True).eval())
-    cond = SIDEPipeline(base.unet, base.scheduler, paper_classifier(False).eval())
+    side = SIDEPipeline(base.unet, base.scheduler, paper_classifier(True, args.classifier_size).eval())
+    cond = SIDEPipeline(base.unet, base.scheduler, paper_classifier(False, args.classifier_size).eval())
     exemplars = ExemplarPosterior(torch.rand(PAPER.num_synthetic, 1, 16, 16) * 2 - 1,
                                   torch.arange(PAPER.num_synthetic) % NUM_LABELS, NUM_LABELS)
     for pipe in (side, cond):
@@ -243,7 +252,7 @@ def main() -> None:
     print(f"GPU estimate (not measured): {total_tflop:.0f} TFLOP counted; at an assumed {args.assumed_gpu_tflops:g} TFLOP/s "
           f"sustained, {gpu_minutes:.0f} min plus launch latency")
     results = {
-        "machine": info, "preset": "paper", "measured": measured, "slices": slices, "full_sizes": sizes,
+        "machine": info, "preset": "paper", "pipeline": args.pipeline, "classifier_size": args.classifier_size, "measured": measured, "slices": slices, "full_sizes": sizes,
         "kmeans_cpu_s": {str(size): t["cpu_s"] for size, t in kmeans_times.items()},
         "extrapolated_cpu_min": {row[0]: float(row[5]) for row in rows},
         "total_hours_1_core": round(one_core_h, 2), "total_hours_2_cores": round(two_core_h, 2),
@@ -252,7 +261,8 @@ def main() -> None:
         "gpu_minutes_estimate": round(gpu_minutes, 1),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
-    print(f"written to {write_results('full_scale_quick' if args.quick else 'full_scale', results, args.output)}")
+    name = "full_scale" + ("" if args.pipeline == "default" and args.classifier_size == "paper" else f"_{args.pipeline}_{args.classifier_size}")
+    print(f"written to {write_results(name + ('_quick' if args.quick else ''), results, args.output)}")
 
 
 if __name__ == "__main__":

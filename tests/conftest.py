@@ -92,7 +92,29 @@ def write_generation_dir(path: Path, images: list, method: str = "synthetic", gu
         },
         features=RECORD_FEATURES,
     ).to_parquet(str(path / "shards" / "shard-00000.parquet"))
-    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "seed": first_seed,
+    settings = {"method": method, "guidance_scale": guidance_scale, "num_images": count, "batch_size": count, "seed": first_seed,
                 "num_inference_steps": 10, **({"pipeline": pipeline} if pipeline else {})}
     (path / "generation.json").write_text(json.dumps(settings))
+    return path
+
+
+def make_tiny_autoencoder(kind: str = "vq", seed: int = 0, channels: int = 3):
+    """A randomly initialised two-level `VQModel` (``"vq"``) or `AutoencoderKL` (``"kl"``): 3x16x16 (or
+    ``channels``x16x16) <-> 2x8x8."""
+    from diffusers import AutoencoderKL, VQModel
+
+    torch.manual_seed(seed)
+    shared = dict(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+                  latent_channels=2, norm_num_groups=4, sample_size=16)
+    return (VQModel(num_vq_embeddings=16, **shared) if kind == "vq" else AutoencoderKL(**shared)).eval()
+
+
+def save_tiny_ldm(path: Path, kind: str = "vq") -> Path:
+    """An `LDMPipeline` folder as diffusers saves it: ``vqvae`` (a VQModel or AutoencoderKL), ``unet`` over its
+    2x8x8 latents and a DDIM scheduler with 100 training steps."""
+    from diffusers import DDIMScheduler, LDMPipeline
+
+    unet = make_tiny_unet(in_channels=2, sample_size=8, seed=1)
+    LDMPipeline(vqvae=make_tiny_autoencoder(kind), unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(path)
     return path

@@ -94,6 +94,7 @@ TABLE = {
         ["--pretrained_model_name_or_path", "{pipe}", "--train_data_dir", "{labels}", "--output_dir", "{out}"],
         [
             ("--pretrained_model_name_or_path", "{missing}", "missing", RUN),
+            ("--revision", "v1", "revision='v1' applies to Hub repo ids only", RUN),
             ("--train_data_dir", "{missing}", "missing", RUN),
             ("--image_column", "nope", "nope", RUN),
             ("--resolution", "0", "--resolution", PARSE),
@@ -104,6 +105,8 @@ TABLE = {
             ("--validation_split", "1.5", "--validation_split", RUN),
             ("--classifier_layers", "bogus", "--classifier_layers", PARSE),
             ("--base_channels", "0", "--base_channels", PARSE),
+            ("--classifier_size", "huge", "--classifier_size", PARSE),
+            ("--classifier_size", "auto", "--classifier_size auto sets the layout and width itself", RUN, ["--base_channels", "8"]),
             ("--torch_threads", "-1", "--torch_threads", PARSE),
             ("--output_dir", "{file}", "is a file", RUN),
             *TRAINING_LOOP_ROWS,
@@ -113,6 +116,7 @@ TABLE = {
         ["--pretrained_model_name_or_path", "{pipe}", "--train_data_dir", "{labels}", "--output_dir", "{out}"],
         [
             ("--pretrained_model_name_or_path", "{missing}", "missing", RUN),
+            ("--revision", "v1", "revision='v1' applies to Hub repo ids only", RUN),
             ("--train_data_dir", "{missing}", "missing", RUN),
             ("--image_column", "nope", "nope", RUN),
             ("--resolution", "0", "--resolution", PARSE),
@@ -194,6 +198,7 @@ TABLE = {
             ("--num-images", "0", "--num-images", PARSE),
             ("--seed", "-1", "--seed", PARSE),
             ("--scheduler", "heun2", "invalid choice: 'heun2'", PARSE),
+            ("--classifier-size", "huge", "--classifier-size", PARSE),
         ],
     ),
     "push": (

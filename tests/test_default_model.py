@@ -50,7 +50,7 @@ def test_export_writes_a_card_that_describes_the_embedded_default(tmp_path):
     card = ModelCard.load(exported / "README.md")
     assert card.data.model_name == MODEL_NAME
     assert "# final" not in card.text and 'from_pretrained("outputs/final")' not in card.text
-    assert 'DDIMPipeline.from_pretrained(resolve_pipeline_path("default"))' in card.text and "--pipeline default" in card.text
+    assert 'DDIMPipeline.from_pretrained(EMBEDDED_MODELS["default"].folder)' in card.text and "--pipeline default" in card.text
     assert COMMAND.format(dataset="default") in card.text and "| Data set | `default` (100 images, 1 channel) |" in card.text
     assert "![training loss](loss_curve.png)" in card.text
     with PIL.Image.open(exported / LOSS_CURVE_FILE) as curve:

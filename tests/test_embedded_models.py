@@ -13,24 +13,21 @@ from diffusers_side.storage.data import check_image_source, load_image_dataset
 from diffusers_side.storage.embedded import (
     EMBEDDED_MODELS,
     SUBSET_FILE,
-    canonical_model_source,
-    check_model_source,
     digit_images,
     draw_subset_indices,
-    hub_id,
     load_training_subset,
-    resolve_pipeline_path,
     subset_indices,
 )
+from diffusers_side.storage.sources import ModelSource
 from diffusers_side.training.common import load_training_images
 
 
 @pytest.mark.parametrize("name", list(EMBEDDED_MODELS))
 def test_each_name_resolves_for_pipeline_and_reference(name):
     model = EMBEDDED_MODELS[name]
-    assert resolve_pipeline_path(name) == str(model.folder) and (model.folder / "model_index.json").is_file()
-    assert canonical_model_source(name) == name and hub_id(name) is None
-    check_model_source(name, "--pipeline")
+    source = ModelSource.parse(name, what="--pipeline")
+    assert source.local_path() == model.folder and (model.folder / "model_index.json").is_file()
+    assert source.kind == "embedded" and source.canonical() == name and source.hub_id is None
     check_image_source(name)
     recorded = json.loads((model.folder / SUBSET_FILE).read_text())
     drawn = draw_subset_indices(model.subset_size, model.subset_seed)
@@ -60,11 +57,11 @@ def test_load_pipeline_digits_rare_loads_the_shipped_weights():
 
 
 def test_unknown_names_fall_through_and_errors_list_every_embedded_name(tmp_path):
-    assert resolve_pipeline_path("digits-rar") == "digits-rar" and hub_id("digits-rar") == "digits-rar"
-    check_model_source("digits-rar", "--pipeline")  # a Hub repo id, tried only when loaded
+    source = ModelSource.parse("digits-rar", what="--pipeline")  # a Hub repo id, tried only when loaded
+    assert (source.kind, source.name_or_path, source.hub_id) == ("hub", "digits-rar", "digits-rar")
     check_image_source("digits-rar")
     with pytest.raises(FileNotFoundError, match=r"'\./missing' does not exist; .*\('default', 'digits-rare'\)"):
-        check_model_source("./missing", "--pipeline")
+        ModelSource.parse("./missing", what="--pipeline")
     with pytest.raises(FileNotFoundError, match=r"training set \('default', 'digits-rare'\)"):
         check_image_source(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match=r"'digits-rar' is not an embedded model; choose one of 'default', 'digits-rare'"):

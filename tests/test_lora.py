@@ -245,17 +245,26 @@ def test_bad_conditioning_and_adapters_are_refused(build, error, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"target": 3}, r"target=3 is out of range: the model has 3 surrogate labels \(valid targets are 0..2; 3 is the null"),
+        ({"target": 3}, r"target=3 is out of range: there are 3 surrogate labels \(valid targets are 0..2; 3 is the null"),
         ({"target": [-1, 0]}, "out of range"),
         ({"target": [0, 1, 2]}, "Got 3 targets for batch_size=2"),
-        ({"guidance_scale": -1.0}, "guidance_scale=-1.0 is negative"),
+        ({"guidance_scale": -1.0}, r"guidance_scale=-1.0 must be finite and >= 0; use 0 \(unconditional\)"),
+        ({"guidance_scale": float("nan")}, "guidance_scale=nan must be finite"),
         ({"output_type": "latent"}, "output_type='latent' is not supported"),
+        ({"num_inference_steps": 0}, r"num_inference_steps=0 must be a positive integer"),
+        ({"num_inference_steps": 2.5}, r"num_inference_steps=2.5 must be a positive integer"),
+        ({"num_inference_steps": True}, r"num_inference_steps=True must be a positive integer"),
+        ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
+        ({"generator": [torch.Generator()]}, r"list of 1 generators for batch_size=2"),
     ],
 )
 def test_bad_sampling_inputs_raise_before_sampling(kwargs, message):
     pipe = SIDELoRAPipeline.from_base(DDIMPipeline(make_tiny_unet(), DDIMScheduler(num_train_timesteps=TRAIN_STEPS)), 3, 4)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *args: calls.append(1))
     with pytest.raises(ValueError, match=message):
-        pipe(batch_size=2, num_inference_steps=1, **kwargs)
+        pipe(**{"batch_size": 2, "num_inference_steps": 1, **kwargs})
+    assert calls == []
 
 
 def test_bad_numbers_are_refused_when_parsing(capsys):

@@ -170,7 +170,7 @@ def test_5_train_classifier_refuses_a_train_lora_folder_as_its_target(tmp_path, 
     labels = write_labels(tmp_path / "labels")
     argv = ["train-classifier", "--pretrained_model_name_or_path", lora, "--train_data_dir", labels, *TRAIN_FAST]
     code, _, err = run([*argv, "--output_dir", tmp_path / "out"], capsys)
-    assert code == 2 and "train-lora" in err and str(base) in err
+    assert code == 2 and "LoRA-SIDE result" in err and str(base) in err
     assert not (tmp_path / "out").exists()
 
 

@@ -42,6 +42,8 @@ BAD_CONFIGS = [
     ({"inputs": {"num_images": 5}}, "inputs ['num_images'] are not inputs of a study"),
     ({"selection": {"seed": 1}}, "'selection' lacks ['num_images']"),
     ({"candidate_ks": [0]}, "candidate_ks=[0] must be"),
+    ({"report": {"seed": 2, "num_images": 6, "configurations": ["uncond", "exemplr"]}}, "unknown: ['exemplr']"),
+    ({"report": {"seed": 2, "num_images": 6, "configurations": ["exemplar"]}}, "include an 'uncond' one"),
 ]
 
 
@@ -152,3 +154,11 @@ def test_cli_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "selection seed equals the report seed" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_phase_runs_only_the_configurations_it_names(tiny_study, tmp_path):
+    root, config, _ = tiny_study
+    subset = StudyConfig.from_dict({**config.to_dict(), "selection": {"seed": 1, "num_images": 6, "configurations": ["uncond"]}})
+    results = run_study(subset, tmp_path / "out", "selection")
+    assert sorted(results["configurations"]) == ["uncond"]
+    assert not (tmp_path / "out" / "selection" / "exemplar").exists()

@@ -189,7 +189,7 @@ def test_cli_subcommand_runs_the_script(target, labelled, tmp_path, capsys):
 
     bad = run_args(target, labelled, tmp_path / "bad", "--resolution", "32")
     assert cli.main(["train-classifier", *bad]) == 2
-    assert "--resolution 32 differs from the target UNet's sample_size 16" in capsys.readouterr().err
+    assert "--resolution 32 differs from the target's resolution 16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_cli_subcommand_runs_the_script(target, labelled, tmp_path, capsys):
         ([0] * 48, False, [], "at least 2 labels"),
         (None, False, ["--label_column", "cluster"], r"no label column 'cluster'; it has columns \['image', 'label'"),
         (None, True, ["--num_classes", "4"], "--num_classes 4 contradicts the 3 labels"),
-        (None, True, ["--channels", "3"], "--channels 3 differs from the target UNet's in_channels 1"),
+        (None, True, ["--channels", "3"], "--channels 3 differs from the target's channels 1"),
         (None, True, ["--validation_split", "1"], r"--validation_split must be in \[0, 1\)"),
     ],
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.classifier_size import CLASSIFIER_SIZES
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import (
     SCHEDULER_NAMES,
@@ -54,6 +55,12 @@ def add_demo_command(subparsers) -> None:
         help="sampler of every stage (default: ddpm, 50-step ancestral sampling, under which the embedded targets "
         "copy most; ddim: the targets' saved sampler)",
     )
+    parser.add_argument(
+        "--classifier-size", default=None, choices=CLASSIFIER_SIZES,
+        help="the classifiers' layout and width: paper (ResNet-34, width 64), demo (ResNet-18, width 16) or auto (sized "
+        "to the images and the labelled set, e.g. three stages of one block at width 16 for 16x16 digits: a fraction of "
+        "ResNet-34's cost; benchmarks README 'Classifier size'); default: the preset's",
+    )
     parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
     parser.set_defaults(func=run_demo)
@@ -65,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..workflows.demo import run_demo as run
 
     overrides = {"pipeline": args.pipeline, "reference": args.reference}
-    for name in ("guidance_scale", "num_images", "seed", "scheduler"):
+    for name in ("guidance_scale", "num_images", "seed", "scheduler", "classifier_size"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     report = run(

@@ -163,18 +163,19 @@ def _load_extractor(spec: str, pipeline: str | None, generated: list[ImageSet], 
     ``generation.json`` names.
     """
     from ..labels.features import UNET, load_feature_extractor
-    from ..pipelines.loading import load_pipeline
+    from ..pipelines.target import AuditTarget
 
     if spec != UNET:
         return load_feature_extractor(spec, device=device), pipeline
-    if pipeline is None:
+    from_record = pipeline is None
+    if from_record:
         recorded = {str(s.settings["pipeline"]) for s in generated if s.settings.get("pipeline") is not None}
         if len(recorded) != 1:
             found = f"they name {sorted(recorded)}" if recorded else "none is recorded in generation.json"
             raise ValueError(f"The 'unet' similarity needs the audited model's pipeline ({found}): pass --pipeline.")
         pipeline = recorded.pop()
-    pipe = load_pipeline(pipeline)
-    return load_feature_extractor(spec, unet=pipe.unet, scheduler=pipe.scheduler, device=device), pipeline
+    target = AuditTarget.load(pipeline, what="--pipeline", recorded=from_record)  # latent: the UNet reads latents
+    return load_feature_extractor(spec, unet=target.unet, scheduler=target.scheduler, device=device, codec=target.codec), pipeline
 
 
 def _comparable_rows(reference: ImageSet, generated: list[ImageSet], extractor, resolution, batch_size) -> tuple:

@@ -25,7 +25,8 @@ from pathlib import Path
 import PIL.Image
 
 from ..storage.data import check_image_source, image_channels
-from ..storage.embedded import embedded_model, resolve_pipeline_path
+from ..storage.embedded import embedded_model
+from ..storage.sources import ModelSource
 from ..utils.state_files import LORA_CONFIG, StateFileError
 
 Shape = tuple[int, int, int]
@@ -42,7 +43,7 @@ class TargetFacts:
     @classmethod
     def from_files(cls, spec: str | os.PathLike) -> "TargetFacts":
         """Read the facts from a local or embedded pipeline's config files (a LoRA-SIDE folder: from its base)."""
-        folder = Path(resolve_pipeline_path(spec))
+        folder = Path(ModelSource.parse(spec).resolved)
         if (folder / LORA_CONFIG.name).is_file():
             try:
                 base = LORA_CONFIG.read(folder)["base_model"]
@@ -51,13 +52,17 @@ class TargetFacts:
             return cls.from_files(base) if base and str(base) != str(spec) else cls(str(spec), None, None)
         unet = _read_json(folder / "unet" / "config.json")
         scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-        return cls(str(spec), _shape(unet.get("in_channels"), unet.get("sample_size")), _int(scheduler.get("num_train_timesteps")))
+        # a latent target's UNet samples latents: the image shape is the autoencoder's, checked when it loads
+        latent = any((folder / name).is_dir() for name in ("vqvae", "vae"))
+        shape = None if latent else _shape(unet.get("in_channels"), unet.get("sample_size"))
+        return cls(str(spec), shape, _int(scheduler.get("num_train_timesteps")))
 
     @classmethod
     def from_pipeline(cls, pipe, source: str) -> "TargetFacts":
-        """The facts of a loaded pipeline (a text-conditional one's image shape is not its UNet's: unknown)."""
+        """The facts of a loaded pipeline (a text-conditional or latent one's image shape is not its UNet's: unknown)."""
         unet = pipe.unet.config
-        shape = None if hasattr(pipe, "vae") else _shape(unet.get("in_channels"), unet.get("sample_size"))
+        autoencoded = getattr(pipe, "vae", None) is not None or getattr(pipe, "vqvae", None) is not None
+        shape = None if autoencoded else _shape(unet.get("in_channels"), unet.get("sample_size"))
         return cls(source, shape, _int(pipe.scheduler.config.get("num_train_timesteps")))
 
 

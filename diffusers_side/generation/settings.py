@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ..guidance.targets import check_target_selection
 from ..methods.registry import METHODS, get_method
-from ..storage.embedded import canonical_model_source
 from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings, shard_files
 from ..storage.outputs import GENERATION, check_output_folder
+from ..storage.sources import canonical_source
 from ..utils.atomic_io import write_json_atomic
 from .seeds import SHARED, check_disjoint_seeds, check_seed_stream, run_seeds, stream_for_method
 
@@ -60,8 +60,8 @@ class GenerationSettings:
 
     def __post_init__(self):
         self.seed_stream = stream_for_method(self.method) if self.seed_stream is None else self.seed_stream
-        self.pipeline = canonical_model_source(self.pipeline)
-        self.classifier = None if self.classifier is None else canonical_model_source(self.classifier)
+        self.pipeline = canonical_source(self.pipeline)
+        self.classifier = None if self.classifier is None else canonical_source(self.classifier)
         self.exemplars = None if self.exemplars is None else str(Path(self.exemplars).resolve())
         self.guidance_window = None if self.guidance_window is None else [float(t) for t in self.guidance_window]
 

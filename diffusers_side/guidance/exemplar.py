@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from ..models.codec import PixelCodec
 from ..storage.data import find_image_column, images_to_tensor, load_image_dataset
 from .base import ScoreGuide
 from .schedule import GuidanceWindow
@@ -71,6 +72,16 @@ class ExemplarPosterior:
         images = images_to_tensor(dataset[find_image_column(dataset)]) * 2 - 1
         labels = torch.tensor(dataset["label"])
         return cls(images, labels, int(labels.max()) + 1 if num_classes is None else num_classes)
+
+    def encoded(self, codec: PixelCodec, batch_size: int = 256) -> "ExemplarPosterior":
+        """The same labelled set in the space the UNet samples: a latent target's codec encodes the images (the
+        posterior's mode of an `AutoencoderKL`); a pixel target's codec leaves them as they are (``self``)."""
+        if not codec.is_latent:
+            return self
+        images = self.images.view(-1, *self.image_shape).float()
+        with torch.no_grad():
+            samples = torch.cat([codec.encode(chunk).float().cpu() for chunk in images.split(batch_size)])
+        return ExemplarPosterior(samples, self.labels, self.num_classes)
 
     def log_weights(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` log w_m (up to a per-row constant) of every exemplar for every noisy image."""
@@ -132,7 +143,8 @@ class ExemplarGuide(ScoreGuide):
         if tuple(self.exemplars.image_shape) != tuple(sample_shape):
             raise ValueError(
                 f"The exemplars are {self.exemplars.image_shape} images but the UNet samples {tuple(sample_shape)}; label "
-                "a synthetic set sampled from this UNet."
+                "a synthetic set sampled from this UNet (a latent target's exemplars are its latents: pass "
+                "`exemplars.encoded(pipe.codec)`)."
             )
         super().check(pipe, sample_shape, num_inference_steps)
 

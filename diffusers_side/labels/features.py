@@ -6,7 +6,8 @@ dot product of two rows is their cosine similarity. [`load_feature_extractor`] b
 spec:
 
 - ``"unet"`` (default, no download): the target `UNet2DModel`'s own down-block and mid-block
-  activations on a slightly noised copy of the image ([`UNetFeatureExtractor`]);
+  activations on a slightly noised copy of the image, or of its latents for a latent target
+  ([`UNetFeatureExtractor`]);
 - ``"pixels"``: raw pixels, area-downsampled to a small grid ([`PixelFeatureExtractor`]);
 - a `transformers` vision backbone by Hub id or local folder, e.g. CLIP or DINOv2
   ([`TransformersFeatureExtractor`]);
@@ -32,6 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from tqdm.auto import tqdm
 
+from ..models.codec import PixelCodec
 from ..storage.data import images_to_tensor
 
 logger = logging.get_logger(__name__)
@@ -106,6 +108,8 @@ class UNetFeatureExtractor(FeatureExtractor):
             while putting the UNet in the regime where its features are most discriminative.
         grid (`int`, defaults to 2): spatial size each block's activations are pooled to.
         seed (`int`, defaults to 0): seed of the fixed noise.
+        codec ([`~diffusers_side.models.codec.PixelCodec`], *optional*): for a latent target, its autoencoder:
+            images are encoded to the latents the UNet models before they are noised (the posterior's mode).
 
     Example:
 
@@ -128,9 +132,11 @@ class UNetFeatureExtractor(FeatureExtractor):
         noise_fraction: float = 0.03,
         grid: int = 2,
         seed: int = 0,
+        codec: PixelCodec | None = None,
     ):
         self.name = UNET
         self.unet = unet.eval()
+        self.codec = codec or PixelCodec()
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
         self.timestep = int(round(noise_fraction * num_train_timesteps)) if timestep is None else int(timestep)
@@ -142,13 +148,15 @@ class UNetFeatureExtractor(FeatureExtractor):
         logger.info(f"UNet features: {len(self.hooked_blocks)} blocks at t={self.timestep}, pooled to {grid}x{grid}.")
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
-        in_channels = self.unet.config.in_channels
+        size = self.unet.config.sample_size
+        sample_shape = (self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+        in_channels = self.codec.image_shape(sample_shape)[0]
         if images.shape[1] != in_channels:
             raise ValueError(
                 f"The UNet takes {in_channels}-channel images but got {images.shape[1]} channels; "
                 "embed images produced by this model (or its training data) only."
             )
-        sample = (2 * images - 1).to(self.unet.device, self.unet.dtype)
+        sample = self.codec.encode(2 * images - 1).to(self.unet.device, self.unet.dtype)
         noise = self._fixed_noise(sample.shape[1:]).to(sample.device, sample.dtype).expand_as(sample)
         timesteps = torch.full((sample.shape[0],), self.timestep, dtype=torch.long, device=sample.device)
         noisy = self.noise_scheduler.add_noise(sample, noise, timesteps)
@@ -277,6 +285,7 @@ def load_feature_extractor(
     scheduler: SchedulerMixin | None = None,
     device: str | torch.device | None = None,
     image_size: int = SSCD_IMAGE_SIZE,
+    codec: PixelCodec | None = None,
 ) -> FeatureExtractor:
     """Build a feature extractor from a short spec.
 
@@ -288,6 +297,8 @@ def load_feature_extractor(
         device (`str` or `torch.device`, *optional*): where to run. ``None`` keeps the UNet where it is
             and puts loaded models on the CPU.
         image_size (`int`, defaults to 288): input side for TorchScript models only.
+        codec ([`~diffusers_side.models.codec.PixelCodec`], *optional*): ``"unet"`` of a latent target only: its
+            autoencoder (see [`UNetFeatureExtractor`]).
 
     Returns:
         [`FeatureExtractor`]: call it on ``(N, C, H, W)`` pixel-space images.
@@ -310,18 +321,35 @@ def load_feature_extractor(
     if spec == UNET:
         if unet is None or scheduler is None:
             raise ValueError("The 'unet' feature extractor needs the target pipeline's unet and scheduler; pass --pipeline.")
-        return UNetFeatureExtractor(unet.to(device) if device is not None else unet, scheduler)
+        if codec is not None and codec.autoencoder is not None and device is not None:
+            codec.autoencoder.to(device)
+        return UNetFeatureExtractor(unet.to(device) if device is not None else unet, scheduler, codec=codec)
     if spec == PIXELS:
         return PixelFeatureExtractor()
-    path = Path(spec)
-    if path.suffix in TORCHSCRIPT_SUFFIXES or spec.startswith((".", "/")) or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"Feature extractor file or folder {spec!r} does not exist.")
+    path = check_feature_spec(spec)
+    if path is not None:
         if path.is_file():
             if path.suffix not in TORCHSCRIPT_SUFFIXES:
                 raise ValueError(f"Feature extractor file {spec!r} is not a TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}).")
             return TorchScriptFeatureExtractor(path, image_size=image_size, device=device or "cpu")
     return TransformersFeatureExtractor(spec, device=device or "cpu")
+
+
+def check_feature_spec(spec: str | os.PathLike, flag: str = "Feature extractor") -> Path | None:
+    """The local file or folder ``spec`` names, ``None`` for ``"unet"``, ``"pixels"`` and Hub ids; nothing is loaded.
+
+    A spec written as a path (a TorchScript suffix, or starting with ``.`` or ``/``) must exist.
+
+    Raises:
+        `FileNotFoundError`: naming ``flag`` and the path.
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if spec in (UNET, PIXELS) or not (path.suffix in TORCHSCRIPT_SUFFIXES or spec.startswith((".", "/")) or path.exists()):
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} file or folder {spec!r} does not exist.")
+    return path
 
 
 def embed_images(

@@ -41,14 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, Image, Value, load_from_disk
-from diffusers import UNet2DModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from sklearn.cluster import KMeans
 
-from ..pipelines.loading import load_pipeline, weights_fingerprint
+from ..pipelines.loading import weights_fingerprint
+from ..pipelines.target import AuditTarget
 from ..storage.data import find_image_column, load_image_dataset
-from ..storage.embedded import check_model_source
 from ..storage.generation_folder import SETTINGS_FILE, read_settings
 from ..storage.image_files import check_image_files
 from ..storage.outputs import LABELS, write_manifest, written_files
@@ -360,8 +358,9 @@ def label_synthetic(
     if len(sizes) > 1:
         raise ValueError(f"The synthetic images have mixed sizes {sorted(sizes)[:5]}; label images of one size.")
     settings = _generation_settings(synthetic_dir, len(source))
-    unet, scheduler = _load_target(pipeline, settings, synthetic_dir) if features == UNET else (None, None)
-    extractor = load_feature_extractor(features, unet=unet, scheduler=scheduler, device=device)
+    target = _load_target(pipeline, settings, synthetic_dir) if features == UNET else None
+    unet, scheduler, codec = (target.unet, target.scheduler, target.codec) if target else (None, None, None)
+    extractor = load_feature_extractor(features, unet=unet, scheduler=scheduler, device=device, codec=codec)
 
     embedded = embed_images(extractor, source[image_column], batch_size=batch_size)
     labels = fit_surrogate_labels(embedded, num_clusters, cohesion, seed, min_cluster_size, extractor.name)
@@ -417,26 +416,26 @@ def _generation_settings(synthetic_dir: Path, num_images: int) -> dict:
     return settings
 
 
-def _load_target(pipeline: str | None, settings: dict, synthetic_dir: Path) -> tuple[UNet2DModel, SchedulerMixin]:
-    """The target's UNet and scheduler (safetensors only), for the ``unet`` feature extractor.
+def _load_target(pipeline: str | None, settings: dict, synthetic_dir: Path) -> AuditTarget:
+    """The target (safetensors only; pixel or latent) whose UNet the ``unet`` feature extractor runs.
 
     When ``generation.json`` recorded a weights fingerprint, the UNet must still have those weights.
     """
+    from_record = pipeline is None
     pipeline = pipeline or settings.get("pipeline")
     if pipeline is None:
         raise ValueError(
             f"{synthetic_dir} has no {SETTINGS_FILE} naming the target pipeline; pass --pipeline for "
             "--features unet, or choose other --features."
         )
-    check_model_source(pipeline, "--pipeline")
-    target = load_pipeline(pipeline)
+    target = AuditTarget.load(pipeline, what="--pipeline", recorded=from_record)
     recorded = settings.get("model_fingerprint")
     if recorded is not None and weights_fingerprint(target.unet) != recorded:
         raise ValueError(
             f"The UNet of {pipeline} is not the model that generated {synthetic_dir} (its weights fingerprint differs "
             f"from the sha256 {recorded} in {SETTINGS_FILE}); pass --pipeline with that model, or choose other --features."
         )
-    return target.unet, target.scheduler
+    return target
 
 
 def _labelled_dataset(source: Dataset, image_column: str, assigned: torch.Tensor, distances: torch.Tensor) -> Dataset:

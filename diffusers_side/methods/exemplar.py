@@ -34,7 +34,8 @@ class ExemplarMethod(ExtractionMethod):
 
         labels = SurrogateLabels.load(settings.exemplars)
         exemplars = ExemplarPosterior.from_labelled_set(settings.exemplars, num_classes=labels.num_labels)
-        guide = ExemplarGuide(exemplars, window=settings.guidance_window)
+        # a latent target is guided on latents: its codec encodes the (pixel) labelled set once, here
+        guide = ExemplarGuide(exemplars.encoded(pipe.codec), window=settings.guidance_window)
         guide.check(pipe, pipe.sample_shape, settings.num_inference_steps if settings.guidance_scale > 0 else None)
         duplicates = None
         if settings.target_selection == "duplicates":

@@ -18,9 +18,38 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-# Blocks per stage of the torchvision ResNet layouts (BasicBlock variants).
-RESNET_LAYOUTS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+# Blocks per stage (BasicBlock). Stage s has base_channels * 2**s channels and halves the resolution (s > 0).
+# resnet18 / resnet34: torchvision's layouts (the paper's classifier is resnet34); resnet10: one block per stage of
+# the same four stages; resnet8: the three-stage CIFAR ResNet of He et al. (2016, Sec. 4.2) with n = 1 (6n + 2 layers),
+# sized for images of 16 px and less (see `diffusers_side.models.classifier_size`).
+RESNET_LAYOUTS = {"resnet8": (1, 1, 1), "resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+FUSED_ATTRIBUTE = "fused_inference"  # False on a BatchNorm2d (`set_fused_inference`) keeps it a layer of its own
+
+
+def conv_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, hidden: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(hidden))``, as one channels-last convolution with the BatchNorm folded in when no weight needs a gradient.
+
+    In eval mode a BatchNorm is the affine map gamma (x - mu) / sqrt(var + eps) + beta of its running statistics, so
+    it folds into the preceding convolution's weights and bias (`torch.nn.utils.fusion.fuse_conv_bn_weights`), and the
+    folded weights are laid out channels-last, which lets oneDNN keep every activation in one layout instead of
+    reordering it around each convolution. The result is the same up to float rounding (relative 1e-7 to 1e-6 on a
+    trained network), and a guided sampling step skips a BatchNorm forward and backward per convolution: about a
+    third of the demo classifier's gradient cost (benchmarks README, "Speed cuts"). Training, and any eval forward that
+    may back-propagate into the weights, keep the two layers. With channels-last weights the gradient w.r.t. a
+    3-channel input comes back channels-last strided (the same values; 1-channel inputs are unaffected).
+    """
+    trainable = torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (conv.weight, norm.weight, norm.bias))
+    if norm.training or trainable or not getattr(norm, FUSED_ATTRIBUTE, True) or norm.running_mean is None:
+        return norm(conv(hidden))
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(hidden, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class BasicBlock(nn.Module):
@@ -39,9 +68,10 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.norm1(self.conv1(hidden)))
-        out = self.norm2(self.conv2(out))
-        return F.relu(out + self.shortcut(hidden))
+        out = F.relu(conv_batch_norm(self.conv1, self.norm1, hidden))
+        out = conv_batch_norm(self.conv2, self.norm2, out)
+        shortcut = hidden if isinstance(self.shortcut, nn.Identity) else conv_batch_norm(*self.shortcut, hidden)
+        return F.relu(out + shortcut)
 
 
 class TimeDependentClassifier(ModelMixin, ConfigMixin):
@@ -53,8 +83,10 @@ class TimeDependentClassifier(ModelMixin, ConfigMixin):
         sample_size (`int`, defaults to 32): height and width of the images; any size from 8 up works
             (the head pools adaptively), but it must match the UNet the classifier guides.
         num_classes (`int`, defaults to 10): number of surrogate conditions (kept clusters K').
-        layers (`str`, defaults to `"resnet18"`): block layout, `"resnet18"` or `"resnet34"` (the paper's).
-        base_channels (`int`, defaults to 32): width of the first stage; stages use 1x, 2x, 4x, 8x.
+        layers (`str`, defaults to `"resnet18"`): block layout, a key of `RESNET_LAYOUTS`: `"resnet8"` (three stages
+            of one block), `"resnet10"` (four of one), `"resnet18"` or `"resnet34"` (the paper's);
+            `diffusers_side.models.classifier_size.auto_classifier_size` picks one from the image size.
+        base_channels (`int`, defaults to 32): width of the first stage; stages use 1x, 2x, 4x (, 8x).
         time_dependent (`bool`, defaults to `True`): add the time module after the first BatchNorm. `False`
             gives the time-independent classifier of the Carlini "Cond" baseline (timesteps are ignored).
         time_embedding_dim (`int`, *optional*): width of the timestep MLP; defaults to `4 * base_channels`.
@@ -113,6 +145,17 @@ class TimeDependentClassifier(ModelMixin, ConfigMixin):
         self.blocks = nn.Sequential(*stages)
         self.head = nn.Linear(channels, num_classes)
 
+    def set_fused_inference(self, enabled: bool) -> "TimeDependentClassifier":
+        """Fold every BatchNorm into its (channels-last) convolution in frozen eval forwards (`True`, the default) or never.
+
+        See `conv_batch_norm`: folding changes results only by float rounding; `False` restores the layer-by-layer
+        computation (the reference that tests and benchmarks compare against). Returns the classifier.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                setattr(module, FUSED_ATTRIBUTE, enabled)
+        return self
+
     def _time_features(self, timestep: torch.Tensor | float | int, batch_size: int, device, dtype) -> torch.Tensor:
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=device)
@@ -137,7 +180,7 @@ class TimeDependentClassifier(ModelMixin, ConfigMixin):
         Returns:
             `torch.Tensor`: logits of shape `(batch, num_classes)`.
         """
-        hidden = self.norm_in(self.conv_in(sample))
+        hidden = conv_batch_norm(self.conv_in, self.norm_in, sample)
         if self.config.time_dependent:
             if timestep is None:
                 raise ValueError("This classifier is time-dependent: pass the diffusion timestep of `sample`.")

@@ -23,7 +23,6 @@ the `LoraConfig` in its metadata), the class embedding (``class_embedding.safete
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -33,13 +32,13 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, LORA_WEIGHT_NAME_SAFE
 from diffusers.utils import logging
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..storage.embedded import resolve_pipeline_path
+from ..storage.sources import HUB, LOCAL, ModelSource
 from ..utils.atomic_io import atomic_path, write_json_atomic
 from ..utils.state_files import LORA_CONFIG
 
@@ -220,52 +219,21 @@ def save_lora_conditioning(unet: torch.nn.Module, save_directory: str | os.PathL
     return directory
 
 
-def local_folder(spec: str | os.PathLike, what: str, **download_kwargs) -> Path:
-    """
-    A local folder for ``spec``: the folder itself, or the snapshot of a Hub repo id (honours ``HF_HUB_OFFLINE``).
-
-    Raises:
-        `FileNotFoundError`: ``spec`` looks like a local path but is not a folder.
-    """
-    source = str(spec)
-    if os.path.isdir(source):
-        return Path(source)
-    if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
-        raise FileNotFoundError(f"{what} folder {source!r} does not exist (or is not a folder); pass a folder or a Hub repo id.")
-    return Path(snapshot_download(source, **download_kwargs))
-
-
 def is_lora_folder(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` (a folder or a Hub repo id) holds a LoRA-SIDE result (``side_lora.json``).
+    """Whether ``spec`` (a folder, an embedded name or a Hub repo id) holds a LoRA-SIDE result (``side_lora.json``).
 
     For a repo id only that one file is fetched (from the cache when ``HF_HUB_OFFLINE`` is set).
     """
-    source = str(spec)
-    if os.path.isdir(source):
-        return (Path(source) / LORA_CONFIG_NAME).is_file()
-    if os.path.isabs(source) or source.startswith(".") or os.path.exists(source) or source.count("/") != 1:
+    source = ModelSource.parse(spec)
+    if source.kind != HUB:
+        return (source.local_path() / LORA_CONFIG_NAME).is_file()
+    if source.location.count("/") != 1:
         return False
     try:
-        hf_hub_download(source, LORA_CONFIG_NAME)
+        hf_hub_download(source.location, LORA_CONFIG_NAME, revision=source.revision)
     except (EntryNotFoundError, RepositoryNotFoundError):  # includes "not in the offline cache"
         return False
     return True
-
-
-def refuse_lora_folder(spec: str | os.PathLike, why: str, flag: str = "--pretrained_model_name_or_path") -> None:
-    """Refuse a LoRA-SIDE result where the unconditional target is expected (training starts from the target).
-
-    Raises:
-        `ValueError`: naming the folder, ``why`` and its base model (the fix).
-    """
-    folder = resolve_pipeline_path(spec)
-    if not is_lora_folder(folder):
-        return
-    base = LORA_CONFIG.read(Path(folder)).get("base_model") if os.path.isdir(folder) else None
-    raise ValueError(
-        f"{flag} {spec} is a `side train-lora` result (LoRA-SIDE adapters, {LORA_CONFIG_NAME}), not a target pipeline: "
-        f"{why}; pass its base model{f' {base}' if base else ' (side_lora.json names it)'} instead."
-    )
 
 
 def check_shareable_base(base_model: str | None) -> None:
@@ -274,7 +242,13 @@ def check_shareable_base(base_model: str | None) -> None:
     Raises:
         `ValueError`: ``base_model`` is a local path (the message says how to fix it).
     """
-    if base_model is not None and (os.path.isabs(base_model) or os.path.isdir(base_model)):
+    if base_model is None:
+        return
+    try:
+        local = ModelSource.from_record(base_model).kind == LOCAL
+    except OSError:  # a path that is gone is still a path
+        local = True
+    if local:
         raise ValueError(
             f"The adapters' base model is the local folder {base_model!r}, which a Hub user cannot load; push the base "
             "pipeline first and fine-tune from its repo id (--pretrained_model_name_or_path user/repo), or keep the "
@@ -331,33 +305,6 @@ def load_lora_conditioning(unet: torch.nn.Module, folder: Path, config: dict[str
         )
 
 
-def check_targets(target, batch_size: int, num_labels: int, guidance_scale: float) -> None:
-    """Raise a `ValueError` unless ``target`` is ``None``, one label or one per image, each in ``[0, num_labels)``."""
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale} is negative; use 0 (unconditional), 1 (conditional) or more (CFG).")
-    if target is None:
-        return
-    targets = torch.as_tensor(target).reshape(-1)
-    if targets.numel() not in (1, batch_size):
-        raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
-    if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_labels:
-        raise ValueError(
-            f"target={target!r} is out of range: the model has {num_labels} surrogate labels (valid targets are "
-            f"0..{num_labels - 1}; {num_labels} is the null label, used through guidance_scale)."
-        )
-
-
-def draw_targets(target, batch_size: int, num_labels: int, generator, device: torch.device) -> torch.Tensor:
-    """Fixed targets, or one label drawn uniformly per image from the generator(s), as `SIDEPipeline` draws them."""
-    if target is not None:
-        return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-    if isinstance(generator, list):
-        draws = [torch.randint(num_labels, (1,), generator=g, device=g.device) for g in generator]
-        return torch.cat([d.to(device) for d in draws])
-    generator_device = generator.device if generator is not None else "cpu"
-    return torch.randint(num_labels, (batch_size,), generator=generator, device=generator_device).to(device)
-
-
 def classifier_free_guidance(
     unconditional: torch.Tensor, conditional: torch.Tensor, guidance_scale: float, channels: int
 ) -> torch.Tensor:
@@ -390,10 +337,6 @@ def is_text_conditional(spec: str | os.PathLike) -> bool:
 
     Only ``model_index.json`` is read (downloaded for a repo id).
     """
-    return "text_encoder" in DiffusionPipeline.load_config(resolve_pipeline_path(spec))
+    source = ModelSource.parse(spec)
+    return "text_encoder" in DiffusionPipeline.load_config(source.name_or_path, revision=source.revision)
 
-
-def scheduler_step_kwargs(scheduler, generator, eta: float) -> dict:
-    """The optional arguments ``scheduler.step`` accepts among ``generator`` and DDIM's ``eta``."""
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    return {name: value for name, value in (("generator", generator), ("eta", eta)) if name in accepted}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -17,8 +16,8 @@ from diffusers import (
 )
 
 from ..models.classifier import TimeDependentClassifier
-from ..models.lora import is_lora_folder, local_folder, read_lora_config
-from ..storage.embedded import check_model_source, resolve_pipeline_path
+from ..models.lora import is_lora_folder, read_lora_config
+from ..storage.sources import ModelSource, resolve_folder
 from ..utils.arg_types import SCHEDULER_NAMES
 from .pipeline_side import SIDEPipeline
 from .pipeline_side_lora import SIDELoRAPipeline
@@ -37,8 +36,8 @@ SCHEDULERS = dict(
 
 
 def load_classifier(path: str | os.PathLike, allow_pickle: bool = False) -> TimeDependentClassifier:
-    """A classifier from its own folder, or from the ``classifier/`` folder of a saved pipeline."""
-    path = Path(resolve_pipeline_path(path))
+    """A classifier from its own folder, or from the ``classifier/`` folder of a saved pipeline (or their repo ids)."""
+    path = resolve_folder(path, "--classifier")
     subfolder = "classifier" if (path / "classifier" / "config.json").exists() else None
     if not (path / (subfolder or "") / "config.json").exists():
         raise FileNotFoundError(f"No classifier found at {path} (expected config.json or classifier/config.json).")
@@ -52,7 +51,7 @@ def _use_safetensors(allow_pickle: bool) -> bool | None:
 
 def lora_pipeline_class(spec: str | os.PathLike) -> type[SIDELoRAPipeline] | type[SIDELoRATextPipeline]:
     """The pipeline class a LoRA-SIDE folder or repo was saved from (its ``side_lora.json`` names it)."""
-    name = read_lora_config(local_folder(resolve_pipeline_path(spec), "LoRA-SIDE"))["pipeline_class"]
+    name = read_lora_config(resolve_folder(spec, "LoRA-SIDE folder"))["pipeline_class"]
     return {cls.__name__: cls for cls in (SIDELoRAPipeline, SIDELoRATextPipeline)}[name]
 
 
@@ -67,7 +66,8 @@ def load_pipeline(
     Load the pipeline to audit, or a LoRA-SIDE result (a folder or repo holding ``side_lora.json``) with its base.
 
     Args:
-        spec: an embedded model's name (``"default"``, ``"digits-rare"``), a folder, or a Hub repo id.
+        spec: an embedded model's name (``"default"``, ``"digits-rare"``), a folder, or a Hub repo id (``user/repo@rev``),
+            decided by `diffusers_side.storage.sources.ModelSource.parse`.
         scheduler (`str`, *optional*): one of `SCHEDULERS` to sample with instead of the saved scheduler.
         classifier (*optional*): a classifier folder (or pipeline folder) replacing the pipeline's own.
         allow_pickle (`bool`): accept pickled `.bin` weights (only for checkpoints you trust).
@@ -78,18 +78,18 @@ def load_pipeline(
     """
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"--scheduler {scheduler!r} is not supported; choose one of {sorted(SCHEDULERS)}.")
-    check_model_source(spec, "--pipeline")
+    source = ModelSource.parse(spec, what="--pipeline")
     if classifier is not None:
-        check_model_source(classifier, "--classifier")
-    lora = is_lora_folder(resolve_pipeline_path(spec))
+        ModelSource.parse(classifier, what="--classifier")
+    lora = is_lora_folder(source.resolved)
     if lora and classifier is not None:
         raise ValueError(f"{spec} is a LoRA-SIDE result, which samples without a classifier; drop --classifier.")
-    pipeline_class = lora_pipeline_class(spec) if lora else SIDEPipeline
-    pipe = pipeline_class.from_pretrained(resolve_pipeline_path(spec), use_safetensors=_use_safetensors(allow_pickle))
+    pipeline_class = lora_pipeline_class(source.resolved) if lora else SIDEPipeline
+    pipe = pipeline_class.from_pretrained(source.resolved, use_safetensors=_use_safetensors(allow_pickle))
     if scheduler is not None:
         pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     if classifier is not None:
-        pipe = SIDEPipeline(pipe.unet, pipe.scheduler, load_classifier(classifier, allow_pickle))
+        pipe = SIDEPipeline(**{**pipe.components, "classifier": load_classifier(classifier, allow_pickle)})
     return pipe.to(device) if device is not None else pipe
 
 

@@ -1,7 +1,10 @@
 """`SIDEPipeline`: unconditional diffusion sampling guided toward one surrogate condition at a time.
 
-How a step is guided is the business of a guide (`diffusers_side.guidance`): the pipeline draws the noise and
-the targets, runs the scheduler and asks the guide for the guided model output at every step inside its window.
+How a step is guided is the business of a guide (`diffusers_side.guidance`): the pipeline asks the guide for the
+guided model output at every step inside its window. Everything around that step (input checks, targets, noise,
+scheduler arguments, callbacks, decoding and output) is the sampling core the LoRA pipelines share
+(`diffusers_side.pipelines.core`). A latent target (a ``vqvae``, as diffusers' `LDMPipeline`) is sampled and guided
+in latent space and decoded before output.
 
 `model_index.json` records the pipeline as ``["diffusers_side", "SIDEPipeline"]``: the top-level package must keep
 exporting it.
@@ -10,9 +13,6 @@ exporting it.
 from __future__ import annotations
 
 import contextlib
-import inspect
-import math
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,11 +20,9 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
 
 from ..guidance.base import Guide, frozen
 from ..guidance.classifier import check_classifier_reads
@@ -32,10 +30,11 @@ from ..guidance.exemplar import ExemplarPosterior
 from ..guidance.registry import build_guide
 from ..models.classifier import TimeDependentClassifier
 from ..storage.embedded import EMBEDDED_CHOICES
+from ..storage.sources import resolve_folder
+from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 DDIM_DEFAULT_STEPS = 50  # DDIMPipeline's default; DDPM schedulers default to their full chain like DDPMPipeline
 
 EXAMPLE_DOC_STRING = """
@@ -69,7 +68,7 @@ class SIDEPipelineOutput(BaseOutput):
     targets: torch.Tensor | None
 
 
-class SIDEPipeline(DiffusionPipeline):
+class SIDEPipeline(SamplingMixin, DiffusionPipeline):
     r"""
     Sampling from an unconditional diffusion model with time-dependent classifier guidance (SIDE).
 
@@ -78,7 +77,8 @@ class SIDEPipeline(DiffusionPipeline):
         eps_guided = eps_theta(x_t, t) - sqrt(1 - abar_t) * guidance_scale * grad_x log p_phi(c | x_t, t)
 
     (the "condition score" form of Dhariwal & Nichol, 2021), so any scheduler can take the step. With
-    `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline`.
+    `guidance_scale=0` or no classifier the pipeline is exactly `DDPMPipeline` / `DDIMPipeline` (with a `vqvae`,
+    `LDMPipeline` with its DDIM scheduler; x_t is then the latent, which the classifier reads).
 
     That is the default guide ([`~diffusers_side.guidance.classifier.ClassifierGuide`]); `guide=` takes any
     other (`diffusers_side.guidance`: the clean-image classifier guide of `guidance_space="x0"`, exemplar guidance
@@ -102,69 +102,64 @@ class SIDEPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): any diffusers scheduler (DDPM, DDIM, Euler, Euler ancestral,
             DPMSolverMultistep, UniPC, ...).
         classifier ([`TimeDependentClassifier`], *optional*): p_phi(y | x_t, t) over the surrogate conditions.
+        vqvae ([`VQModel`] or [`AutoencoderKL`], *optional*): the autoencoder of a latent target, as in diffusers'
+            `LDMPipeline` (the UNet and the classifier then work on its latents; see
+            `diffusers_side.models.codec`). Samples are decoded by it before output, as `LDMPipeline` decodes them.
     """
 
     model_cpu_offload_seq = "unet"
-    _optional_components = ["classifier"]
+    _optional_components = ["classifier", "vqvae"]
     # The classifier is small and runs at every step next to the UNet: keep it on the device.
     _exclude_from_cpu_offload = ["classifier"]
     _callback_tensor_inputs = ["image"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, classifier: TimeDependentClassifier | None = None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        classifier: TimeDependentClassifier | None = None,
+        vqvae: VQModel | AutoencoderKL | None = None,
+    ):
         super().__init__()
         if classifier is not None:
             check_classifier_reads(classifier, (unet.config.in_channels, *_sample_hw(unet.config.sample_size)))
-        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
+        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier, vqvae=vqvae)
 
     @property
     def components(self) -> dict[str, Any]:
-        """The modules this pipeline holds: `unet`, `scheduler` and, when there is one, `classifier`.
+        """The modules this pipeline holds: `unet`, `scheduler` and, when there are, `classifier` and `vqvae`.
 
-        Unlike `DiffusionPipeline.components`, a missing classifier is left out rather than listed as `None`,
-        so that `DDPMPipeline(**pipe.components)` and `DDIMPipeline(**pipe.components)` work on an unguided
-        pipeline; `SIDEPipeline(**pipe.components)` works either way.
+        Unlike `DiffusionPipeline.components`, a missing classifier or autoencoder is left out rather than listed
+        as `None`, so that `DDPMPipeline(**pipe.components)` and `DDIMPipeline(**pipe.components)` work on an
+        unguided pipeline (`LDMPipeline(**pipe.components)` on a latent one); `SIDEPipeline(**pipe.components)`
+        works either way.
         """
         components = super().components
-        if components.get("classifier") is None:
-            components.pop("classifier", None)
+        for name in self._optional_components:
+            if components.get(name) is None:
+                components.pop(name, None)
         return components
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "SIDEPipeline":
         """
-        Load a pipeline from a local folder or a Hub repo id, safetensors only unless you opt in.
+        Load a pipeline from a folder, an embedded model's name or a Hub repo id, safetensors only unless you opt in.
 
-        A repo id is first resolved to a local snapshot with `huggingface_hub.snapshot_download` (honouring
-        `HF_HUB_CACHE` and `HF_HUB_OFFLINE`): diffusers' own download path refuses third-party components
-        such as the classifier unless remote code is trusted, which a plugin-pushed repo must not need.
+        The source is decided by `diffusers_side.storage.sources.ModelSource.parse`; a repo id is first resolved to
+        a local snapshot with `huggingface_hub.snapshot_download` (honouring `HF_HUB_CACHE` and `HF_HUB_OFFLINE`):
+        diffusers' own download path refuses third-party components such as the classifier unless remote code is
+        trusted, which a plugin-pushed repo must not need.
 
         Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): folder or Hub repo id.
+            pretrained_model_name_or_path (`str` or `os.PathLike`): folder, embedded name or Hub repo id (``user/repo@rev``).
             use_safetensors (`bool`, *optional*, defaults to `True`): pass `False` to allow pickled
                 `.bin` weights (only for checkpoints you trust: unpickling can run code).
             revision, cache_dir, token, local_files_only: forwarded to `snapshot_download`.
             kwargs: forwarded to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
         """
-        source = str(pretrained_model_name_or_path)
-        if not os.path.isdir(source):
-            if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
-                raise FileNotFoundError(
-                    f"Pipeline folder {source!r} does not exist (or is not a folder); pass a folder written by "
-                    "`save_pretrained` or a Hub repo id such as 'user/repo'."
-                )
-            try:
-                source = snapshot_download(
-                    source,
-                    revision=kwargs.pop("revision", None),
-                    cache_dir=kwargs.get("cache_dir"),
-                    token=kwargs.pop("token", None),
-                    local_files_only=kwargs.get("local_files_only", False),
-                )
-            except (OSError, ValueError) as error:
-                raise FileNotFoundError(
-                    f"{source!r} is not a local folder, and fetching it as a Hub repo id failed ({error}). Check the path, "
-                    "or the repo id and your connection."
-                ) from error
+        download = {k: kwargs.pop(k, None) for k in ("revision", "token")}
+        download.update({k: kwargs.get(k) for k in ("cache_dir", "local_files_only")})
+        source = str(resolve_folder(pretrained_model_name_or_path, "Pipeline folder", **download))
         if not os.path.isfile(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(
                 f"{str(pretrained_model_name_or_path)!r} is not a pipeline folder (it has no model_index.json); pass a folder "
@@ -188,11 +183,6 @@ class SIDEPipeline(DiffusionPipeline):
                     "with `save_pretrained` to convert it to safetensors."
                 ) from error
             raise
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one sample of the UNet."""
-        return (self.unet.config.in_channels, *_sample_hw(self.unet.config.sample_size))
 
     def resolve_guide(
         self,
@@ -230,22 +220,8 @@ class SIDEPipeline(DiffusionPipeline):
         guide: Guide | None = None,
     ) -> None:
         """Raise `ValueError` on arguments that cannot be sampled (naming the argument and the fix)."""
-        for name, value in (("batch_size", batch_size), ("num_inference_steps", num_inference_steps)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer (an int >= 1, not a bool).")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"Got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator per image."
-            )
-        if use_clipped_model_output is not None and "use_clipped_model_output" not in self.scheduler_step_arguments():
-            raise ValueError(
-                f"use_clipped_model_output={use_clipped_model_output!r} is an option of DDIMScheduler.step, which "
-                f"{type(self.scheduler).__name__}.step does not take; leave it None with this scheduler."
-            )
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale={guidance_scale} must be finite and >= 0; use 0 for unguided sampling or a positive scale.")
+        self.check_sampling_inputs(batch_size, num_inference_steps, generator, output_type, use_clipped_model_output)
+        check_guidance_scale(guidance_scale, "use 0 for unguided sampling or a positive scale")
         if guide is None:
             if guidance_scale > 0 or target is not None:
                 raise ValueError(
@@ -255,33 +231,7 @@ class SIDEPipeline(DiffusionPipeline):
                 )
             return
         guide.check(self, self.sample_shape, num_inference_steps if guidance_scale > 0 else None)
-        if target is not None:
-            targets = torch.as_tensor(target).reshape(-1)
-            num_classes = guide.num_conditions
-            if targets.numel() not in (1, batch_size):
-                raise ValueError(f"Got {targets.numel()} targets for batch_size={batch_size}; pass one int or one per image.")
-            if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_classes:
-                raise ValueError(
-                    f"target={target!r} is out of range: there are {num_classes} surrogate conditions "
-                    f"(valid targets are 0..{num_classes - 1})."
-                )
-
-    def prepare_targets(
-        self,
-        target,
-        batch_size: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        device: torch.device,
-        num_classes: int,
-    ) -> torch.Tensor:
-        """Fixed targets, or one of the ``num_classes`` conditions drawn uniformly per image from the generator(s)."""
-        if target is not None:
-            return torch.as_tensor(target, dtype=torch.long).reshape(-1).expand(batch_size).to(device)
-        if isinstance(generator, list):
-            draws = [torch.randint(num_classes, (1,), generator=g, device=g.device) for g in generator]
-            return torch.cat([d.to(device) for d in draws])
-        generator_device = generator.device if generator is not None else "cpu"
-        return torch.randint(num_classes, (batch_size,), generator=generator, device=generator_device).to(device)
+        check_targets(target, batch_size, guide.num_conditions)
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -302,6 +252,7 @@ class SIDEPipeline(DiffusionPipeline):
         exemplars: ExemplarPosterior | None = None,
         guidance_window: tuple[float, float] | None = None,
         guidance_space: str = "xt",
+        latents: torch.Tensor | None = None,
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when there is a guide and a positive scale.
@@ -321,7 +272,7 @@ class SIDEPipeline(DiffusionPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to `True`): a [`SIDEPipelineOutput`] (with the targets), else `(images,)`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after
-                every step; it may return `{"image": replacement}`.
+                every step (x_t is the latent of a latent target); it may return `{"image": replacement}`.
             guide ([`~diffusers_side.guidance.base.Guide`], *optional*): how to guide. Defaults to the pipeline's
                 classifier read on x_t (the paper), as the three arguments below describe.
             exemplars ([`~diffusers_side.guidance.exemplar.ExemplarPosterior`], *optional*): guide with the exact
@@ -331,12 +282,14 @@ class SIDEPipeline(DiffusionPipeline):
             guidance_space (`str`, defaults to `"xt"`): a classifier guide of `diffusers_side.guidance.registry`:
                 `"xt"` (the paper) or `"x0"` (the classifier reads the predicted clean image; lambda is then the
                 fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
+            latents (`torch.Tensor`, *optional*): the initial standard normal noise x_T, `(batch_size, C, H, W)`;
+                `None` draws it from `generator` (see `prepare_noise`).
 
         Examples:
 
         Returns:
             [`SIDEPipelineOutput`] or `tuple`: images and targets (`targets` is `None` without guidance), or
-            `(images,)` when `return_dict=False`.
+            `(images,)` when `return_dict=False`. A latent target's samples are decoded by its `vqvae` first.
         """
         guide = self.resolve_guide(guide, exemplars, guidance_window, guidance_space)
         if guidance_scale is None:
@@ -350,75 +303,40 @@ class SIDEPipeline(DiffusionPipeline):
         guided = guidance_scale > 0
         targets = None
         if guided or target is not None:
-            targets = self.prepare_targets(target, batch_size, generator, device, guide.num_conditions)
-
-        shape = (batch_size, *self.sample_shape)
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
+            targets = draw_targets(target, batch_size, guide.num_conditions, generator, device)
+        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device, latents=latents)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
-        image = self.denoise(image, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
-
-        image = self.postprocess(image, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return SIDEPipelineOutput(images=image, targets=targets)
+        samples = self.denoise(samples, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
+        return self.finish(samples, output_type, return_dict, SIDEPipelineOutput, targets)
 
     def denoise(
         self,
-        image: torch.Tensor,
+        samples: torch.Tensor,
         step_kwargs: dict,
         guide: Guide | None = None,
         targets: torch.Tensor | None = None,
         guidance_scale: float = 0.0,
         callback_on_step_end: Callable | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler's timesteps from the noise ``image``; at the steps ``guide`` is active, it gives the output."""
+        """Run the scheduler's timesteps from the noise ``samples``; at the steps ``guide`` is active, it gives the output."""
+
+        def predict(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            guide_now = guide is not None and guide.active(t)
+            model_output = None if guide_now and guide.runs_unet else self.unet(model_input, t).sample
+            if guide_now:
+                model_output = guide.guided_output(self, model_input, t, i, model_output, targets, guidance_scale)
+            return model_output
+
         with contextlib.ExitStack() as stack:
             for module in guide.frozen_modules(self) if guide is not None else []:
                 stack.enter_context(frozen(module))
-            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                model_input = self.scheduler.scale_model_input(image, t)
-                guide_now = guide is not None and guide.active(t)
-                model_output = None if guide_now and guide.runs_unet else self.unet(model_input, t).sample
-                if guide_now:
-                    model_output = guide.guided_output(self, model_input, t, i, model_output, targets, guidance_scale)
-                image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
-                if callback_on_step_end is not None:
-                    image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
-        return image
-
-    def postprocess(self, image: torch.Tensor, output_type: str):
-        """Samples in [-1, 1] as images in [0, 1], in the format ``output_type`` asks for."""
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()  # float(): numpy has no bfloat16
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
-        return image
+            return self.denoising_loop(samples, predict, step_kwargs, callback_on_step_end)
 
     def default_num_inference_steps(self) -> int:
         """`DDPMPipeline`'s default (the whole chain) with a `DDPMScheduler`, `DDIMPipeline`'s 50 otherwise."""
         if isinstance(self.scheduler, DDPMScheduler):
             return self.scheduler.config.num_train_timesteps
         return DDIM_DEFAULT_STEPS
-
-    def scheduler_step_arguments(self) -> set[str]:
-        """The names of the arguments this scheduler's `step` takes."""
-        return set(inspect.signature(self.scheduler.step).parameters)
-
-    def prepare_step_kwargs(self, generator, eta: float, use_clipped_model_output: bool | None = None) -> dict:
-        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta` and clipping flag)."""
-        accepted = self.scheduler_step_arguments()
-        kwargs = {}
-        if "generator" in accepted:
-            kwargs["generator"] = generator
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        if use_clipped_model_output is not None:
-            kwargs["use_clipped_model_output"] = use_clipped_model_output
-        return kwargs
 
 
 def _sample_hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -19,29 +19,26 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.lora import (
     DEFAULT_UNET_TARGETS,
     add_label_conditioning,
     add_lora_adapters,
     check_base_unet,
-    check_targets,
     classifier_free_guidance,
-    draw_targets,
     is_text_conditional,
     load_lora_conditioning,
-    local_folder,
     read_lora_config,
     save_lora_conditioning,
-    scheduler_step_kwargs,
 )
-from ..storage.embedded import resolve_pipeline_path
-from .pipeline_side import OUTPUT_TYPES, SIDEPipeline
+from ..storage.sources import ModelSource, resolve_folder
+from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
+from .pipeline_side import SIDEPipeline
 
 logger = logging.get_logger(__name__)
 
 PIPELINE_CLASS = "SIDELoRAPipeline"
+GUIDANCE_SCALE_HINT = "use 0 (unconditional), 1 (conditional) or more (classifier-free guidance)"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -72,7 +69,7 @@ class SIDELoRAPipelineOutput(BaseOutput):
     targets: torch.Tensor | None
 
 
-class SIDELoRAPipeline(DiffusionPipeline):
+class SIDELoRAPipeline(SamplingMixin, DiffusionPipeline):
     r"""
     Surrogate-conditional sampling of a LoRA-fine-tuned `UNet2DModel` (SIDE's LoRA branch).
 
@@ -158,7 +155,12 @@ class SIDELoRAPipeline(DiffusionPipeline):
                 f"{base_model} is a text-conditional pipeline; use SIDELoRATextPipeline (one prompt per label) for it."
             )
         if base_model is not None:
-            base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+            base = SIDEPipeline.from_pretrained(base_model, use_safetensors=use_safetensors)
+        if getattr(base, "vqvae", None) is not None:
+            raise ValueError(
+                f"{base_model or type(base).__name__} is a latent target (a UNet over the latents of its vqvae); LoRA-SIDE "
+                "fine-tunes pixel-space UNets and text-conditional pipelines: audit it with the classifier branch."
+            )
         unet = add_label_conditioning(base.unet, num_labels)
         add_lora_adapters(unet, rank, lora_alpha, target_modules, DEFAULT_UNET_TARGETS)
         info = {"num_labels": num_labels, **(label_info or {})}
@@ -227,27 +229,25 @@ class SIDELoRAPipeline(DiffusionPipeline):
         download = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        folder = local_folder(pretrained_model_name_or_path, "LoRA-SIDE", **download)
+        folder = resolve_folder(pretrained_model_name_or_path, "LoRA-SIDE folder", **download)
         config = read_lora_config(folder)
         if config.get("pipeline_class") != PIPELINE_CLASS:
             raise ValueError(f"{folder} holds a {config.get('pipeline_class')}, not a {PIPELINE_CLASS}.")
+        base_source = ModelSource.parse(base_model, what="base_model") if base_model else ModelSource.from_record(config["base_model"])
         base_model = base_model or config["base_model"]
-        base = SIDEPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+        base = SIDEPipeline.from_pretrained(base_source.resolved, use_safetensors=use_safetensors)
         check_base_unet(base.unet, config["base_unet_config"], base_model)
         unet = add_label_conditioning(base.unet, config["num_labels"])
         load_lora_conditioning(unet, folder, config, DEFAULT_UNET_TARGETS)
         unet.requires_grad_(False).eval()
         return cls(unet=unet, scheduler=base.scheduler, base_model=base_model, label_info=config["label_info"])
 
-    def check_inputs(self, batch_size, target, guidance_scale, generator, output_type) -> None:
+    def check_inputs(self, batch_size, num_inference_steps, target, guidance_scale, generator, output_type) -> None:
         """Raise a `ValueError` naming the bad argument before any sampling."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for batch_size={batch_size}; pass one per image.")
-        check_targets(target, batch_size, self.num_labels, guidance_scale)
+        self.check_sampling_inputs(batch_size, num_inference_steps, generator, output_type)
+        check_guidance_scale(guidance_scale, GUIDANCE_SCALE_HINT)
+        null_note = f"; {self.num_labels} is the null label, used through guidance_scale"
+        check_targets(target, batch_size, self.num_labels, "surrogate labels", null_note)
 
     def predict(self, model_input: torch.Tensor, t: torch.Tensor, targets: torch.Tensor | None, guidance_scale: float):
         """The model output for this step: null label, label, or their classifier-free guidance combination."""
@@ -282,44 +282,30 @@ class SIDELoRAPipeline(DiffusionPipeline):
                 one per image. `None` draws one uniformly per image from `generator` (when `guidance_scale > 0`).
                 With `guidance_scale=0` given targets are returned but not used (as `SIDEPipeline` does).
             guidance_scale (`float`, defaults to 1.0): 0 = null label (unconditional), 1 = conditional, > 1 = CFG.
-            num_inference_steps (`int`, defaults to 50): denoising steps.
+            num_inference_steps (`int`, defaults to 50): denoising steps (a positive integer).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers that do not take it.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): return a [`SIDELoRAPipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to `True`): a [`SIDELoRAPipelineOutput`] (with the targets), else `(images,)`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"image": x_t})` after every
                 step; it may return `{"image": replacement}`.
 
         Examples:
 
         Returns:
-            [`SIDELoRAPipelineOutput`] or `tuple`: images and targets (`None` with `guidance_scale=0`).
+            [`SIDELoRAPipelineOutput`] or `tuple`: images and targets (`None` with `guidance_scale=0` and no target), or
+            `(images,)` when `return_dict=False`, as diffusers' pipelines return.
         """
-        self.check_inputs(batch_size, target, guidance_scale, generator, output_type)
+        self.check_inputs(batch_size, num_inference_steps, target, guidance_scale, generator, output_type)
         device = self._execution_device
         conditional = guidance_scale > 0 or target is not None  # as SIDEPipeline: scale 0 keeps given targets, unused
         targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
-
-        size = self.unet.config.sample_size
-        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        step_kwargs = scheduler_step_kwargs(self.scheduler, generator, eta)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self.predict(model_input, t, targets if guidance_scale > 0 else None, guidance_scale)
-            image = self.scheduler.step(model_output, t, image, **step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                image = callback_on_step_end(self, i, t, {"image": image}).get("image", image)
-
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image, targets)
-        return SIDELoRAPipelineOutput(images=image, targets=targets)
-
+        used = targets if guidance_scale > 0 else None
+        samples = self.prepare_noise(batch_size, num_inference_steps, generator, device)
+        samples = self.denoising_loop(
+            samples,
+            lambda model_input, t, i: self.predict(model_input, t, used, guidance_scale),
+            self.prepare_step_kwargs(generator, eta),
+            callback_on_step_end,
+        )
+        return self.finish(samples, output_type, return_dict, SIDELoRAPipelineOutput, targets)

@@ -34,27 +34,21 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..models.lora import (
     DEFAULT_TEXT_UNET_TARGETS,
     add_lora_adapters,
     check_base_unet,
-    check_targets,
     classifier_free_guidance,
-    draw_targets,
     load_lora_conditioning,
-    local_folder,
     read_lora_config,
     save_lora_conditioning,
-    scheduler_step_kwargs,
 )
-from ..storage.embedded import resolve_pipeline_path
-from .pipeline_side import OUTPUT_TYPES
+from ..storage.sources import ModelSource, resolve_folder
+from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
 
 logger = logging.get_logger(__name__)
 
@@ -62,6 +56,7 @@ PIPELINE_CLASS = "SIDELoRATextPipeline"
 IDENTIFIER_PREFIX = "zq"
 CONSONANTS = "bcdfghjklmnpqrstvwxz"
 MAX_LABELS = len(CONSONANTS) ** 3
+GUIDANCE_SCALE_HINT = "use 0 (the prompt alone), 1 (the label's prompt) or more (classifier-free guidance)"
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -114,7 +109,7 @@ class SIDELoRATextPipelineOutput(BaseOutput):
     targets: torch.Tensor | None
 
 
-class SIDELoRATextPipeline(DiffusionPipeline):
+class SIDELoRATextPipeline(SamplingMixin, DiffusionPipeline):
     r"""
     Surrogate-conditional sampling of a LoRA-fine-tuned text-conditional UNet (SIDE's LoRA branch for SD-style models).
 
@@ -152,8 +147,6 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         if not isinstance(num_labels, int) or not 1 <= num_labels <= MAX_LABELS:
             raise ValueError(f"num_labels={num_labels!r} must be an integer in 1..{MAX_LABELS} (the number of surrogate labels).")
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.num_labels = num_labels
         self.prompt = prompt
         self.base_model = base_model
@@ -192,7 +185,7 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         """
         base_model = None if isinstance(base, DiffusionPipeline) else str(base)
         if base_model is not None:
-            base = DiffusionPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+            base = load_text_base(base_model, use_safetensors)
         components = check_text_components(base)
         add_lora_adapters(components["unet"], rank, lora_alpha, target_modules, DEFAULT_TEXT_UNET_TARGETS)
         info = {"num_labels": num_labels, **(label_info or {})}
@@ -242,12 +235,13 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         download = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        folder = local_folder(pretrained_model_name_or_path, "LoRA-SIDE", **download)
+        folder = resolve_folder(pretrained_model_name_or_path, "LoRA-SIDE folder", **download)
         config = read_lora_config(folder)
         if config.get("pipeline_class") != PIPELINE_CLASS:
             raise ValueError(f"{folder} holds a {config.get('pipeline_class')}, not a {PIPELINE_CLASS}.")
+        base_source = ModelSource.parse(base_model, what="base_model") if base_model else ModelSource.from_record(config["base_model"])
         base_model = base_model or config["base_model"]
-        base = DiffusionPipeline.from_pretrained(resolve_pipeline_path(base_model), use_safetensors=use_safetensors)
+        base = load_text_base(base_source.resolved, use_safetensors)
         components = check_text_components(base)
         check_base_unet(components["unet"], config["base_unet_config"], base_model)
         load_lora_conditioning(components["unet"], folder, config, DEFAULT_TEXT_UNET_TARGETS)
@@ -267,8 +261,9 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         ).input_ids
         return self.text_encoder(ids.to(self._execution_device))[0].to(self.unet.dtype)
 
-    def check_inputs(self, prompt, batch_size, target, guidance_scale, generator, output_type) -> list[str]:
+    def check_inputs(self, prompt, batch_size, num_inference_steps, target, guidance_scale, generator, output_type) -> list[str]:
         """Raise a `ValueError` naming the bad argument; return one prompt per image."""
+        self.check_sampling_inputs(batch_size, num_inference_steps, generator, output_type)
         prompt = prompt if prompt is not None else self.prompt
         if not prompt:
             raise ValueError(
@@ -278,14 +273,20 @@ class SIDELoRATextPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if len(prompts) not in (1, batch_size):
             raise ValueError(f"Got {len(prompts)} prompts for batch_size={batch_size}; pass one prompt or one per image.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; use one of {OUTPUT_TYPES}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for batch_size={batch_size}; pass one per image.")
-        check_targets(target, batch_size, self.num_labels, guidance_scale)
+        check_guidance_scale(guidance_scale, GUIDANCE_SCALE_HINT)
+        check_targets(target, batch_size, self.num_labels, "surrogate labels", "; the prompt alone is the null label")
         return prompts * batch_size if len(prompts) == 1 else prompts
+
+    def predict(self, model_input, t, null_embeddings, label_embeddings, guidance_scale: float) -> torch.Tensor:
+        """The model output for this step: the prompt alone, the label's prompt, or their classifier-free guidance."""
+        if guidance_scale == 0:
+            return self.unet(model_input, t, encoder_hidden_states=null_embeddings).sample
+        if guidance_scale == 1:
+            return self.unet(model_input, t, encoder_hidden_states=label_embeddings).sample
+        both = self.unet(
+            torch.cat([model_input, model_input]), t, encoder_hidden_states=torch.cat([null_embeddings, label_embeddings])
+        ).sample
+        return classifier_free_guidance(*both.chunk(2), guidance_scale, channels=model_input.shape[1])
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -315,50 +316,38 @@ class SIDELoRATextPipeline(DiffusionPipeline):
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator, or one per image.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers that do not take it.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to `True`): return a [`SIDELoRATextPipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to `True`): a [`SIDELoRATextPipelineOutput`] (with the targets), else `(images,)`.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, i, t, {"latents": latents})`
                 after every step; it may return `{"latents": replacement}`.
 
         Examples:
 
         Returns:
-            [`SIDELoRATextPipelineOutput`] or `tuple`: images and targets.
+            [`SIDELoRATextPipelineOutput`] or `tuple`: images (decoded by the VAE) and targets, or `(images,)` when
+            `return_dict=False`, as diffusers' pipelines return.
         """
-        prompts = self.check_inputs(prompt, batch_size, target, guidance_scale, generator, output_type)
+        prompts = self.check_inputs(prompt, batch_size, num_inference_steps, target, guidance_scale, generator, output_type)
         device = self._execution_device
         conditional = guidance_scale > 0 or target is not None  # scale 0 keeps given targets, unused
         targets = draw_targets(target, batch_size, self.num_labels, generator, device) if conditional else None
         null_embeddings = self.encode_prompts(prompts)
+        label_embeddings = None
         if guidance_scale > 0:
             label_embeddings = self.encode_prompts([label_prompt(p, int(k)) for p, k in zip(prompts, targets)])
+        latents = self.prepare_noise(batch_size, num_inference_steps, generator, device, timesteps_device=device)
+        latents = self.denoising_loop(
+            latents,
+            lambda model_input, t, i: self.predict(model_input, t, null_embeddings, label_embeddings, guidance_scale),
+            self.prepare_step_kwargs(generator, eta),
+            callback_on_step_end,
+        )
+        return self.finish(latents, output_type, return_dict, SIDELoRATextPipelineOutput, targets)
 
-        size = self.unet.config.sample_size
-        shape = (batch_size, self.unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = scheduler_step_kwargs(self.scheduler, generator, eta)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            if guidance_scale == 0:
-                model_output = self.unet(model_input, t, encoder_hidden_states=null_embeddings).sample
-            elif guidance_scale == 1:
-                model_output = self.unet(model_input, t, encoder_hidden_states=label_embeddings).sample
-            else:
-                both = self.unet(
-                    torch.cat([model_input, model_input]), t, encoder_hidden_states=torch.cat([null_embeddings, label_embeddings])
-                ).sample
-                model_output = classifier_free_guidance(*both.chunk(2), guidance_scale, channels=latents.shape[1])
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
-            if callback_on_step_end is not None:
-                latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
 
-        image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        image = self.image_processor.postprocess(image, output_type=output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image, targets)
-        return SIDELoRATextPipelineOutput(images=image, targets=targets)
+def load_text_base(spec: str | os.PathLike, use_safetensors: bool | None = True) -> DiffusionPipeline:
+    """A text-conditional base pipeline with diffusers' own loader, from a folder, an embedded name or ``user/repo@rev``."""
+    source = ModelSource.parse(spec, what="Base pipeline")
+    return DiffusionPipeline.from_pretrained(source.name_or_path, revision=source.revision, use_safetensors=use_safetensors)
 
 
 def check_text_components(pipe: DiffusionPipeline) -> dict[str, Any]:

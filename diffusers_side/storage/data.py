@@ -23,8 +23,8 @@ import pyarrow.parquet
 import torch
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-from .embedded import EMBEDDED_CHOICES, embedded_model
 from .image_files import to_8bit
+from .sources import DATASET, EMBEDDED, HUB, ModelSource
 
 
 def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") -> Dataset:
@@ -55,7 +55,7 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
     """
     source = str(name_or_path)
     try:
-        dataset = _load(source, split)
+        dataset = _load(name_or_path, split)
     except (IndexError, ValueError) as error:
         if "no data" not in str(error) and not isinstance(error, IndexError):
             raise
@@ -65,32 +65,31 @@ def load_image_dataset(name_or_path: str | os.PathLike, split: str = "train") ->
     return dataset
 
 
-def check_image_source(name_or_path: str | os.PathLike) -> None:
-    """Cheaply refuse a source [`load_image_dataset`] cannot read: a local path that does not exist.
+def check_image_source(name_or_path: str | os.PathLike) -> ModelSource:
+    """Cheaply refuse a source [`load_image_dataset`] cannot read, by the one rule of `ModelSource.parse`.
 
     Embedded names, existing folders and Hub ids pass (a Hub id is only checked when it is loaded).
 
+    Returns:
+        [`~diffusers_side.storage.sources.ModelSource`]: what the source is.
+
     Raises:
-        `FileNotFoundError`: naming the path and what to pass instead.
+        `FileNotFoundError`: naming the path and what to pass instead; `ValueError`: an embedded name shadowed by
+            a folder of the same name, or no valid Hub id.
     """
-    source = str(name_or_path)
-    path = Path(source)
-    if embedded_model(source) is None and not path.is_dir() and (path.suffix or source.startswith((".", "/")) or path.exists()):
-        raise FileNotFoundError(
-            f"Image data set {source!r} does not exist (or is not a folder); pass a directory, an embedded model's "
-            f"training set ({EMBEDDED_CHOICES}) or a Hub data set id."
-        )
+    return ModelSource.parse(name_or_path, what="Image data set", repo_type=DATASET)
 
 
-def _load(source: str, split: str) -> Dataset:
-    if embedded_model(source) is not None:
+def _load(name_or_path: str | os.PathLike, split: str) -> Dataset:
+    source = check_image_source(name_or_path)
+    if source.kind == EMBEDDED:
         from .embedded import load_training_subset
 
-        return load_training_subset(source)
-    path = Path(source)
-    if path.is_dir():
+        return load_training_subset(source.location)
+    path = Path(source.location)
+    if source.kind != HUB:
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return _pick_split(load_from_disk(str(path), keep_in_memory=True), split, source)
+            return _pick_split(load_from_disk(str(path), keep_in_memory=True), split, source.spec)
         from .generation_folder import shard_files
 
         shards = shard_files(path)
@@ -98,9 +97,9 @@ def _load(source: str, split: str) -> Dataset:
             return Dataset(pyarrow.concat_tables([pyarrow.parquet.read_table(shard) for shard in shards]))
         # The imagefolder builder always prepares arrow files: give it a throw-away cache and keep the result in memory.
         with tempfile.TemporaryDirectory(prefix="side-imagefolder-") as cache_dir:
-            return _pick_split(load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir, keep_in_memory=True), split, source)
-    check_image_source(source)
-    return load_dataset(source, split=split)
+            data = load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_dir, keep_in_memory=True)
+            return _pick_split(data, split, source.spec)
+    return load_dataset(source.location, revision=source.revision, split=split)
 
 
 def _pick_split(data: Dataset | DatasetDict, split: str, source: str) -> Dataset:

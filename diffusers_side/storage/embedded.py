@@ -9,7 +9,8 @@ recorded indices. `EMBEDDED_MODELS` lists them:
 - ``default``: 100 digits, 2,000 steps; plain sampling copies part of its training set (the demo's target).
 - ``digits-rare``: 200 digits, 5,500 steps; plain sampling copies rarely, the SIDE paper's regime.
 
-A name that is not in the table falls through to a local path or a Hub id, as any other source.
+A name that is not in the table falls through to a local path or a Hub id, as any other source; the rule
+(including a local folder that shadows an embedded name) is `diffusers_side.storage.sources.ModelSource`.
 """
 
 from __future__ import annotations
@@ -120,39 +121,6 @@ def get_embedded_model(name: str) -> EmbeddedModel:
     if model is None:
         raise ValueError(f"{name!r} is not an embedded model; choose one of {EMBEDDED_CHOICES}.")
     return model
-
-
-def resolve_pipeline_path(spec: str | os.PathLike) -> str:
-    """Map an embedded name (``"default"``, ``"digits-rare"``) to its package folder; return anything else unchanged."""
-    model = embedded_model(spec)
-    return str(model.folder) if model is not None else str(spec)
-
-
-def canonical_model_source(spec: str | os.PathLike) -> str:
-    """How a model source is recorded: embedded names and Hub repo ids as given, an existing local path made absolute.
-
-    A relative path recorded as typed would name another model when read from another directory.
-    """
-    spec = str(spec)
-    return str(Path(spec).resolve()) if embedded_model(spec) is None and os.path.exists(spec) else spec
-
-
-def hub_id(source: str | os.PathLike) -> str | None:
-    """``source``'s Hub id for card metadata (``base_model``, ``datasets``): ``None`` when it is embedded or a local path."""
-    return None if embedded_model(source) is not None or Path(source).exists() else str(source)
-
-
-def check_model_source(spec: str | os.PathLike, flag: str) -> None:
-    """Refuse a local path that does not exist, before anything is loaded (embedded names and repo ids pass).
-
-    Raises:
-        `FileNotFoundError`: naming the flag, the path and what to pass instead.
-    """
-    spec = str(spec)
-    if embedded_model(spec) is None and not os.path.exists(spec) and (os.path.isabs(spec) or spec.startswith(".")):
-        raise FileNotFoundError(
-            f"{flag} {spec!r} does not exist; pass a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES})."
-        )
 
 
 def draw_subset_indices(size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> list[int]:

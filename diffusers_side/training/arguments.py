@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.classifier_size import CLASSIFIER_SIZES
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import finite_float, non_negative_float, non_negative_int, positive_float, positive_int, unit_interval
 
 # diffusers' `SchedulerType` values, without "piecewise_constant" (it needs a rule string this script does not take).
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-CLASSIFIER_LAYERS = ("resnet18", "resnet34")
+CLASSIFIER_LAYERS = ("resnet8", "resnet10", "resnet18", "resnet34")
+DEFAULT_CLASSIFIER_LAYERS, DEFAULT_BASE_CHANNELS = "resnet18", 32
 # The intra-op thread count of classifier training by default (see `training.classifier.reproducible_reductions`).
 REPRODUCIBLE_THREADS = 1
 
@@ -127,6 +129,12 @@ def add_labelled_target_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         help=f"The audited pipeline: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}).",
     )
+    target.add_argument(
+        "--revision",
+        type=str,
+        default=None,
+        help="The Hub branch, tag or commit of --pretrained_model_name_or_path (a repo id only; or write user/repo@rev).",
+    )
     add_data_arguments(parser, with_dataset_name=False)
     parser.add_argument("--label_column", type=str, default="label", help="The surrogate-label column.")
     parser.add_argument(
@@ -147,8 +155,19 @@ def add_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
         help="Fraction of images held out to measure accuracy per quartile at the end (0: measure on training data).",
     )
     model = parser.add_argument_group("classifier")
-    model.add_argument("--classifier_layers", type=str, default="resnet18", choices=CLASSIFIER_LAYERS)
-    model.add_argument("--base_channels", type=positive_int, default=32, help="Width of the classifier's first stage.")
+    model.add_argument("--classifier_layers", type=str, default=DEFAULT_CLASSIFIER_LAYERS, choices=CLASSIFIER_LAYERS)
+    model.add_argument(
+        "--base_channels", type=positive_int, default=DEFAULT_BASE_CHANNELS, help="Width of the classifier's first stage."
+    )
+    model.add_argument(
+        "--classifier_size",
+        type=str,
+        default=None,
+        choices=CLASSIFIER_SIZES,
+        help="Set --classifier_layers and --base_channels by name instead: paper (ResNet-34, width 64), demo "
+        "(ResNet-18, width 16) or auto (sized to the images and the labelled set: three or four stages of one block "
+        "from the image side, width 16/32/64 from the number of training images; diffusers_side.models.classifier_size).",
+    )
     model.add_argument(
         "--time_independent",
         action="store_true",

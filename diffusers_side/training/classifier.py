@@ -10,6 +10,9 @@ an embedded name, ``"default"``, ``"digits-rare"``) and the labelled synthetic s
 sidecar). Each batch is noised with the **target's own noise schedule** (its betas, hence its abar_t),
 t uniform over the training timesteps; the loss is cross-entropy, optimised with AdamW (paper: lr 1e-4).
 Loss and accuracy are logged per timestep quartile, as guided-diffusion's classifier training does.
+The target is one `diffusers_side.pipelines.target.AuditTarget`: for a latent target (a `UNet2DModel` over the
+latents of a `VQModel` / `AutoencoderKL`, as `LDMPipeline`) each batch is encoded by its autoencoder before it is
+noised, so the classifier reads the UNet's latents, and the saved pipeline keeps the autoencoder.
 
 ``--time_independent`` trains the Carlini et al. "Cond" baseline instead: the same network without its
 time module, on clean images only.
@@ -46,14 +49,13 @@ from huggingface_hub import ModelCardData
 
 from ..labels.surrogate_labels import LABELS_JSON, SurrogateLabels
 from ..models.classifier import TimeDependentClassifier
-from ..models.lora import refuse_lora_folder
-from ..pipelines.loading import load_pipeline
-from ..pipelines.pipeline_side import SIDEPipeline
+from ..models.classifier_size import resolve_classifier_size
+from ..models.codec import PixelCodec
+from ..pipelines.target import LATENT, PIXEL, AuditTarget
 from ..storage.cards import render_card, write_card
 from ..storage.data import check_image_source
-from ..storage.embedded import check_model_source, hub_id
 from ..utils.atomic_io import write_json_atomic
-from .arguments import add_classifier_arguments
+from .arguments import DEFAULT_BASE_CHANNELS, DEFAULT_CLASSIFIER_LAYERS, add_classifier_arguments
 from .common import (
     PIXEL_VALUES,
     TRAIN_LOG_NAME,
@@ -75,35 +77,21 @@ from .common import (
     train,
     validate_training_args,
 )
+from .preload import preloaded_dataloader
+from .target_data import check_target_kind, load_training_target, match_target, target_source
 
 logger = logging.get_logger(__name__)
 
 SCRIPT = "train_classifier"
 DESCRIPTION = "Train SIDE's time-dependent classifier on surrogate labels and save a SIDEPipeline."
 NUM_QUARTILES = 4
+SIZE_FLAG_DEFAULTS = {"classifier_layers": DEFAULT_CLASSIFIER_LAYERS, "base_channels": DEFAULT_BASE_CHANNELS}
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     """Parse the command line of ``train_classifier.py`` (``argv`` defaults to ``sys.argv[1:]``)."""
     parser = add_classifier_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
     return record_command(parser.parse_args(argv), argv, prog or "python training/train_classifier.py")
-
-
-@dataclasses.dataclass
-class Target:
-    """The audited pipeline, its UNet config and a DDPM scheduler with its noise schedule."""
-
-    pipeline: SIDEPipeline
-    unet_config: dict[str, Any]
-    noise_scheduler: DDPMScheduler
-
-    @classmethod
-    def load(cls, spec: str) -> "Target":
-        """Load the audited pipeline with [`~diffusers_side.pipelines.loading.load_pipeline`]."""
-        pipeline = load_pipeline(spec)
-        # Any scheduler config (DDPM, DDIM, ...) gives the same betas, hence the same abar_t; DDPM's
-        # add_noise is sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, the input the classifier is defined on.
-        return cls(pipeline, dict(pipeline.unet.config), DDPMScheduler.from_config(pipeline.scheduler.config))
 
 
 def validate_classifier_args(args: argparse.Namespace) -> None:
@@ -114,35 +102,18 @@ def validate_classifier_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--validation_split must be in [0, 1), got {args.validation_split}.")
     if args.base_channels < 1:
         raise ValueError(f"--base_channels must be a positive integer, got {args.base_channels}.")
-    check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
-    refuse_lora_folder(args.pretrained_model_name_or_path, "the classifier guides the unconditional target itself")
+    if args.classifier_size is not None:
+        given = [f"--{name} {getattr(args, name)}" for name, default in SIZE_FLAG_DEFAULTS.items() if getattr(args, name) != default]
+        if given:
+            raise ValueError(
+                f"--classifier_size {args.classifier_size} sets the layout and width itself; drop {' and '.join(given)} or "
+                "drop --classifier_size."
+            )
+    check_target_kind(
+        args, (PIXEL, LATENT), "the classifier branch guides unconditional UNets (pixel or latent); fine-tune a "
+        "text-conditional pipeline with `side train-lora` instead."
+    )
     check_image_source(args.train_data_dir)
-
-
-def match_target(args: argparse.Namespace, data: ImageData, target: Target) -> ImageData:
-    """The training images at the target's sample size and channels: the classifier reads the target's own samples.
-
-    Images of another size or channel count are refused unless ``--resolution`` / ``--channels`` asks
-    for the conversion explicitly (a classifier trained on resized images of another model guides badly).
-
-    Raises:
-        `ValueError`: naming the sizes and the flag that converts them.
-    """
-    for flag, key, found in (("resolution", "sample_size", data.resolution), ("channels", "in_channels", data.channels)):
-        given, expected = getattr(args, flag), target.unet_config[key]
-        if given is not None and given != expected:
-            raise ValueError(
-                f"--{flag} {given} differs from the target UNet's {key} {expected}: the classifier must read the "
-                f"target's own samples; drop --{flag} or pass --{flag} {expected}."
-            )
-        if given is None and found != expected:
-            shown = f"{found}x{found}" if flag == "resolution" else f"{found}-channel"
-            wanted = f"{expected}x{expected}" if flag == "resolution" else f"{expected}-channel"
-            raise ValueError(
-                f"The images of {args.train_data_dir} are {shown} but the target samples {wanted} images: label samples of "
-                f"this target, or pass --{flag} {expected} to convert them on purpose."
-            )
-    return dataclasses.replace(data, resolution=target.unet_config["sample_size"], channels=target.unet_config["in_channels"])
 
 
 def read_label_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,14 +188,20 @@ def classification_loss(
     label_column: str,
     time_dependent: bool,
     random_flip: bool,
+    codec: PixelCodec | None = None,
 ) -> StepOutput:
-    """Cross-entropy of one batch on x_t (t uniform) or, time-independent, on clean images.
+    """Cross-entropy of one batch on x_t (t uniform) or, time-independent, on clean samples.
 
-    Metrics: accuracy, and loss and accuracy per timestep quartile when time-dependent.
+    The images are flipped (if asked), then mapped into the target's space by ``codec`` (a latent target's
+    autoencoder; ``None`` is the identity of a pixel target), then noised. Metrics: accuracy, and loss and
+    accuracy per timestep quartile when time-dependent.
     """
     clean, labels = batch[PIXEL_VALUES], batch[label_column]
     if random_flip:
         clean = random_horizontal_flip(clean, generator)
+    if codec is not None and codec.is_latent:
+        with torch.no_grad():
+            clean = codec.encode(clean, generator).to(clean.device, clean.dtype)
     sample, timesteps = clean, None
     if time_dependent:
         num_train_timesteps = noise_scheduler.config.num_train_timesteps
@@ -250,8 +227,11 @@ def evaluate_per_quartile(
     noise_scheduler: DDPMScheduler,
     label_column: str,
     seed: int,
+    codec: PixelCodec | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Accuracy and loss on clean images and on x_t with t drawn uniformly inside each quartile.
+    """Accuracy and loss on clean samples and on x_t with t drawn uniformly inside each quartile.
+
+    ``codec`` maps the images into a latent target's space first (``None``: a pixel target).
 
     Returns:
         `dict`: ``{"clean": {...}, "q0": {...}, ..., "q3": {...}}`` each with ``accuracy``, ``loss``,
@@ -264,6 +244,8 @@ def evaluate_per_quartile(
     for index, batch in enumerate(dataloader):
         generator = batch_generator(seed, 0, index)
         clean, labels = batch[PIXEL_VALUES].to(classifier.device), batch[label_column].to(classifier.device)
+        if codec is not None and codec.is_latent:
+            clean = codec.encode(clean).to(classifier.device, classifier.dtype)  # the posterior's mode: no draw
         zeros = torch.zeros(len(labels), dtype=torch.long, device=clean.device)
         inputs = {"clean": (clean, zeros)}
         for quartile in range(NUM_QUARTILES):
@@ -307,7 +289,7 @@ def write_model_card(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         tags=["diffusers", "diffusers-side", "memorization-audit", "classifier-guidance", method],
-        base_model=hub_id(target),
+        base_model=target_source(args).hub_id,
         model_name=args.hub_model_id or Path(args.output_dir).name,
     )
     log = result.log()
@@ -335,7 +317,7 @@ def save_outputs(
     args: argparse.Namespace,
     accelerator: Accelerator,
     result: TrainingResult,
-    target: Target,
+    target: AuditTarget,
     data: ImageData,
     validation: ImageData,
 ) -> None:
@@ -344,9 +326,9 @@ def save_outputs(
     loader = image_dataloader(
         validation, args.train_batch_size, args.center_crop, extra_columns=[args.label_column], shuffle=False
     )
-    evaluation = evaluate_per_quartile(classifier, loader, target.noise_scheduler, args.label_column, args.seed)
+    evaluation = evaluate_per_quartile(classifier, loader, target.noise_scheduler, args.label_column, args.seed, target.codec)
     logger.info(f"Accuracy per quartile: { {k: round(v['accuracy'], 3) for k, v in evaluation.items()} }")
-    pipeline = SIDEPipeline(unet=target.pipeline.unet, scheduler=target.pipeline.scheduler, classifier=classifier)
+    pipeline = target.side_pipeline(classifier)
     pipeline.save_pretrained(args.output_dir, safe_serialization=True)
     held_out = "training images" if validation is data else f"{len(validation.dataset)} held-out images"
     log = {**result.log(), "evaluated_on": held_out, "evaluation": evaluation}
@@ -415,22 +397,31 @@ def train_classifier(args: argparse.Namespace) -> Path:
     data = load_training_images(args.train_data_dir, args.image_column, args.resolution, args.channels)
     label_info = read_label_info(args)
     label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
-    target = Target.load(args.pretrained_model_name_or_path)
+    target = load_training_target(args)
     data = match_target(args, data, target)
 
     accelerator = create_accelerator(args)
+    if target.autoencoder is not None:  # frozen; encodes each batch where the classifier trains
+        target.autoencoder.requires_grad_(False).eval().to(accelerator.device)
+    channels, size, _ = target.sample_shape  # the UNet's samples: latents for a latent target
+    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
+    layers, base_channels = args.classifier_layers, args.base_channels
+    if args.classifier_size is not None:
+        chosen = resolve_classifier_size(args.classifier_size, size, len(train_data.dataset))
+        layers, base_channels = chosen.layers, chosen.base_channels
+        logger.info(f"--classifier_size {args.classifier_size}: {layers} at width {base_channels}.")
     classifier = TimeDependentClassifier(
-        in_channels=data.channels,
-        sample_size=data.resolution,
+        in_channels=channels,
+        sample_size=size,
         num_classes=label_info["num_labels"],
-        layers=args.classifier_layers,
-        base_channels=args.base_channels,
+        layers=layers,
+        base_channels=base_channels,
         time_dependent=not args.time_independent,
         label_info=label_info,
     )
     start_output_dir(accelerator, args, identity)
-    train_data, validation = split_for_validation(data, args.validation_split, args.seed)
-    dataloader = image_dataloader(
+    # the images decoded once (identical batches; see training/preload.py) rather than per batch
+    dataloader = preloaded_dataloader(
         train_data, args.train_batch_size, args.center_crop, args.dataloader_num_workers, [args.label_column]
     )
     compute_loss = functools.partial(
@@ -439,6 +430,7 @@ def train_classifier(args: argparse.Namespace) -> Path:
         label_column=args.label_column,
         time_dependent=not args.time_independent,
         random_flip=args.random_flip,
+        codec=target.codec,
     )
     with reproducible_reductions(args.torch_threads):
         result = train(accelerator, args, classifier, dataloader, compute_loss, identity)

@@ -32,7 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import ModelCardData
 
 from ..storage.cards import render_card, write_card
-from ..storage.embedded import EMBEDDED_CHOICES, hub_id
+from ..storage.embedded import EMBEDDED_CHOICES
+from ..storage.sources import DATASET, ModelSource
 from ..utils.atomic_io import atomic_path, write_json_atomic
 from .arguments import add_data_arguments, add_training_arguments
 from .common import (
@@ -175,6 +176,15 @@ def build_unet(args: argparse.Namespace, data: ImageData) -> UNet2DModel:
     )
 
 
+def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    """The training noise schedule the flags describe (also rebuilt from a checkpoint by `training.export`)."""
+    return DDPMScheduler(
+        num_train_timesteps=args.ddpm_num_steps,
+        beta_schedule=args.ddpm_beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+
+
 def denoising_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -218,7 +228,7 @@ def save_sample_grid(pipeline: DDPMPipeline, args: argparse.Namespace, path: Pat
 
 def write_model_card(args: argparse.Namespace, accelerator: Accelerator, result: TrainingResult, data: ImageData):
     """Render ``model_cards/train_dpm.md`` into ``output_dir/README.md``."""
-    dataset_id = hub_id(data.source)
+    dataset_id = ModelSource.parse(data.source, repo_type=DATASET).hub_id
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
@@ -296,11 +306,7 @@ def train_dpm(args: argparse.Namespace) -> Path:
     accelerator = create_accelerator(args)
     unet = build_unet(args, data)  # before anything is written: diffusers rejects unknown block types here
     start_output_dir(accelerator, args, identity)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.ddpm_num_steps,
-        beta_schedule=args.ddpm_beta_schedule,
-        prediction_type=args.prediction_type,
-    )
+    noise_scheduler = build_noise_scheduler(args)
     dataloader = image_dataloader(data, args.train_batch_size, args.center_crop, args.dataloader_num_workers)
     compute_loss = functools.partial(denoising_loss, noise_scheduler=noise_scheduler, random_flip=args.random_flip)
     result = train(accelerator, args, unet, dataloader, compute_loss, identity)

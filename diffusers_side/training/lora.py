@@ -30,24 +30,23 @@ side train-lora --pretrained_model_name_or_path default --train_data_dir side-de
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
+from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.utils import logging
 from huggingface_hub import ModelCardData
 
-from ..models.lora import check_rank, check_shareable_base, find_lora_targets, is_text_conditional, refuse_lora_folder
-from ..pipelines.loading import load_pipeline
+from ..models.codec import AutoencoderCodec
+from ..models.lora import check_rank, check_shareable_base, find_lora_targets
 from ..pipelines.pipeline_side_lora import SIDELoRAPipeline
 from ..pipelines.pipeline_side_lora_text import SIDELoRATextPipeline, label_prompt
+from ..pipelines.target import PIXEL, TEXT, AuditTarget
 from ..storage.cards import render_card, write_card
 from ..storage.data import check_image_source
-from ..storage.embedded import check_model_source, hub_id, resolve_pipeline_path
 from ..utils.atomic_io import write_json_atomic
 from .arguments import add_lora_arguments
 from .classifier import check_labels, read_label_info
@@ -72,6 +71,7 @@ from .common import (
     validate_training_args,
 )
 from .dpm import denoising_loss
+from .target_data import check_target_kind, load_training_target, match_target, target_source
 
 logger = logging.get_logger(__name__)
 
@@ -85,31 +85,6 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
     return record_command(parser.parse_args(argv), argv, prog or "python training/train_lora.py")
 
 
-@dataclasses.dataclass
-class LoRATarget:
-    """The audited pipeline, loaded once: its reference, kind, the image shape it generates and its noise schedule."""
-
-    pipeline: DiffusionPipeline
-    reference: str
-    text: bool
-    resolution: int
-    channels: int
-    noise_scheduler: DDPMScheduler
-
-    @classmethod
-    def load(cls, spec: str) -> "LoRATarget":
-        """Load an unconditional target with the package's loader, a text-conditional one with diffusers."""
-        text = is_text_conditional(spec)
-        pipeline = DiffusionPipeline.from_pretrained(resolve_pipeline_path(spec), use_safetensors=True) if text else load_pipeline(spec)
-        size = pipeline.unet.config.sample_size
-        if text:  # the images are the VAE's: its input channels, latents upsampled by its scale factor
-            size *= 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        channels = pipeline.vae.config.in_channels if text else pipeline.unet.config.in_channels
-        # Any scheduler config gives the same betas and prediction type: DDPM's add_noise is the training input.
-        noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        return cls(pipeline, base_reference(spec), text, size, channels, noise_scheduler)
-
-
 def validate_lora_flags(args: argparse.Namespace) -> None:
     """Check the flags against each other and against the target's configs; raise before any data or model is loaded."""
     check_rank(args.rank)
@@ -121,12 +96,15 @@ def validate_lora_flags(args: argparse.Namespace) -> None:
         )
     if args.use_ema:
         raise ValueError("--use_ema is not supported for LoRA fine-tuning (the adapters are saved as trained); drop it.")
-    check_model_source(args.pretrained_model_name_or_path, "--pretrained_model_name_or_path")
-    refuse_lora_folder(args.pretrained_model_name_or_path, "LoRA-SIDE fine-tunes the unconditional target itself")
+    kind = check_target_kind(  # reads model_index.json only
+        args, (PIXEL, TEXT), "LoRA-SIDE fine-tunes pixel-space UNets and text-conditional pipelines; audit a latent "
+        "unconditional target with the classifier branch (`side train-classifier`)."
+    )
     check_image_source(args.train_data_dir)
+    source = target_source(args)
     if args.push_to_hub:
-        check_shareable_base(base_reference(args.pretrained_model_name_or_path))
-    text = is_text_conditional(args.pretrained_model_name_or_path)  # reads model_index.json only
+        check_shareable_base(source.resolved)
+    text = kind == TEXT
     if text and not args.prompt:
         raise ValueError(
             f"{args.pretrained_model_name_or_path} is a text-conditional pipeline: pass --prompt, the prompt its "
@@ -135,37 +113,11 @@ def validate_lora_flags(args: argparse.Namespace) -> None:
     if not text and args.prompt:
         raise ValueError(f"--prompt is for text-conditional pipelines; {args.pretrained_model_name_or_path} is unconditional.")
     if args.lora_target_modules:  # the layer names, from a weightless copy of the UNet built from its config
-        config = UNet2DConditionModel.load_config(resolve_pipeline_path(args.pretrained_model_name_or_path), subfolder="unet")
+        config = UNet2DConditionModel.load_config(source.name_or_path, subfolder="unet", revision=source.revision)
         unet_class = UNet2DConditionModel if text else UNet2DModel
         with torch.device("meta"):
             unet = unet_class.from_config(config)
         find_lora_targets(unet, args.lora_target_modules, ())
-
-
-def match_target(args: argparse.Namespace, data: ImageData, target: LoRATarget) -> ImageData:
-    """The training images at the size and channels of the target's samples (as the classifier's `match_target`):
-    other images are refused unless ``--resolution`` / ``--channels`` asks for the conversion."""
-    for flag, expected, found in (
-        ("resolution", target.resolution, data.resolution),
-        ("channels", target.channels, data.channels),
-    ):
-        given = getattr(args, flag)
-        if given is not None and given != expected:
-            raise ValueError(
-                f"--{flag} {given} differs from the target's {flag} {expected}: fine-tuning uses the target's own "
-                f"samples; drop --{flag} or pass --{flag} {expected}."
-            )
-        if given is None and found != expected:
-            raise ValueError(
-                f"The images of {args.train_data_dir} have {flag} {found} but the target samples {flag} {expected}: label "
-                f"samples of this target, or pass --{flag} {expected} to convert them on purpose."
-            )
-    return dataclasses.replace(data, resolution=target.resolution, channels=target.channels)
-
-
-def base_reference(spec: str) -> str:
-    """How ``side_lora.json`` names the base: a local folder as an absolute path, an embedded name or a repo id as given."""
-    return str(Path(spec).resolve()) if Path(spec).is_dir() else spec
 
 
 def lora_denoising_loss(
@@ -194,7 +146,7 @@ def text_lora_loss(
     batch: dict[str, torch.Tensor],
     generator: torch.Generator,
     noise_scheduler,
-    vae: AutoencoderKL,
+    codec: AutoencoderCodec,
     prompt_embeddings: torch.Tensor,
     label_column: str,
     label_dropout: float,
@@ -202,7 +154,8 @@ def text_lora_loss(
 ) -> StepOutput:
     """The latent denoising loss with ``prompt_embeddings[label]`` (row K' = the prompt alone, used with prob. ``label_dropout``).
 
-    Images are flipped (if asked) before the frozen VAE encodes them; all randomness comes from ``generator``.
+    Images are flipped (if asked) before the frozen VAE (``codec``) encodes them, its posterior sampled with
+    ``generator``; all randomness comes from ``generator``.
     """
     labels = batch[label_column]
     dropped = torch.rand(labels.shape[0], generator=generator).to(labels.device) < label_dropout
@@ -211,7 +164,7 @@ def text_lora_loss(
     if random_flip:
         pixels = random_horizontal_flip(pixels, generator)
     with torch.no_grad():
-        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
+        latents = codec.encode(pixels, generator)
     conditional = functools.partial(model, encoder_hidden_states=prompt_embeddings[rows])
     return denoising_loss(conditional, {PIXEL_VALUES: latents}, generator, noise_scheduler, random_flip=False)
 
@@ -224,11 +177,11 @@ def label_prompt_embeddings(pipeline: SIDELoRATextPipeline, prompt: str) -> torc
 
 
 def build_pipeline(
-    args: argparse.Namespace, accelerator: Accelerator, target: LoRATarget, label_info: dict
+    args: argparse.Namespace, accelerator: Accelerator, target: AuditTarget, label_info: dict
 ) -> tuple[SIDELoRAPipeline | SIDELoRATextPipeline, Callable]:
     """The pipeline to fine-tune (adapters attached to the target's UNet) and the loss of one batch."""
     lora = (target.pipeline, label_info["num_labels"], args.rank, args.lora_alpha, args.lora_target_modules, label_info)
-    if not target.text:
+    if target.kind != TEXT:
         pipeline = SIDELoRAPipeline.from_base(*lora)
         loss = functools.partial(lora_denoising_loss, null_label=pipeline.null_label)
     else:
@@ -236,7 +189,7 @@ def build_pipeline(
         pipeline.vae.requires_grad_(False).to(accelerator.device)
         pipeline.text_encoder.requires_grad_(False).to(accelerator.device)
         embeddings = label_prompt_embeddings(pipeline, args.prompt)
-        loss = functools.partial(text_lora_loss, vae=pipeline.vae, prompt_embeddings=embeddings)
+        loss = functools.partial(text_lora_loss, codec=target.codec, prompt_embeddings=embeddings)
     compute_loss = functools.partial(
         loss,
         noise_scheduler=target.noise_scheduler,
@@ -261,7 +214,7 @@ def write_model_card(
         library_name="diffusers",
         pipeline_tag="text-to-image" if isinstance(pipeline, SIDELoRATextPipeline) else "unconditional-image-generation",
         tags=["diffusers", "diffusers-side", "memorization-audit", "lora", "side-lora"],
-        base_model=hub_id(target),
+        base_model=target_source(args).hub_id,
         model_name=args.hub_model_id or Path(args.output_dir).name,
     )
     log = result.log()
@@ -341,7 +294,7 @@ def train_lora(args: argparse.Namespace) -> Path:
     data = load_training_images(args.train_data_dir, args.image_column, args.resolution, args.channels)
     label_info = read_label_info(args)
     label_info["num_labels"] = check_labels(data.dataset, args.label_column, label_info["num_labels"])
-    target = LoRATarget.load(args.pretrained_model_name_or_path)
+    target = load_training_target(args)
     data = match_target(args, data, target)
 
     accelerator = create_accelerator(args)  # seeds torch: the adapters' initialisation is reproducible

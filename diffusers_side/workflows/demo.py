@@ -41,9 +41,11 @@ from ..generation.preflight import check_target_and_reference
 from ..labels.surrogate_labels import label_synthetic
 from ..methods.base import AuditArtefacts
 from ..methods.registry import extraction_method_names, get_method
+from ..models.classifier_size import CLASSIFIER_SIZES
 from ..pipelines.loading import load_pipeline
-from ..storage.embedded import DEFAULT, check_model_source
+from ..storage.embedded import DEFAULT
 from ..storage.outputs import DEMO, check_output_folder
+from ..storage.sources import ModelSource
 from ..training.arguments import CLASSIFIER_LAYERS
 from ..training.classifier import classifier_training_args, train_classifier
 from ..training.common import TRAIN_LOG_NAME
@@ -77,7 +79,9 @@ class DemoConfig:
         classifier_steps: optimisation steps of each classifier; ``None``: ``classifier_epochs`` passes over
             the labelled set (less the held-out tenth).
         classifier_epochs: epochs when ``classifier_steps`` is ``None``.
-        classifier_layers: ``"resnet18"`` or ``"resnet34"`` (the paper's).
+        classifier_layers: a `RESNET_LAYOUTS` key, e.g. ``"resnet18"`` or ``"resnet34"`` (the paper's).
+        classifier_size: ``"auto"``, ``"demo"`` or ``"paper"`` (`diffusers_side.models.classifier_size`): when set, it
+            decides the layout and width instead of ``classifier_layers`` and ``classifier_base_channels``.
         classifier_batch_size, classifier_base_channels, classifier_learning_rate, classifier_weight_decay: AdamW
             training of both classifiers.
         num_images: N_G, candidates per extraction method (all methods share the same seeds).
@@ -105,6 +109,7 @@ class DemoConfig:
     classifier_steps: int | None = 600
     classifier_epochs: int = 20
     classifier_layers: str = "resnet18"
+    classifier_size: str | None = None
     classifier_batch_size: int = 128
     classifier_base_channels: int = 16
     classifier_learning_rate: float = 1e-3
@@ -249,6 +254,8 @@ class Demo:
         c = self.config
         if c.classifier_layers not in CLASSIFIER_LAYERS:
             raise ValueError(f"classifier_layers {c.classifier_layers!r} is not one of {CLASSIFIER_LAYERS}.")
+        if c.classifier_size is not None and c.classifier_size not in CLASSIFIER_SIZES:
+            raise ValueError(f"classifier_size {c.classifier_size!r} is not one of {CLASSIFIER_SIZES}; pass one or None.")
         for method in ("synthetic", *extraction_method_names()):
             self.generation_settings(method).validate()
         if c.sweep_guidance_scales:
@@ -259,7 +266,7 @@ class Demo:
                 )
             for scale in c.sweep_guidance_scales:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
-        check_model_source(self.config.pipeline, "--pipeline")
+        ModelSource.parse(self.config.pipeline, what="--pipeline")
         check_target_and_reference(  # from small files, before any stage: the evaluation compares pixels
             c.pipeline, c.reference, c.num_inference_steps, steps=("the preset's sampling steps", "pass --pipeline with a longer "
             "schedule"), shapes="pass --reference with the training set of --pipeline, or --pipeline with a model trained on --reference",
@@ -299,14 +306,16 @@ class Demo:
         """Stage 3: train one classifier (time-dependent for SIDE, time-independent for Cond) into ``name``."""
         c = self.config
         length = {"num_epochs": c.classifier_epochs} if c.classifier_steps is None else {"max_train_steps": c.classifier_steps}
+        size = {"classifier_layers": c.classifier_layers, "base_channels": c.classifier_base_channels}
+        if c.classifier_size is not None:
+            size = {"classifier_size": c.classifier_size}
         args = classifier_training_args(
             pretrained_model_name_or_path=c.pipeline,
             train_data_dir=str(self.path("labels")),
             output_dir=str(self.path(name)),
             **length,
-            classifier_layers=c.classifier_layers,
+            **size,
             train_batch_size=c.classifier_batch_size,
-            base_channels=c.classifier_base_channels,
             learning_rate=c.classifier_learning_rate,
             adam_weight_decay=c.classifier_weight_decay,
             seed=c.seed,

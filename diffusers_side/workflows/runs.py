@@ -21,10 +21,10 @@ from ..generation.engine import generate
 from ..generation.hub import push_extraction
 from ..generation.preflight import TargetFacts, check_generation, check_reference_reachable, check_reference_shape
 from ..generation.settings import GenerationSettings, check_output_dir
+from ..labels.features import check_feature_spec
 from ..models.lora import LORA_CONFIG_NAME, check_shareable_base, read_lora_config
 from ..pipelines.loading import load_pipeline
 from ..storage.data import load_image_dataset
-from ..storage.embedded import check_model_source
 from ..storage.generation_folder import is_generation_folder, read_settings
 from ..storage.hub import push_folder
 from ..storage.outputs import SWEEP, check_output_folder, training_data_files
@@ -99,7 +99,7 @@ def run_sweep(
         settings.validate()
     check_generation(base)
     if feature_extractor is not None:
-        check_model_source(feature_extractor, "--similarity")
+        check_feature_spec(feature_extractor, "--similarity")
     else:
         advice = "pass the training set of --pipeline as --reference, or compare embeddings with --similarity unet"
         check_reference_shape(reference, TargetFacts.from_files(base.pipeline), advice)

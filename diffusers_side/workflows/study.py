@@ -35,8 +35,8 @@ from ..generation.engine import GenerationSettings, generate
 from ..methods.registry import get_method
 from ..pipelines.loading import load_pipeline
 from ..storage.data import check_image_source
-from ..storage.embedded import check_model_source
 from ..storage.generation_folder import is_generation_folder, read_settings, shard_path
+from ..storage.sources import ModelSource
 from ..training.common import CHECKPOINT_PREFIX
 from ..utils.atomic_io import write_json_atomic, write_text_atomic
 from .costs import COSTS_FILE, LABEL_STAGE, SYNTHESIS_STAGE, CostLedger, budget, unet_evaluations
@@ -128,10 +128,10 @@ class Study:
         )
 
     def guided(self) -> list[Configuration]:
-        return [c for c in self.config.configurations if get_method(c.method).guided]
+        return [c for c in self.configurations() if get_method(c.method).guided]
 
     def plain(self) -> list[Configuration]:
-        return [c for c in self.config.configurations if not get_method(c.method).guided]
+        return [c for c in self.configurations() if not get_method(c.method).guided]
 
     def check(self) -> None:
         """Validate the config, every configuration's settings and the output folder, before any model loads.
@@ -141,7 +141,7 @@ class Study:
             `FileExistsError`: the output holds something other than this study.
         """
         self.config.validate()
-        check_model_source(self.config.pipeline, "pipeline")
+        ModelSource.parse(self.config.pipeline, what="pipeline")
         check_image_source(self.config.reference)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
@@ -155,7 +155,7 @@ class Study:
         elif self.output_dir.is_dir() and any(self.output_dir.iterdir()):
             raise FileExistsError(f"{self.output_dir} is not empty and holds no study; choose another --output.")
         self.demo.check()
-        for configuration in self.config.configurations:
+        for configuration in self.configurations():
             self.settings(configuration).validate()
 
     def build_inputs(self) -> None:
@@ -216,6 +216,11 @@ class Study:
         output = self.output_dir / self.phase_name / f"{configuration.name}-eval"
         return evaluate([self.folder(configuration)], self.config.reference, output, similarity="carlini")
 
+    def configurations(self) -> list:
+        """The configurations this phase runs (all, unless the phase names some)."""
+        names = self.phase.configurations
+        return [c for c in self.config.configurations if names is None or c.name in names]
+
     def run(self) -> dict:
         """Run every stage not yet done; write and return the study results (``study.json``)."""
         self.check()
@@ -229,7 +234,7 @@ class Study:
         for configuration in self.plain():
             self.extract(configuration, plain_images)
         runs = {}
-        for configuration in self.config.configurations:
+        for configuration in self.configurations():
             folder = self.folder(configuration)
             runs[configuration.name] = {
                 "configuration": vars(configuration), "folder": str(folder), "settings": read_settings(folder),

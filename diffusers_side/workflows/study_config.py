@@ -50,10 +50,12 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 @dataclass
 class Phase:
-    """One phase of a study: its run seed and N_G per configuration."""
+    """One phase of a study: its run seed, N_G per configuration and, optionally, the names of the configurations it
+    runs (``None``: all of them; e.g. the report phase runs only those the selection phase chose)."""
 
     seed: int
     num_images: int
+    configurations: list[str] | None = None
 
 
 @dataclass
@@ -98,7 +100,7 @@ class StudyConfig:
         values = dict(payload)
         for phase in PHASES:
             if phase in values:
-                _check_keys(values[phase], {"seed", "num_images"}, f"{phase!r}", required=("seed", "num_images"))
+                _check_keys(values[phase], {"seed", "num_images", "configurations"}, f"{phase!r}", required=("seed", "num_images"))
                 values[phase] = Phase(**values[phase])
         if not isinstance(values["configurations"], list) or not values["configurations"]:
             raise ValueError("'configurations' must be a non-empty list of {\"name\", \"method\", ...} objects.")
@@ -124,6 +126,14 @@ class StudyConfig:
             phase = self.phase(name)
             if not isinstance(phase.seed, int) or phase.seed < 0 or not isinstance(phase.num_images, int) or phase.num_images < 1:
                 raise ValueError(f"{name}: seed {phase.seed!r} must be an integer >= 0 and num_images {phase.num_images!r} >= 1.")
+            if phase.configurations is not None:
+                names = [c.name for c in self.configurations]
+                unknown = [n for n in phase.configurations if n not in names]
+                if unknown or not any(c.method == "uncond" for c in self.configurations if c.name in phase.configurations):
+                    raise ValueError(
+                        f"{name}: configurations {phase.configurations!r} must name configurations of this study "
+                        f"({names}; unknown: {unknown}) and include an 'uncond' one, the baseline."
+                    )
         if self.selection.seed == self.report.seed:
             raise ValueError(
                 f"The selection seed equals the report seed ({self.report.seed}): the reported images would be those the "
