@@ -216,3 +216,23 @@ def check_reference_reachable(reference: str) -> None:
             f"--reference {reference!r} cannot be reached ({type(error).__name__}: {error}); pass a local folder, an "
             "embedded model's training set, or connect and retry."
         ) from None
+
+
+def check_target_and_reference(
+    pipeline: str, reference: str, num_inference_steps: int, steps: tuple[str, str], shapes: str
+) -> TargetFacts:
+    """The checks of an audit that samples ``pipeline`` and scores against ``reference`` by pixels: the sampling steps,
+    the reference's image shape against the target's, and the reference being reachable (in that order).
+
+    Args:
+        steps: the name of the steps setting and the fix, in the flags of the command that asks.
+        shapes: the fix of a shape mismatch, in those flags.
+
+    Returns:
+        [`TargetFacts`]: the target's, read from its files.
+    """
+    facts = TargetFacts.from_files(pipeline)
+    check_sampling_steps(num_inference_steps, facts, *steps)
+    check_reference_shape(reference, facts, shapes)
+    check_reference_reachable(reference)
+    return facts

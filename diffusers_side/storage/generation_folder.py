@@ -79,10 +79,10 @@ def check_complete(path: str | os.PathLike, num_rows: int, indices: list[int] | 
         return
     expected = settings["num_images"]
     num_shards = math.ceil(expected / settings.get("batch_size", DEFAULT_BATCH_SIZE))
+    if num_rows == expected and (indices is None or sorted(indices) == list(range(expected))):
+        return  # every image of the run, once (however its rows are spread over shards)
     present = {p.stem for p in shard_files(path)}
     missing = [s for s in range(num_shards) if shard_path(path, s).stem not in present]
-    if not missing and num_rows == expected and (indices is None or sorted(indices) == list(range(expected))):
-        return
     shown = f"shards {missing[:10]} are missing" if missing else "its rows do not match the run's image indices"
     raise ValueError(
         f"{path} holds {num_rows} of the {expected} images its {SETTINGS_FILE} asks for ({shown}): the run is unfinished "

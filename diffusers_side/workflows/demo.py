@@ -37,13 +37,12 @@ from ..evaluation.bands import Band, display_order
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..generation.engine import GenerationSettings, generate
-from ..generation.preflight import TargetFacts, check_reference_reachable, check_reference_shape, check_sampling_steps
+from ..generation.preflight import check_target_and_reference
 from ..labels.surrogate_labels import label_synthetic
 from ..methods.base import AuditArtefacts
 from ..methods.registry import extraction_method_names, get_method
 from ..models.classifier_size import CLASSIFIER_SIZES
 from ..pipelines.loading import load_pipeline
-from ..storage.data import check_image_source
 from ..storage.embedded import DEFAULT
 from ..storage.outputs import DEMO, check_output_folder
 from ..storage.sources import ModelSource
@@ -267,9 +266,11 @@ class Demo:
                 )
             for scale in c.sweep_guidance_scales:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
-        check_image_source(self.config.reference)
         ModelSource.parse(self.config.pipeline, what="--pipeline")
-        self.check_target_and_reference()
+        check_target_and_reference(  # from small files, before any stage: the evaluation compares pixels
+            c.pipeline, c.reference, c.num_inference_steps, steps=("the preset's sampling steps", "pass --pipeline with a longer "
+            "schedule"), shapes="pass --reference with the training set of --pipeline, or --pipeline with a model trained on --reference",
+        )
         check_output_folder(self.output_dir, DEMO, command="`side demo`")
         config_file = self.path(CONFIG_FILE)
         if config_file.is_file():
@@ -287,17 +288,6 @@ class Demo:
                     f"{self.output_dir} holds a demo with other settings ({', '.join(changed)}); re-run it with the same "
                     "flags to resume, or choose another --output."
                 )
-
-    def check_target_and_reference(self) -> None:
-        """Before any stage, from small files: the target takes the sampling steps, and the reference can be read and
-        holds images of the shape the target samples (the evaluation compares pixels); else a `ValueError` naming
-        the shapes (or steps) and the flags of `side demo` that fix it."""
-        c = self.config
-        facts = TargetFacts.from_files(c.pipeline)
-        check_sampling_steps(c.num_inference_steps, facts, "the preset's sampling steps", "pass --pipeline with a longer schedule")
-        advice = "pass --reference with the training set of --pipeline, or --pipeline with a model trained on --reference"
-        check_reference_shape(c.reference, facts, advice)
-        check_reference_reachable(c.reference)
 
     def synthesize(self) -> None:
         """Stage 1: N_syn unguided samples of the target."""
