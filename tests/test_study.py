@@ -12,11 +12,12 @@ from diffusers import DDIMScheduler
 from conftest import make_tiny_unet
 from diffusers_side import SIDEPipeline
 from diffusers_side.cli import main as side
-from diffusers_side.evaluation.intervals import distinct_interval, wilson_interval
+from diffusers_side.evaluation.intervals import distinct_interval, pooled_distinct_interval, wilson_interval
 from diffusers_side.storage.data import load_image_dataset
 from diffusers_side.workflows.costs import CostLedger, budget, unet_evaluations
 from diffusers_side.workflows.study import Study, run_study
 from diffusers_side.workflows.study_config import StudyConfig
+from diffusers_side.workflows.study_report import read_matches
 
 
 def payload(**overrides) -> dict:
@@ -37,6 +38,7 @@ BAD_CONFIGS = [
     ({"configurations": [{"name": "u", "method": "uncond"}, {"name": "u", "method": "uncond"}]}, "'u' is used twice"),
     ({"configurations": [{"name": "u", "method": "uncond"}, {"name": "l", "method": "side-lora"}]}, "samples a LoRA model"),
     ({"configurations": [{"name": "a/b", "method": "uncond"}]}, "must be letters, digits"),
+    ({"configurations": [{"name": "u", "method": "uncond"}, {"name": "synthetic", "method": "uncond"}]}, "'synthetic' is reserved"),
     ({"configurations": [{"name": "u", "method": "uncnd"}]}, "method 'uncnd' is not one of"),
     ({"configurations": [{"name": "u", "method": "uncond", "lambda": 2}]}, "configuration 0 has unknown key(s) ['lambda']"),
     ({"inputs": {"num_images": 5}}, "inputs ['num_images'] are not inputs of a study"),
@@ -66,6 +68,16 @@ def test_intervals():
     assert estimate == np.unique(best[in_band]).size / 200 and low < estimate < high
     assert distinct_interval(in_band, best, resamples=200, seed=0) == [estimate, low, high], "a fixed seed reproduces it"
     assert distinct_interval(np.zeros(5, bool), np.arange(5)) == [0.0, 0.0, 0.0]
+
+
+def test_pooled_distinct_interval_counts_the_union_and_resamples_each_set_on_its_own():
+    guided = (np.ones(100, bool), np.arange(100) % 10)  # images 0-9
+    synthetic = (np.ones(300, bool), 5 + np.arange(300) % 10)  # images 5-14
+    estimate, low, high = pooled_distinct_interval([guided, synthetic], resamples=200, seed=0)
+    assert estimate == 15 / 400 and low <= estimate <= high
+    assert pooled_distinct_interval([guided], resamples=200, seed=0) == distinct_interval(*guided, resamples=200, seed=0)
+    with pytest.raises(ValueError, match=r"sizes \[\(3, 2\)\]"):
+        pooled_distinct_interval([(np.ones(3, bool), np.arange(2))])
 
 
 def test_cost_ledger_scales_a_resumed_stage_and_budget_gives_plain_sampling_the_larger_count(tmp_path):
@@ -116,6 +128,15 @@ def test_study_charges_every_stage_and_extends_plain_sampling_to_the_budget(tiny
     assert exemplar["command"].startswith("side extract ") and "--exemplars" in exemplar["command"]
     assert "## At equal budget" in (root / "out" / "report" / "study.md").read_text()
     assert (root / "out" / "report" / "exemplar" / "candidates.parquet").is_file()
+    # the synthetic set the budget paid for is counted with the guided generations: the union of their matches
+    union = exemplar["with_synthetic"]
+    assert union["num_images"] == 6 + 24 and "with_synthetic" not in results["configurations"]["uncond"]
+    guided = read_matches(root / "out" / "report" / "exemplar-eval")
+    synthetic = read_matches(root / "out" / "report" / "synthetic-eval")
+    for band, (count, low, high) in union["distinct"].items():
+        expected = set(guided["best_match"][guided["band"] == band]) | set(synthetic["best_match"][synthetic["band"] == band])
+        assert count == len(expected) and low <= count <= high, band
+    assert "exemplar + its synthetic set | 30 |" in (root / "out" / "report" / "study.md").read_text()
 
 
 def regenerate(command: str, output) -> list:

@@ -51,21 +51,54 @@ def distinct_interval(
     Returns:
         `list[float]`: the estimate and the interval (clipped at 0), as fractions of N_G; multiply by N_G for counts.
     """
-    in_band, best_index = np.asarray(in_band, dtype=bool), np.asarray(best_index)
+    return pooled_distinct_interval([(in_band, best_index)], resamples, seed, confidence)
+
+
+def pooled_distinct_interval(
+    parts: list[tuple[np.ndarray, np.ndarray]], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> list[float]:
+    """`distinct_interval` of several generation sets held together (e.g. guided generations plus the synthetic set
+    an attacker already sampled): the distinct training images of their union over their total size, each set
+    resampled on its own (a stratified bootstrap: the sets keep their sizes).
+
+    Args:
+        parts: ``(in_band, best_index)`` per generation set, as in `distinct_interval`.
+        resamples, seed, confidence: as in `distinct_interval`.
+
+    Returns:
+        `list[float]`: the estimate and the interval (clipped at 0), as fractions of the total number of generations.
+
+    Example:
+
+    ```py
+    >>> import numpy as np
+    >>> from diffusers_side.evaluation.intervals import pooled_distinct_interval
+    >>> guided = (np.array([True, True, False]), np.array([0, 1, 2]))
+    >>> synthetic = (np.array([True, False]), np.array([1, 3]))
+    >>> pooled_distinct_interval([guided, synthetic], resamples=50)[0]  # images 0 and 1, out of 5 generations
+    0.4
+    ```
+    """
+    parts = [(np.asarray(in_band, dtype=bool), np.asarray(best)) for in_band, best in parts]
+    if not parts or any(len(in_band) < 1 or len(best) != len(in_band) for in_band, best in parts):
+        sizes = [(len(in_band), len(best)) for in_band, best in parts]
+        raise ValueError(f"every in_band and best_index must be non-empty and of one length; got (in_band, best) sizes {sizes}.")
+    in_band = np.concatenate([p[0] for p in parts])
+    best_index = np.concatenate([p[1] for p in parts])
     total = len(in_band)
-    if total < 1 or len(best_index) != total:
-        raise ValueError(f"in_band ({total}) and best_index ({len(best_index)}) must be non-empty and of one length.")
     estimate = np.unique(best_index[in_band]).size / total
     if not in_band.any() or in_band.all() and np.unique(best_index).size == 1:
         return [estimate, estimate, estimate]  # every resample gives the same count
+    offsets = np.cumsum([0] + [len(p[0]) for p in parts])[:-1]
 
-    def distinct(rows: np.ndarray) -> float:
-        rows = rows.astype(np.int64)
+    def distinct(*rows: np.ndarray) -> float:
+        rows = np.concatenate([r.astype(np.int64) + offset for r, offset in zip(rows, offsets)])
         return np.unique(best_index[rows][in_band[rows]]).size / total
 
     result = stats.bootstrap(
-        (np.arange(total),), distinct, n_resamples=resamples, vectorized=False, method="percentile",
-        rng=np.random.default_rng(seed),
+        tuple(np.arange(len(p[0])) for p in parts), distinct, n_resamples=resamples, vectorized=False,
+        method="percentile", paired=False, rng=np.random.default_rng(seed),
     )
     half = stats.norm.ppf(0.5 + confidence / 2) * float(result.standard_error)
     return [float(estimate), float(max(0.0, estimate - half)), float(estimate + half)]

@@ -48,6 +48,7 @@ logger = logging.get_logger(__name__)
 
 STUDY_CONFIG = "study_config.json"
 INPUTS_DIR = "inputs"
+SYNTHETIC_EVAL = "synthetic-eval"
 BUDGET_FILE = "budget.json"
 
 
@@ -216,6 +217,13 @@ class Study:
         output = self.output_dir / self.phase_name / f"{configuration.name}-eval"
         return evaluate([self.folder(configuration)], self.config.reference, output, similarity="carlini")
 
+    def evaluate_synthetic(self) -> Path:
+        """Score the synthetic set against the reference: the attacker holds those generations too, so each guided
+        configuration is also counted together with them at equal budget (its budget paid for them)."""
+        output = self.output_dir / self.phase_name / SYNTHETIC_EVAL
+        evaluate([self.demo.path("synthetic")], self.config.reference, output, similarity="carlini")
+        return output
+
     def configurations(self) -> list:
         """The configurations this phase runs (all, unless the phase names some)."""
         names = self.phase.configurations
@@ -241,7 +249,8 @@ class Study:
                 "command": extract_command(GenerationSettings.from_dict(read_settings(folder)), folder),
                 "evaluation": self.evaluate(configuration),
             }
-        results = tabulate(self.config, self.phase_name, runs, budgets, self.output_dir / self.phase_name)
+        synthetic = self.evaluate_synthetic() if budgets else None
+        results = tabulate(self.config, self.phase_name, runs, budgets, self.output_dir / self.phase_name, synthetic)
         write_json_atomic(self.output_dir / self.phase_name / STUDY_JSON, results)
         write_text_atomic(self.output_dir / self.phase_name / STUDY_MD, render_study(results))
         return results

@@ -41,6 +41,7 @@ from ..utils.arg_types import SCHEDULER_NAMES
 from .demo import DemoConfig
 
 PHASES = ("selection", "report")
+RESERVED_NAME = "synthetic"  # the synthetic set's evaluation folder is synthetic-eval
 # DemoConfig fields that are the study's own (top-level keys) or about the demo's extraction, not its inputs.
 NOT_INPUTS = {"pipeline", "reference", "num_images", "guidance_scale", "sweep_guidance_scales", "selection_num_images",
               "selection_seed", "batch_size"}
@@ -155,6 +156,11 @@ class StudyConfig:
         for configuration in self.configurations:
             if not isinstance(configuration.name, str) or not NAME_PATTERN.fullmatch(configuration.name):
                 raise ValueError(f"configuration name {configuration.name!r} must be letters, digits, '_', '.' or '-'.")
+            if configuration.name == RESERVED_NAME:
+                raise ValueError(
+                    f"configuration name {configuration.name!r} is reserved (the study scores the synthetic set in "
+                    f"'{RESERVED_NAME}-eval'); rename the configuration."
+                )
             if names.count(configuration.name) > 1:
                 raise ValueError(f"configuration name {configuration.name!r} is used twice; names are folder names.")
             if configuration.method not in extraction_method_names():

@@ -6,7 +6,9 @@ computes, on the first ``n`` generations (a prefix of a run is exactly the small
 - AMS per band with its Wilson interval; UMS per band (distinct training images / n) with its bootstrap interval,
   and the same as counts (``distinct``: count, low, high);
 - at equal budget, for each guided configuration: the plain-sampling configurations on their first
-  ``plain_images`` generations, the number its whole cost buys (`diffusers_side.workflows.costs.budget`).
+  ``plain_images`` generations, the number its whole cost buys (`diffusers_side.workflows.costs.budget`), and the
+  configuration *with its synthetic set*: the distinct training images among its generations and the N_syn plain
+  generations its budget already paid for, which the attacker holds too (``with_synthetic``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow.parquet
 from ..evaluation.bands import Band, display_order
 from ..evaluation.candidates import counted_bands
 from ..evaluation.evaluate import MATCHES_FILE
-from ..evaluation.intervals import distinct_interval, wilson_interval
+from ..evaluation.intervals import distinct_interval, pooled_distinct_interval, wilson_interval
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -32,6 +34,12 @@ BUDGET_CONVERSION = (
     "its own sampling). UNet-evaluation equivalents = CPU seconds / the CPU seconds of one UNet evaluation in plain "
     "sampling (measured on the synthesis stage of the same study). Plain sampling at equal budget gets the larger of "
     "(UNet equivalents, exact UNet passes with a backward pass counted as two) / denoising steps generations."
+)
+
+WITH_SYNTHETIC = (
+    "\"+ its synthetic set\": the configuration's generations together with the synthetic set (plain sampling at the "
+    "synthesis seeds) that its budget already paid for and the attacker holds; distinct images of the union, each "
+    "set resampled on its own for the interval."
 )
 
 
@@ -55,7 +63,23 @@ def metrics_at(matches: dict[str, np.ndarray], bands: list[Band], n: int, resamp
     return result
 
 
-def tabulate(config, phase: str, runs: dict[str, dict], budgets: dict[str, dict], phase_dir: Path) -> dict:
+def union_metrics(parts: list[dict[str, np.ndarray]], bands: list[Band], resamples: int, seed: int) -> dict:
+    """Distinct training images per band among several generation sets held together (`pooled_distinct_interval`)."""
+    total = sum(len(p["band"]) for p in parts)
+    result = {"num_images": total, "ums": {}, "distinct": {}}
+    for b in bands:
+        result["ums"][b.name] = pooled_distinct_interval([(p["band"] == b.name, p["best_match"]) for p in parts], resamples, seed)
+        result["distinct"][b.name] = [round(v * total, 2) for v in result["ums"][b.name]]
+    return result
+
+
+def _prefix(matches: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {name: values[:n] for name, values in matches.items()}
+
+
+def tabulate(
+    config, phase: str, runs: dict[str, dict], budgets: dict[str, dict], phase_dir: Path, synthetic: Path | None = None,
+) -> dict:
     """The phase's results: one row per configuration, equal-N_G metrics, budgets and equal-budget comparisons.
 
     Args:
@@ -64,6 +88,8 @@ def tabulate(config, phase: str, runs: dict[str, dict], budgets: dict[str, dict]
         runs: configuration name -> ``configuration``, ``folder``, ``settings``, ``command`` and ``evaluation`` (the report).
         budgets: guided configuration name -> its `diffusers_side.workflows.costs.budget`.
         phase_dir: the phase folder (evaluations in ``NAME-eval``).
+        synthetic: the synthetic set's evaluation folder; given, each guided configuration is also counted together
+            with the synthetic set at equal budget (``with_synthetic``).
     """
     first = next(iter(runs.values()))["evaluation"]
     bands = [Band(**b) for b in first["bands"]]
@@ -72,6 +98,7 @@ def tabulate(config, phase: str, runs: dict[str, dict], budgets: dict[str, dict]
     resamples, seed = config.bootstrap_resamples, config.bootstrap_seed
     matches = {name: read_matches(phase_dir / f"{name}-eval") for name in runs}
     plain = [name for name in runs if name not in budgets]
+    synthetic_matches = read_matches(synthetic) if synthetic is not None else None
     rows = {}
     for name, run in runs.items():
         row = {
@@ -83,6 +110,8 @@ def tabulate(config, phase: str, runs: dict[str, dict], budgets: dict[str, dict]
             row["budget"] = budgets[name]
             images = budgets[name]["plain_images"]
             row["equal_budget"] = {other: metrics_at(matches[other], bands, images, resamples, seed) for other in plain}
+            if synthetic_matches is not None:
+                row["with_synthetic"] = union_metrics([_prefix(matches[name], n), synthetic_matches], bands, resamples, seed)
         rows[name] = row
     return {
         "phase": phase, "seed": config.phase(phase).seed, "num_images": n, "pipeline": config.pipeline,
@@ -124,7 +153,7 @@ def render_study(results: dict) -> str:
         cells += [_cell(row["distinct"][b], percent=False) for b in bands] + [_precision(row)]
         cells += [f"{cost['cpu_seconds']:.0f}", f"{cost['unet_equivalents']:.0f}"] if cost else ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## At equal budget", "", BUDGET_CONVERSION, ""]
+    lines += ["", "## At equal budget", "", BUDGET_CONVERSION + " " + WITH_SYNTHETIC, ""]
     for name, row in results["configurations"].items():
         if "budget" not in row:
             continue
@@ -136,6 +165,10 @@ def render_study(results: dict) -> str:
             "| run | N | " + " | ".join(f"distinct {b}" for b in bands) + " |", "|---|---:|" + "---:|" * len(bands),
             f"| {name} | {row['num_images']} | " + " | ".join(_cell(row["distinct"][b], percent=False) for b in bands) + " |",
         ]
+        if "with_synthetic" in row:
+            union = row["with_synthetic"]
+            cells = " | ".join(_cell(union["distinct"][b], percent=False) for b in bands)
+            lines.append(f"| {name} + its synthetic set | {union['num_images']} | {cells} |")
         for other, metrics in row["equal_budget"].items():
             cells = " | ".join(_cell(metrics["distinct"][b], percent=False) for b in bands)
             lines.append(f"| {other} | {metrics['num_images']} | {cells} |")
