@@ -70,7 +70,7 @@ def test_structured_types_return_a_value_in_contract_or_refuse(text):
     checks = {
         arg_types.device: lambda v: v == text and v.split(":")[0] in arg_types.DEVICE_TYPES,
         arg_types.timestep_window: lambda v: len(v) == 2 and all(math.isfinite(t) for t in v) and 0 <= v[0] <= v[1],
-        arg_types.target_selection: lambda v: v in ("uniform", "weighted", "duplicates") or 0 < float(v[3:]) <= 1,
+        arg_types.target_selection: lambda v: v in ("uniform", "weighted", "duplicates", "novel") or 0 < float(v[3:]) <= 1,
         float_list: lambda v: len(v) >= 1 and all(math.isfinite(x) and x >= 0 for x in v),
         _cohesion_threshold: lambda v: v == "auto" or math.isfinite(v),
     }

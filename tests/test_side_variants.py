@@ -66,6 +66,9 @@ def test_target_selection_draws_only_from_the_selected_clusters(tmp_path, labell
     assert set(dataset["target"]) == {0}  # only label 0 holds near-duplicates
     recorded = json.loads((tmp_path / "dup" / "generation.json").read_text())
     assert recorded["target_selection"] == "duplicates" and recorded["exemplars"] == str(labelled_set.resolve())
+    # novel: the clusters the synthetic set shows no near-duplicate group in (labels 1 and 2), never label 0
+    novel = generate(pipe, tmp_path / "novel", exemplar_settings(labelled_set, target_selection="novel", num_images=12))
+    assert set(novel["target"]) == {1, 2}
 
 
 def test_duplicate_fraction_and_probabilities(labelled_set):
@@ -77,6 +80,9 @@ def test_duplicate_fraction_and_probabilities(labelled_set):
     assert target_probabilities("top0.5", [0.5, 0.9, 0.7, 0.95], 0.4).tolist() == [0.0, 0.5, 0.0, 0.5]
     with pytest.raises(ValueError, match="no synthetic image has a near-duplicate"):
         target_probabilities("duplicates", [0.5, 0.9], 0.4, np.zeros(2))
+    assert target_probabilities("novel", [0.5, 0.9, 0.7], 0.4, np.array([0.5, 0.0, 0.0])).tolist() == [0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="'novel': every cluster holds a near-duplicate"):
+        target_probabilities("novel", [0.5, 0.9], 0.4, np.array([0.5, 1.0]))
 
 
 def test_uniform_targets_are_the_papers_draw():

@@ -84,7 +84,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-selection", type=target_selection, default="uniform", metavar="S",
         help="how each image's target cluster is drawn: uniform (paper, default), weighted (by cohesion), topF "
-        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar)",
+        "(e.g. top0.2: the most cohesive fifth), duplicates (clusters with near-duplicate synthetic images; side-exemplar), "
+        "novel (clusters without any: images the synthetic set does not already show; side-exemplar)",
     )
     parser.add_argument(
         "--guidance-window", type=timestep_window, default=None, metavar="T_MIN:T_MAX",

@@ -6,7 +6,10 @@
 - ``topF`` (e.g. ``top0.2``): uniformly over the most cohesive fraction F of the kept clusters;
 - ``duplicates``: with probability proportional to the fraction of the cluster's synthetic images that
   have a near-duplicate in the synthetic set (Carlini et al.'s normalized L2 < 0.5 *within* the
-  synthetic set): memorized images come back several times. Needs the labelled synthetic images.
+  synthetic set): memorized images come back several times. Needs the labelled synthetic images;
+- ``novel``: uniformly over the clusters none of whose synthetic images has such a near-duplicate: the
+  images an attacker does not already hold as a near-duplicate group of the synthetic set (coverage: the
+  guided budget goes where plain sampling has not yet shown a copy). Needs the labelled synthetic images.
 
 None of them reads the training set. Every non-uniform choice is a deviation from the paper.
 A [`TargetSampler`] draws each image's target from the image's own seed, so an image regenerates alone.
@@ -20,14 +23,16 @@ import numpy as np
 import torch
 
 from ..similarity.measures import CARLINI_ALPHA, CARLINI_NUM_NEIGHBORS
+from ..utils.arg_types import NAMED_SELECTIONS, READS_SYNTHETIC
 
-TARGET_SELECTIONS = ("uniform", "weighted", "topF", "duplicates")
+TARGET_SELECTIONS = ("uniform", "weighted", "topF", "duplicates", "novel")
+
 DUPLICATE_THRESHOLD = 0.5
 
 
 def check_target_selection(selection: str) -> str:
     """Return ``selection`` if valid, else raise `ValueError` naming it and the choices."""
-    if selection in ("uniform", "weighted", "duplicates"):
+    if selection in NAMED_SELECTIONS:
         return selection
     if selection.startswith("top"):
         try:
@@ -37,7 +42,7 @@ def check_target_selection(selection: str) -> str:
         if 0 < fraction <= 1:
             return selection
     raise ValueError(
-        f"target selection {selection!r} is not one of uniform, weighted, duplicates or topF with 0 < F <= 1 "
+        f"target selection {selection!r} is not one of {', '.join(NAMED_SELECTIONS)} or topF with 0 < F <= 1 "
         "(e.g. top0.2)."
     )
 
@@ -68,7 +73,7 @@ def target_probabilities(
         selection: one of `TARGET_SELECTIONS` (``topF`` spelled with its fraction, e.g. ``top0.2``).
         cohesion: the cohesion of each kept cluster, in label order.
         cohesion_threshold: the tau that was applied.
-        duplicates: `duplicate_fraction` of each label (only for ``duplicates``).
+        duplicates: `duplicate_fraction` of each label (only for ``duplicates`` and ``novel``).
 
     Returns:
         `np.ndarray` of K' probabilities, or ``None`` for the paper's uniform draw.
@@ -87,13 +92,15 @@ def target_probabilities(
         return None
     if selection == "weighted":
         weights = cohesion - cohesion_threshold + 1e-6
-    elif selection == "duplicates":
+    elif selection in READS_SYNTHETIC:
         if duplicates is None:
-            raise ValueError("target selection 'duplicates' needs the labelled synthetic images; pass --exemplars DIR.")
-        weights = np.asarray(duplicates, dtype=np.float64)
+            raise ValueError(f"target selection {selection!r} needs the labelled synthetic images; pass --exemplars DIR.")
+        duplicates = np.asarray(duplicates, dtype=np.float64)
+        weights = duplicates if selection == "duplicates" else (duplicates == 0).astype(np.float64)
         if weights.sum() == 0:
+            reason = "no synthetic image has" if selection == "duplicates" else "every cluster holds"
             raise ValueError(
-                "target selection 'duplicates': no synthetic image has a near-duplicate in the synthetic set; "
+                f"target selection {selection!r}: {reason} a near-duplicate in the synthetic set; "
                 "use uniform or weighted, or synthesize more images."
             )
     else:

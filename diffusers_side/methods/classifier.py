@@ -26,11 +26,13 @@ class ClassifierMethod(ExtractionMethod):
     OPTIONS: ClassVar[frozenset[str]] = frozenset({"target_selection", "guidance_window", "guidance_space"})
 
     def accepts(self, option: str, value) -> bool:
-        return option in self.OPTIONS and not (option == "target_selection" and value == "duplicates")
+        from ..guidance.targets import READS_SYNTHETIC
+
+        return option in self.OPTIONS and not (option == "target_selection" and value in READS_SYNTHETIC)
 
     def refusal(self, option: str, value) -> str:
         if option == "target_selection":
-            return "'duplicates' reads the labelled synthetic images, which a classifier method does not load"
+            return f"{value!r} reads the labelled synthetic images, which a classifier method does not load"
         return "it guides with a classifier"
 
     def validate(self, settings, methods=()) -> None:

@@ -29,7 +29,7 @@ class ExemplarMethod(ExtractionMethod):
 
     def steering(self, pipe, settings) -> Steering:
         from ..guidance.exemplar import ExemplarGuide, ExemplarPosterior
-        from ..guidance.targets import TargetSampler, duplicate_fraction
+        from ..guidance.targets import READS_SYNTHETIC, TargetSampler, duplicate_fraction
         from ..labels.surrogate_labels import SurrogateLabels
 
         labels = SurrogateLabels.load(settings.exemplars)
@@ -38,7 +38,7 @@ class ExemplarMethod(ExtractionMethod):
         guide = ExemplarGuide(exemplars.encoded(pipe.codec), window=settings.guidance_window)
         guide.check(pipe, pipe.sample_shape, settings.num_inference_steps if settings.guidance_scale > 0 else None)
         duplicates = None
-        if settings.target_selection == "duplicates":
+        if settings.target_selection in READS_SYNTHETIC:
             duplicates = duplicate_fraction(exemplars.images.view(-1, *exemplars.image_shape), exemplars.labels, labels.num_labels)
         cohesion = [labels.cohesion[k] for k in labels.kept_cluster_ids]
         targets = TargetSampler.from_selection(

@@ -104,11 +104,17 @@ def timestep_window(text: str) -> list[float]:
     raise argparse.ArgumentTypeError(f"expected T_MIN:T_MAX with 0 <= T_MIN <= T_MAX (e.g. 500:1000), got {text!r}")
 
 
+# --target-selection's vocabulary (what each one draws: `diffusers_side.guidance.targets`); here, torch-free, so the
+# CLI parser checks it without importing the sampler
+NAMED_SELECTIONS = ("uniform", "weighted", "duplicates", "novel")  # the ones without a parameter; and topF
+READS_SYNTHETIC = ("duplicates", "novel")  # need the labelled synthetic images
+
+
 def target_selection(text: str) -> str:
-    """``uniform``, ``weighted``, ``duplicates`` or ``topF`` with 0 < F <= 1 (see `diffusers_side.guidance.targets`)."""
-    if text in ("uniform", "weighted", "duplicates"):
+    """One of `NAMED_SELECTIONS` or ``topF`` with 0 < F <= 1 (e.g. ``top0.2``; see `diffusers_side.guidance.targets`)."""
+    if text in NAMED_SELECTIONS:
         return text
     match = re.fullmatch(r"top(0?\.\d+|1(\.0*)?)", text)
     if match and 0 < float(match.group(1)) <= 1:
         return text
-    raise argparse.ArgumentTypeError(f"expected uniform, weighted, duplicates or topF with 0 < F <= 1 (e.g. top0.2), got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected {', '.join(NAMED_SELECTIONS)} or topF with 0 < F <= 1 (e.g. top0.2), got {text!r}")
