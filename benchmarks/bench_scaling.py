@@ -1,8 +1,9 @@
 """Benchmark: how each stage of a SIDE audit scales with the image size, N_syn and N_G, and what a GPU audit would take.
 
 Short measurements, one thread, process CPU seconds per unit of work (`bench_common`), with the peak resident memory
-of each call (the kernel's high-water mark reset to the current RSS just before it, in this process: tensors this
-large are mmapped and go back to the system when freed, so earlier calls do not hide later ones):
+of each call (the kernel's high-water mark reset to the current RSS just before it, in this process, which runs with
+glibc's mmap threshold fixed, `with_fixed_mmap_threshold`, so that memory freed by earlier calls is not reused
+unseen):
 
 1. **Image size** (8, 16, 32, 64 px; 1 and 3 channels), the target's architecture (``digits-rare``'s UNet, 32/64/64
    channels) at each size with random weights: a synthesis step (UNet forward, per image), labelling features (per
@@ -42,6 +43,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -379,5 +381,19 @@ def main() -> None:
     print(f"written to {path} and {path.with_suffix('.png')}")
 
 
+def with_fixed_mmap_threshold() -> None:
+    """Re-run this script with glibc's mmap threshold fixed (`MALLOC_MMAP_THRESHOLD_`), once.
+
+    glibc raises its threshold as large blocks are freed and then keeps them in the heap, so a call that follows a
+    larger one would reuse freed memory and show no growth of the resident set. With the threshold fixed at 128 KiB
+    every tensor above it is mapped on allocation and unmapped on release, and the high-water mark of each call is
+    its own working set.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 if __name__ == "__main__":
+    with_fixed_mmap_threshold()
     main()

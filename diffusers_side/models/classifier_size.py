@@ -6,12 +6,13 @@ backward to x_t) ten (benchmarks README, "Classifier size"). ``auto`` sizes the 
 labelled set it learns from, by a rule stated here and checked in ``benchmarks/bench_classifier_size.py``:
 
 - **Depth from the image size** (the layouts of `diffusers_side.models.classifier.RESNET_LAYOUTS`, one block per
-  stage): stages halve the resolution until the last one is 4x4 or larger: three stages (``resnet8``, the CIFAR
-  ResNet of He et al. 2016 with n = 1) up to 16 px, four (``resnet10``) above. The paper's extra blocks per stage
-  (ResNet-34: 3, 4, 6, 3) multiply the cost and, measured on digits-rare, buy no held-out accuracy.
+  stage): three stages (``resnet8``, the CIFAR ResNet of He et al. 2016 with n = 1) up to `THREE_STAGES_UP_TO` px,
+  whose last stage is then 4x4 or smaller, and four (``resnet10``) above. The paper's extra blocks per stage
+  (ResNet-34: 3, 4, 6, 3) multiply the cost; measured on digits-rare they buy no held-out accuracy.
 - **Width from the number of labelled training images N** (after the cohesion filter and the held-out split): the
-  first stage has 16 channels below `WIDE_FROM` images, 32 from there and 64 from `WIDEST_FROM` on, so the parameter
-  count (~ width^2) grows about 4x per 10x of data, keeping at least ~10 training images per... tens of parameters.
+  first stage has 16 channels below `WIDE_FROM` images, 32 from there and 64 from `WIDEST_FROM` on. The parameter
+  count grows with the square of the width, so it grows about 4x per 10x of data (0.09 M parameters at width 16 for
+  16 px, 0.34 M at 32, 1.4 M at 64).
 
 Presets: ``"paper"`` (ResNet-34, width 64) and ``"demo"`` (ResNet-18, width 16, `side demo`'s default).
 

@@ -612,12 +612,13 @@ def train(
             global_step += 1
             window.steps += 1
             progress.update(1)
-            progress.set_postfix(loss=output.loss.item(), lr=lr_scheduler.get_last_lr()[0])
             checkpoint_due = global_step % args.checkpointing_steps == 0
             if global_step % args.logging_steps == 0 or checkpoint_due or global_step >= max_train_steps:
                 values = {"step": global_step, "lr": lr_scheduler.get_last_lr()[0], **window.read(accelerator)}
                 history.append(values)
                 accelerator.log(values, step=global_step)
+                # the window's mean, read when logging: a per-step .item() would wait for a GPU at every step
+                progress.set_postfix(loss=values.get("loss"), lr=values["lr"])
             if checkpoint_due:
                 state = {"global_step": global_step, "history": history, "run": identity}
                 save_checkpoint(accelerator, args, state, ema)
