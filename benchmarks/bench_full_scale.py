@@ -136,7 +136,7 @@ def sample(pipe: SIDEPipeline, num_images: int, batch_size: int, guided: bool, *
              num_inference_steps=PAPER.num_inference_steps, generator=generators, output_type="np", **options)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny slices (smoke run)")
     parser.add_argument("--synthetic", type=int, default=200, help="images synthesized and embedded")
@@ -154,12 +154,11 @@ def main() -> None:
     if args.quick:
         args.synthetic, args.kmeans_sizes, args.train_steps = 8, [120, 240], 2
         args.plain, args.guided, args.sampling_batch = 4, 2, 4
+    return args
 
-    info = machine_info()
-    base = load_pipeline(args.pipeline)
-    base.set_progress_bar_config(disable=True)
-    measured, slices, flops_per_unit = {}, {}, {}
 
+def measure_inputs(args, base, measured: dict, slices: dict) -> dict:
+    """Time synthesis, UNet-feature labelling and KMeans at two sizes; returns the KMeans times by size."""
     with tempfile.TemporaryDirectory() as scratch:
         settings = GenerationSettings(
             pipeline=args.pipeline, method="synthetic", num_images=args.synthetic, batch_size=PAPER.batch_size,
@@ -179,10 +178,13 @@ def main() -> None:
         rows = features[0][torch.arange(size) % len(features[0])]
         rows = rows + 0.05 * rows.std() * torch.randn(rows.shape, generator=generator)
         kmeans_times[size] = timed(lambda: fit_surrogate_labels(rows, num_clusters=PAPER.num_clusters, seed=0))
-    small, large = args.kmeans_sizes
-    measured["label kmeans"] = kmeans_times[large]
-    slices["label kmeans"] = large
+    measured["label kmeans"] = kmeans_times[args.kmeans_sizes[1]]
+    slices["label kmeans"] = args.kmeans_sizes[1]
+    return kmeans_times
 
+
+def measure_training(args, base, measured: dict, slices: dict, flops_per_unit: dict) -> None:
+    """Time a slice of training of each classifier (cond: a third of the steps)."""
     noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
     for name, time_dependent, steps in (("train classifier-side", True, args.train_steps),
                                         ("train classifier-cond", False, max(1, args.train_steps // 3))):
@@ -193,6 +195,9 @@ def main() -> None:
         )
         slices[name] = steps
 
+
+def measure_sampling(args, base, measured: dict, slices: dict, flops_per_unit: dict) -> None:
+    """Time a slice of each extraction method and count its floating-point operations per image."""
     side = SIDEPipeline(base.unet, base.scheduler, paper_classifier(True, args.classifier_size).eval())
     cond = SIDEPipeline(base.unet, base.scheduler, paper_classifier(False, args.classifier_size).eval())
     exemplars = ExemplarPosterior(torch.rand(PAPER.num_synthetic, 1, 16, 16) * 2 - 1,
@@ -225,7 +230,10 @@ def main() -> None:
     for name in ("synthesize", "extract plain (uncond + sweep lambda 0)", "extract side-exemplar"):
         flops_per_unit[name] = PAPER.num_inference_steps * unet_flops
 
-    sizes = full_sizes()
+
+def extrapolate(measured: dict, slices: dict, kmeans_times: dict, sizes: dict) -> tuple[list, float, float]:
+    """Each stage at full size: table rows, total CPU seconds and the classifiers' share."""
+    small, large = sorted(kmeans_times)
     rows, total_cpu_s, classifier_cpu_s = [], 0.0, 0.0
     for name, seconds in measured.items():
         if name == "label kmeans":  # a line through the two sizes
@@ -237,6 +245,21 @@ def main() -> None:
         classifier_cpu_s += full_s if name.startswith("train") else 0.0
         rows.append([name, slices[name], f"{seconds['cpu_s']:.1f}", f"{seconds['wall_s']:.1f}", sizes[name],
                      f"{full_s / 60:.1f}"])
+    return rows, total_cpu_s, classifier_cpu_s
+
+
+def main() -> None:
+    args = parse_args()
+    info = machine_info()
+    base = load_pipeline(args.pipeline)
+    base.set_progress_bar_config(disable=True)
+    measured, slices, flops_per_unit = {}, {}, {}
+    kmeans_times = measure_inputs(args, base, measured, slices)
+    measure_training(args, base, measured, slices, flops_per_unit)
+    measure_sampling(args, base, measured, slices, flops_per_unit)
+
+    sizes = full_sizes()
+    rows, total_cpu_s, classifier_cpu_s = extrapolate(measured, slices, kmeans_times, sizes)
     one_core_h = total_cpu_s / 3600
     total_tflop = sum(flops * sizes[name] for name, flops in flops_per_unit.items()) / 1e12
     gpu_minutes = total_tflop / args.assumed_gpu_tflops / 60

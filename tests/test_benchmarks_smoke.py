@@ -65,3 +65,14 @@ def test_bench_classifier_size_quick(monkeypatch, tmp_path):
             low, high = split["ci95"]
             assert 0 <= low <= split["accuracy"] <= high <= 1
         assert entry["guided_cpu_s_per_image"] > 0 and entry["parameters"] > 0
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_full_scale_quick(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_full_scale", tmp_path / "full_scale.json", "--classifier-size", "auto")
+    stages = results["extrapolated_cpu_min"]
+    assert {"synthesize", "label kmeans", "train classifier-side", "extract side-exemplar"} <= set(stages)
+    assert all(minutes >= 0 for minutes in stages.values()) and results["total_hours_1_core"] > 0
+    assert results["total_hours_2_cores"] <= results["total_hours_1_core"]
+    flops = results["gflop_per_unit"]
+    assert flops["extract side (report + sweep lambda > 0)"] > flops["extract plain (uncond + sweep lambda 0)"] > 0

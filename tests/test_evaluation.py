@@ -9,7 +9,7 @@ from datasets import Dataset, Features, Image, load_dataset
 
 from conftest import make_tiny_unet, write_generation_dir
 from diffusers_side.cli import main
-from diffusers_side.evaluation import evaluate as evaluation
+from diffusers_side.evaluation import matching
 from diffusers_side.evaluation.evaluate import evaluate
 from diffusers_side.evaluation.report import format_table, plot_sweep
 from diffusers_side.generation.engine import RECORD_FEATURES
@@ -147,9 +147,9 @@ def test_size_and_channel_mismatch_name_the_sizes_and_the_flag(audit):
 
 def test_empty_sets_raise(audit, monkeypatch):
     # `datasets` itself cannot write-and-reload an empty image set, so the empty set is served in memory.
-    real_loader = evaluation.load_image_dataset
+    real_loader = matching.load_image_dataset
     empty = Dataset.from_dict({k: [] for k in RECORD_FEATURES}, features=RECORD_FEATURES)
-    monkeypatch.setattr(evaluation, "load_image_dataset", lambda source: empty if source == "empty" else real_loader(source))
+    monkeypatch.setattr(matching, "load_image_dataset", lambda source: empty if source == "empty" else real_loader(source))
     with pytest.raises(ValueError, match="generated set 'empty' is empty"):
         evaluate([audit["side"], "empty"], audit["reference"], audit["tmp"] / "eval")
     with pytest.raises(ValueError, match="reference set 'empty' is empty"):

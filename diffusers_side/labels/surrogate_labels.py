@@ -53,6 +53,7 @@ from ..storage.outputs import LABELS, write_manifest, written_files
 from ..utils.atomic_io import atomic_directory, write_json_atomic
 from ..utils.safetensors_io import save_safetensors_atomic
 from ..utils.state_files import SURROGATE_LABELS
+from .cohesion import MIN_LABELS, otsu_threshold  # noqa: F401 (otsu_threshold: re-exported)
 from .features import UNET, embed_images, load_feature_extractor
 from .label_folder import CONTACT_SHEET, CONTACT_SHEET_GAP, check_output_dir, read_label_tensors, write_contact_sheet  # noqa: F401
 
@@ -60,7 +61,6 @@ logger = logging.get_logger(__name__)
 
 AUTO = "auto"
 DEFAULT_NUM_CLUSTERS = 100
-MIN_LABELS = 2
 KMEANS_N_INIT = 10
 LABELS_JSON = SURROGATE_LABELS.name
 LABELS_TENSORS = "surrogate_labels.safetensors"
@@ -253,37 +253,6 @@ def fit_surrogate_labels(
     labels.label_counts = torch.bincount(labels.assign(features)[0], minlength=labels.num_labels).tolist()
     logger.info(f"Kept {labels.num_labels} of {num_clusters} clusters at cohesion >= {threshold:.3f}.")
     return labels
-
-
-def otsu_threshold(values: list[float], min_upper: int = MIN_LABELS) -> float:
-    """Otsu's threshold of a small set of values, leaving at least ``min_upper`` values above it.
-
-    Among the cuts between distinct sorted values, picks the one maximising the between-group
-    variance ``w_low * w_high * (mean_low - mean_high)^2`` and returns the midpoint of the cut.
-    With no admissible cut (fewer than ``min_upper + 1`` values, or all equal) it returns the
-    smallest value, which keeps everything.
-
-    Example:
-
-    ```py
-    >>> otsu_threshold([0.1, 0.15, 0.2, 0.8, 0.9])
-    0.5
-    ```
-    """
-    ordered = np.sort(np.asarray(values, dtype=np.float64))
-    count = len(ordered)
-    if count == 0:
-        return float("inf")
-    cuts = np.arange(1, count)
-    cuts = cuts[(count - cuts >= min_upper) & (ordered[cuts - 1] < ordered[cuts])]
-    if len(cuts) == 0:
-        return float(ordered[0])
-    prefix = np.cumsum(ordered)
-    mean_low = prefix[cuts - 1] / cuts
-    mean_high = (prefix[-1] - prefix[cuts - 1]) / (count - cuts)
-    between = cuts * (count - cuts) * (mean_low - mean_high) ** 2
-    best = cuts[int(np.argmax(between))]
-    return float((ordered[best - 1] + ordered[best]) / 2)
 
 
 def check_label_settings(num_clusters: int, cohesion: float | str, min_cluster_size: int, num_synthetic: int) -> None:

@@ -1,4 +1,5 @@
-"""What the training library shares: argument groups, data, the accelerator, the training loop, checkpoints, the Hub.
+"""What the training library shares: data, the accelerator, the training loop, the Hub (the run folder and its
+checkpoints: `run_folder`, `checkpoint_files`; their names are re-exported here).
 
 `train_dpm.py` and `train_classifier.py` differ only in the model they build, the loss of one batch
 and what they save at the end; everything else lives here once. The loop is [`train`]: it takes a
@@ -18,15 +19,9 @@ saving never leaves a half-written ``checkpoint-N`` behind.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
-import shlex
-import shutil
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,216 +33,46 @@ from datasets import Dataset
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import logging
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from tqdm.auto import tqdm
 
 from ..storage.data import find_image_column, image_channels, images_to_tensor, load_image_dataset
-from ..storage.hub import create_repo_early, push_folder
-from ..storage.outputs import check_writable
-from ..utils.atomic_io import write_json_atomic
-from ..utils.state_files import RUN_CONFIG, TRAINING_STATE
-from .checkpoint_files import damaged_checkpoint_message
+from ..storage.hub import push_folder
+from .checkpoint_files import (  # noqa: F401 (re-exported: the training library's names, as before the split)
+    CHECKPOINT_PREFIX,
+    EMA_FOLDER,
+    RUN_CONFIG_NAME,
+    TRAIN_LOG_NAME,
+    TRAINING_STATE_NAME,
+    checkpoint_folders,
+    damaged_checkpoint_message,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .run_folder import (  # noqa: F401 (re-exported, as above)
+    RUN_CONTROL_ARGS,
+    check_output_dir,
+    check_trackers,
+    command_for_card,
+    namespace_from_flags,
+    record_command,
+    run_identity,
+    start_output_dir,
+    validate_training_args,
+)
 
 logger = logging.get_logger(__name__)
 
 PIXEL_VALUES = "pixel_values"
-RUN_CONFIG_NAME = RUN_CONFIG.name
-TRAINING_STATE_NAME = TRAINING_STATE.name
-TRAIN_LOG_NAME = "train_log.json"
-CHECKPOINT_PREFIX = "checkpoint-"
-EMA_FOLDER = "ema"
-
-# Arguments that say how a run is executed rather than what it trains: they may change on resume.
-RUN_CONTROL_ARGS = frozenset(
-    {
-        "output_dir",
-        "overwrite_output_dir",
-        "resume_from_checkpoint",
-        "checkpointing_steps",
-        "checkpoints_total_limit",
-        "max_train_steps",
-        "num_epochs",
-        "dataloader_num_workers",
-        "logging_steps",
-        "logging_dir",
-        "report_to",
-        "push_to_hub",
-        "hub_model_id",
-        "hub_token",
-        "hub_private_repo",
-        "command_line",
-        "eval_batch_size",
-        "ddpm_num_inference_steps",
-    }
-)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Arguments (the flags themselves are defined in the light `diffusers_side.training.arguments`)
 
 
-def record_command(args: argparse.Namespace, argv: Sequence[str] | None, prefix: str) -> argparse.Namespace:
-    """Store the command line that started the run in ``args.command_line`` (for the model card), token redacted."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    shown = [
-        "--hub_token=***" if arg.startswith("--hub_token=") else "***" if previous == "--hub_token" else arg
-        for previous, arg in zip([None, *argv], argv)
-    ]
-    args.command_line = shlex.join([*shlex.split(prefix), *shown])
-    return args
-
-
-def namespace_from_flags(parser: argparse.ArgumentParser, flags: dict[str, Any], prog: str) -> argparse.Namespace:
-    """Parse ``flags`` (flag name -> value) with ``parser`` as if given on the command line.
-
-    Going through the parser keeps one source for defaults and checks (choices, types); the equivalent
-    command line is recorded for the model card.
-
-    Raises:
-        `ValueError`: a name that is not one of the parser's flags (the message lists them).
-    """
-    actions = {action.dest: action for action in parser._actions if action.option_strings}
-    unknown = sorted(set(flags) - set(actions))
-    if unknown:
-        raise ValueError(f"Unknown training flag(s) {unknown}; choose from {sorted(actions)}.")
-    argv = []
-    for name, value in flags.items():
-        option = actions[name].option_strings[0]
-        if isinstance(actions[name], argparse.BooleanOptionalAction):
-            argv.append(option if value else f"--no-{option[2:]}")
-        elif actions[name].nargs == 0:
-            argv += [option] if value else []
-        elif isinstance(value, (list, tuple)):
-            argv += [option, ",".join(str(item) for item in value)]
-        else:
-            argv += [option, str(value)]
-    return record_command(parser.parse_args(argv), argv, prog)
-
-
-def command_for_card(args: argparse.Namespace, num_processes: int) -> str:
-    """The recorded command, shown as an ``accelerate launch`` when several processes trained."""
-    command = args.command_line
-    if num_processes > 1 and command.startswith("python "):
-        command = f"accelerate launch --num_processes {num_processes} " + command[len("python ") :]
-    return command
-
-
-def validate_training_args(args: argparse.Namespace) -> None:
-    """Check the shared flags; raise `ValueError` naming the flag and the fix."""
-    positive = ["train_batch_size", "gradient_accumulation_steps", "num_epochs", "logging_steps"]
-    positive += ["checkpointing_steps", "max_train_steps", "checkpoints_total_limit", "resolution"]
-    for name in positive:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value}.")
-    if args.learning_rate <= 0:
-        raise ValueError(f"--learning_rate must be positive, got {args.learning_rate}.")
-    if args.lr_warmup_steps < 0 or args.dataloader_num_workers < 0:
-        raise ValueError("--lr_warmup_steps and --dataloader_num_workers cannot be negative.")
-    if args.report_to is not None:
-        check_trackers(args.report_to)
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. --hub_model_id your-name/ddpm-digits).")
-    if args.hub_model_id is not None:
-        try:
-            validate_repo_id(args.hub_model_id)
-        except HFValidationError as error:
-            raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a Hub repo id such as your-name/ddpm-digits ({error}).") from None
-    logging_dir = Path(args.logging_dir)
-    if logging_dir.is_absolute() or ".." in logging_dir.parts:
-        raise ValueError(f"--logging_dir {args.logging_dir!r} must be a folder name inside --output_dir, such as logs.")
-    resume = args.resume_from_checkpoint
-    if resume not in (None, "latest") and not (Path(resume) / TRAINING_STATE_NAME).is_file():
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint {resume!r} is not a checkpoint directory (no {TRAINING_STATE_NAME}); "
-            "pass a checkpoint-N folder or 'latest'."
-        )
-
-
-def check_trackers(report_to: str) -> list[str]:
-    """The tracker names of ``--report_to`` (comma separated, or ``all``); each must be installed."""
-    from accelerate.tracking import get_available_trackers
-
-    names = [name.strip() for name in report_to.split(",") if name.strip()]
-    available = [str(tracker) for tracker in get_available_trackers()]
-    missing = [name for name in names if name != "all" and name not in available]
-    if missing:
-        raise ValueError(
-            f"--report_to {','.join(missing)}: not installed (installed trackers: {available or 'none'}); install it "
-            "or drop --report_to (train_log.json records the metrics either way)."
-        )
-    return names
-
-
 # ----------------------------------------------------------------------------------------------------
 # Output directory and run identity
-
-
-def run_identity(args: argparse.Namespace, script: str) -> dict[str, Any]:
-    """The arguments that define a run (everything but `RUN_CONTROL_ARGS`), JSON-ready."""
-    identity = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_CONTROL_ARGS}
-    return json.loads(json.dumps({"script": script, **identity}, default=str))
-
-
-def _differences(recorded: dict[str, Any], identity: dict[str, Any]) -> list[str]:
-    keys = sorted(set(recorded) | set(identity))
-    return [f"{k}: {recorded.get(k)!r} -> {identity.get(k)!r}" for k in keys if recorded.get(k) != identity.get(k)]
-
-
-def check_output_dir(args: argparse.Namespace, identity: dict[str, Any]) -> None:
-    """Refuse an output directory that holds something else, before any work starts.
-
-    An empty or missing directory is fine. A directory holding a run of the same script with the same
-    settings is fine when resuming; ``--overwrite_output_dir`` starts any training run over. A folder that
-    holds no training run is refused even with ``--overwrite_output_dir``: nothing the scripts did not
-    write is ever deleted.
-
-    Raises:
-        `FileExistsError`: the directory holds files and the run is not being resumed.
-        `ValueError`: the run being resumed was made with different settings (the message lists them).
-    """
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output_dir {output_dir} is a file; choose a directory.")
-    check_writable(output_dir, "--output_dir")
-    if args.push_to_hub:  # after the local checks, before any work: an offline push fails now
-        create_repo_early(args.hub_model_id, "--push_to_hub", token=args.hub_token, private=args.hub_private_repo)
-    if not output_dir.exists() or not any(output_dir.iterdir()):
-        return
-    config_path = output_dir / RUN_CONFIG_NAME
-    if not config_path.is_file():
-        raise FileExistsError(
-            f"--output_dir {output_dir} is not empty and holds no training run ({RUN_CONFIG_NAME} is missing); "
-            "choose an empty directory (--overwrite_output_dir only starts a training run over)."
-        )
-    if args.overwrite_output_dir:
-        return
-    if args.resume_from_checkpoint is None:
-        raise FileExistsError(
-            f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
-            "continue it or --overwrite_output_dir to start over."
-        )
-    differences = _differences(RUN_CONFIG.read(config_path), identity)
-    if differences:
-        raise ValueError(
-            f"--output_dir {output_dir} holds a different run ({'; '.join(differences)}); use the same settings "
-            "to resume it, another --output_dir, or --overwrite_output_dir."
-        )
-
-
-def start_output_dir(accelerator: Accelerator, args: argparse.Namespace, identity: dict[str, Any]) -> None:
-    """Create the output directory (clearing a previous run with ``--overwrite_output_dir``) and record the run."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output_dir = Path(args.output_dir)
-        if args.overwrite_output_dir and output_dir.is_dir():
-            for path in checkpoint_folders(output_dir):
-                shutil.rmtree(path)
-            for name in (RUN_CONFIG_NAME, TRAIN_LOG_NAME):
-                (output_dir / name).unlink(missing_ok=True)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output_dir / RUN_CONFIG_NAME, identity)
-    accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,84 +169,6 @@ def create_accelerator(args: argparse.Namespace) -> Accelerator:
         logging.set_verbosity_error()
     set_seed(args.seed)
     return accelerator
-
-
-def checkpoint_folders(output_dir: str | os.PathLike) -> list[Path]:
-    """Every folder `save_checkpoint` writes: ``checkpoint-N`` (complete or not) and its staging ``.checkpoint-N.tmp``."""
-    pattern = re.compile(rf"^\.?{CHECKPOINT_PREFIX}\d+(\.tmp)?$")
-    return sorted(p for p in Path(output_dir).iterdir() if p.is_dir() and pattern.match(p.name))
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``output_dir``, oldest first."""
-    pattern = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-    candidates = Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-    found = [(int(m.group(1)), p) for p in candidates if (m := pattern.match(p.name))]
-    return [p for _, p in sorted(found) if (p / TRAINING_STATE_NAME).is_file()]
-
-
-def save_checkpoint(
-    accelerator: Accelerator, args: argparse.Namespace, state: dict[str, Any], ema: EMAModel | None
-) -> Path:
-    """Save a resumable state to ``output_dir/checkpoint-N`` atomically and prune old checkpoints."""
-    output_dir = Path(args.output_dir)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{state['global_step']}"
-    tmp = output_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.save_pretrained(str(tmp / EMA_FOLDER))
-        write_json_atomic(tmp / TRAINING_STATE_NAME, state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if args.checkpoints_total_limit is not None:
-            for old in list_checkpoints(output_dir)[: -args.checkpoints_total_limit]:
-                shutil.rmtree(old)
-        logger.info(f"Saved checkpoint {final}")
-    accelerator.wait_for_everyone()
-    return final
-
-
-def find_resume_checkpoint(args: argparse.Namespace) -> Path | None:
-    """The checkpoint ``--resume_from_checkpoint`` designates (``None`` when starting fresh)."""
-    if args.resume_from_checkpoint is None:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(args.output_dir)
-        if not checkpoints:
-            logger.info(f"No checkpoint in {args.output_dir}; starting a new run.")
-        return checkpoints[-1] if checkpoints else None
-    return Path(args.resume_from_checkpoint)
-
-
-def load_checkpoint(
-    accelerator: Accelerator, checkpoint: Path, identity: dict[str, Any], ema: EMAModel | None, model_cls: type
-) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and EMA from ``checkpoint``; return its training state.
-
-    Raises:
-        `ValueError`: the checkpoint belongs to a run with different settings.
-    """
-    state = TRAINING_STATE.read(checkpoint / TRAINING_STATE_NAME)
-    differences = _differences(state["run"], identity)
-    if differences:
-        raise ValueError(f"Checkpoint {checkpoint} belongs to a different run ({'; '.join(differences)}).")
-    try:
-        accelerator.load_state(str(checkpoint))
-        if ema is not None:
-            saved = EMAModel.from_pretrained(str(checkpoint / EMA_FOLDER), model_cls=model_cls)
-            ema.load_state_dict(saved.state_dict())
-            ema.to(accelerator.device)
-    except Exception as error:  # noqa: BLE001 - torch, safetensors and accelerate each raise their own kind
-        raise ValueError(damaged_checkpoint_message(checkpoint, error)) from None
-    logger.info(f"Resumed from {checkpoint} at step {state['global_step']}")
-    return state
 
 
 # ----------------------------------------------------------------------------------------------------
