@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..utils.arg_types import OneLineErrorParser
-from . import candidates, demo, evaluate, generate, label, push, study, sweep, train
+from . import audits, candidates, demo, evaluate, generate, label, push, study, sweep, train
 from .common import USER_ERRORS
 
 # The subcommands, in the order `side --help` lists them: each function registers one on the subparsers and sets
@@ -28,6 +28,8 @@ COMMANDS = (
     sweep.add_sweep_command,
     study.add_study_command,
     demo.add_demo_command,
+    audits.add_divergence_command,
+    audits.add_query_only_command,
     push.add_push_command,
 )
 

@@ -30,6 +30,7 @@ from ..utils.state_files import OUTPUTS_MANIFEST, StateFileError
 MANIFEST = OUTPUTS_MANIFEST.name
 GENERATION, LABELS, EVALUATION, SWEEP, DEMO = "generation", "labels", "evaluation", "sweep", "demo"
 TRAINING, PIPELINE, LORA = "training", "pipeline", "lora"
+DIVERGENCE, QUERY_ONLY = "divergence", "query-only"
 MATCHES_FILE = "matches.parquet"
 FIGURES_DIR = "figures"
 
@@ -44,6 +45,8 @@ KINDS: dict[str, tuple[str, str]] = {
     GENERATION: ("generation.json", "a generation run (`side synthesize` / `side extract`)"),
     LABELS: ("surrogate_labels.json", "a `side label` output"),
     EVALUATION: ("report.json", "a `side evaluate` report"),
+    DIVERGENCE: ("divergence.json", "a `side divergence` report"),
+    QUERY_ONLY: ("query_only.json", "a `side query-only` search"),
 }
 # The files a `side label` output written before manifests existed holds (besides its arrow shards).
 LEGACY_LABEL_FILES = ("dataset_info.json", "state.json", "surrogate_labels.json", "surrogate_labels.safetensors", "contact_sheet.png")
