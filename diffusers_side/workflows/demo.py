@@ -152,6 +152,7 @@ PAPER = DemoConfig(
     classifier_steps=None,
     classifier_epochs=20,
     classifier_layers="resnet34",
+    classifier_size="auto",
     classifier_batch_size=64,
     classifier_base_channels=64,
     classifier_learning_rate=1e-4,
