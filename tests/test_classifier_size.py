@@ -155,8 +155,10 @@ def test_demo_trains_its_classifiers_at_the_named_size(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "train_classifier", seen.append)
     demo.Demo(tmp_path, demo.resolve_config("paper", classifier_size="auto")).train_classifier("classifier-side", False)
     demo.Demo(tmp_path, demo.resolve_config("paper")).train_classifier("classifier-side", False)
+    demo.Demo(tmp_path, demo.resolve_config("paper", classifier_size=None)).train_classifier("classifier-side", False)
     assert seen[0].classifier_size == "auto" and seen[0].base_channels == 32  # the parser's default, not the preset's 64
-    assert (seen[1].classifier_size, seen[1].classifier_layers, seen[1].base_channels) == (None, "resnet34", 64)
+    assert seen[1].classifier_size == "auto"  # the paper preset's default: the size rule, not the ResNet-34
+    assert (seen[2].classifier_size, seen[2].classifier_layers, seen[2].base_channels) == (None, "resnet34", 64)
     with pytest.raises(ValueError, match="classifier_size 'huge' is not one of"):
         demo.Demo(tmp_path / "x", demo.resolve_config("paper", classifier_size="huge")).check()
 

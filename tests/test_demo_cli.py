@@ -123,7 +123,8 @@ def test_paper_preset_has_the_documented_values():
     config = resolve_config(preset="paper")
     assert config == PAPER and config.preset == "paper"
     assert (config.num_synthetic, config.num_clusters, config.num_images) == (10_000, 100, 5_000)
-    assert (config.classifier_layers, config.classifier_base_channels) == ("resnet34", 64)
+    assert config.classifier_size == "auto" and config.sweep_criterion == "blind-groups"
+    assert (config.classifier_layers, config.classifier_base_channels) == ("resnet34", 64)  # with --classifier-size paper
     assert config.classifier_steps is None and config.classifier_epochs == 20
     assert (config.classifier_learning_rate, config.classifier_batch_size) == (1e-4, 64)
     assert config.sweep_guidance_scales == (0, 1, 2, 5, 10, 20, 50)
@@ -137,6 +138,10 @@ def test_explicit_flags_override_the_preset(tmp_path, captured_config):
     assert config.sweep_guidance_scales == (0, 1, 2, 5, 10, 20, 50)
     fixed = captured_config(["--preset", "paper", "--guidance-scale", "4", "--output", str(tmp_path / "d")])
     assert (fixed.guidance_scale, fixed.sweep_guidance_scales, fixed.num_images) == (4, (), 5_000)
+    resnet34 = captured_config(["--preset", "paper", "--classifier-size", "paper", "--output", str(tmp_path / "d")])
+    assert (resnet34.classifier_size, resnet34.num_synthetic, resnet34.num_images) == ("paper", 10_000, 5_000)
+    tuned = captured_config(["--preset", "paper", "--sweep-criterion", "auditor-tuned", "--output", str(tmp_path / "d")])
+    assert tuned.sweep_criterion == "auditor-tuned"
     default = captured_config(["--output", str(tmp_path / "d")])
     assert (default.preset, default.num_synthetic, default.sweep_guidance_scales) == ("demo", 1000, ())
     assert default.scheduler == "ddpm" and default.guidance_scale is None
@@ -185,7 +190,8 @@ def test_resuming_with_another_preset_is_refused(tmp_path, capsys):
 
 
 def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(tmp_path):
-    from diffusers_side.workflows.demo import SWEEP_DIR, run_demo
+    from diffusers_side.workflows.demo import run_demo
+    from diffusers_side.workflows.demo_sweep import BLIND, SWEEP_DIRS
 
     report = run_demo(tmp_path / "demo", quick=True, sweep_guidance_scales=(0, 2), selection_num_images=4)
     for name in ("classifier-side", "classifier-cond"):
@@ -194,8 +200,8 @@ def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(
         assert [accuracy[f"q{q}"]["timesteps"] for q in range(4)] == [[0, 249], [250, 499], [500, 749], [750, 999]]
         assert all(0 <= accuracy[key]["accuracy"] <= 1 for key in ("clean", "q0", "q1", "q2", "q3"))
     selection = report["guidance_selection"]
-    assert set(selection["ams"]) == {"0", "2"} and selection["selected"] in (0, 2)
-    sweep_config = json.loads((tmp_path / "demo" / SWEEP_DIR / "sweep_config.json").read_text())
+    assert set(selection["blind_groups"]) == {"0", "2"} and selection["selected"] in (0, 2)
+    sweep_config = json.loads((tmp_path / "demo" / SWEEP_DIRS[BLIND] / "sweep_config.json").read_text())
     assert (sweep_config["seed"], sweep_config["num_images"]) == (1, 4)
     extracted = json.loads((tmp_path / "demo" / "extract-side" / "generation.json").read_text())
     assert extracted["guidance_scale"] == selection["selected"] and extracted["seed"] == 0

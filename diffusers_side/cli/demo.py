@@ -8,6 +8,7 @@ from ..models.classifier_size import CLASSIFIER_SIZES
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import (
     SCHEDULER_NAMES,
+    SWEEP_CRITERIA,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -37,8 +38,9 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument(
         "--preset", choices=("demo", "paper"), default=None,
         help="demo (default): N_syn 1000, ResNet-18 width 16 for 600 steps, each method's default lambda, N_G 500 (minutes on 2 cores); "
-        "paper: the paper's scale, N_syn 10,000, ResNet-34 width 64 for 20 epochs, lambda swept over "
-        "0,1,2,5,10,20,50 on a selection seed, N_G 5,000 (about 6 CPU hours; README 'Full-scale preset'). "
+        "paper: the paper's scale, N_syn 10,000, K 100, classifiers sized by the auto rule (--classifier-size paper: the "
+        "paper's ResNet-34 width 64) for 20 epochs, lambda swept over 0,1,2,5,10,20,50 on a selection seed and chosen "
+        "by blind near-duplicate groups, N_G 5,000 (benchmarks README section 7). "
         "The flags below override the preset's values",
     )
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)")
@@ -61,6 +63,12 @@ def add_demo_command(subparsers) -> None:
         "to the images and the labelled set, e.g. three stages of one block at width 16 for 16x16 digits: a fraction of "
         "ResNet-34's cost; benchmarks README 'Classifier size'); default: the preset's",
     )
+    parser.add_argument(
+        "--sweep-criterion", default=None, choices=SWEEP_CRITERIA,
+        help="how a lambda sweep (--preset paper) chooses SIDE's lambda: blind-groups (default, attacker-side: the most "
+        "near-duplicate groups among each lambda's own generations, no training image read) or auditor-tuned (scored "
+        "against --reference, the training set: an oracle step an attacker cannot take; labelled so in the report)",
+    )
     parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
     parser.set_defaults(func=run_demo)
@@ -72,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..workflows.demo import run_demo as run
 
     overrides = {"pipeline": args.pipeline, "reference": args.reference}
-    for name in ("guidance_scale", "num_images", "seed", "scheduler", "classifier_size"):
+    for name in ("guidance_scale", "num_images", "seed", "scheduler", "classifier_size", "sweep_criterion"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     report = run(
@@ -87,6 +95,6 @@ def run_demo(args: argparse.Namespace) -> int:
         print(candidate_table(report["candidates"]))
     if "guidance_selection" in report:
         selection = report["guidance_selection"]
-        print(f"SIDE lambda {selection['selected']:g}, chosen on seed {selection['selection_seed']} (sweep-side/sweep.json)")
+        print(f"SIDE lambda {selection['selected']:g}, chosen {selection['criterion']} on seed {selection['selection_seed']}")
     print(f"report: {args.output}/report.md")
     return 0

@@ -5,7 +5,7 @@ generation folder that holds one (``candidates.parquet``), each candidate is a g
 is already known, so:
 
 - ``precision@k``: the fraction of the top ``k`` candidates whose best match lies in a *counted* band (the two most
-  similar bands: mid + high for the default bands, the same bands as `diffusers_side.workflows.demo.SELECTION_CRITERION`);
+  similar bands: mid + high for the default bands, the bands of the auditor-tuned lambda criterion, `workflows.demo_sweep`);
 - ``distinct@k``: the number of distinct training images those hits copy;
 - for context, ``base_rate`` (the precision of a generation drawn at random from the set) and ``distinct_in_set``
   (the distinct training images the whole set copies in the counted bands, the most any ``k`` can reach).

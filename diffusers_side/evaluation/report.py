@@ -231,22 +231,27 @@ def classifier_accuracy_section(classifiers: dict) -> list[str]:
 
 
 def guidance_selection_section(selection: dict, bands: Sequence[Band], kind: str) -> list[str]:
-    """``report.md`` lines: the lambda sweep on the selection seed and the lambda it chose."""
+    """``report.md`` lines: the lambda sweep on the selection seed, the lambda it chose and the criterion that chose it."""
+    blind = "blind_groups" in selection
     ordered = display_order(bands, kind)
-    header = ["lambda"] + [f"AMS {band.name} (%)" for band in ordered] + ["chosen"]
+    columns = ["generations", "blind groups (>= 2)", "groups per generation"] if blind else [f"AMS {b.name} (%)" for b in ordered]
+    header = ["lambda", *columns, "chosen"]
+    rule = selection.get("rule", selection["criterion"])  # reports written before the criterion had a name
     lines = [
         "## Guidance scale selection",
         "",
         f"`{selection['method']}` at every lambda on the selection seed {selection['selection_seed']} "
-        f"({selection['num_images']} images each, other image seeds than the reported run's); chosen: "
-        f"{selection['criterion']}.",
+        f"({selection['num_images']} images each, other image seeds than the reported run's). "
+        f"**Criterion: {selection['criterion'] if 'rule' in selection else 'auditor-tuned'}** - {rule}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---:"] * (len(header) - 1) + ["---"]) + "|",
     ]
-    for scale, ams in selection["ams"].items():
+    for scale, row in (selection["blind_groups"] if blind else selection["ams"]).items():
         chosen = "yes" if float(scale) == selection["selected"] else ""
-        lines.append("| " + " | ".join([scale, *(_percent(ams[band.name]) for band in ordered), chosen]) + " |")
+        cells = ([str(row["num_generations"]), str(row["num_groups"]), f"{row['groups_per_generation']:.4f}"] if blind
+                 else [_percent(row[band.name]) for band in ordered])
+        lines.append("| " + " | ".join([scale, *cells, chosen]) + " |")
     return [*lines, ""]
 
 

@@ -16,6 +16,8 @@ import re
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "mtia")
 # Names of `--scheduler`; `diffusers_side.pipelines.loading.SCHEDULERS` maps each to its diffusers class.
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler-ancestral", "dpm-solver", "unipc")
+# How `side demo` chooses lambda from its sweep (`diffusers_side.workflows.demo_sweep`): attacker-side first.
+SWEEP_CRITERIA = ("blind-groups", "auditor-tuned")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -6,8 +6,8 @@ Stages (each one a library call the individual commands also use):
 2. label them (embed with the target's own UNet, KMeans, cohesion filter, relabel);
 3. train the time-dependent classifier (SIDE) and the time-independent one (Carlini Cond) with
    `diffusers_side.training.classifier.train_classifier` (the loop of ``training/train_classifier.py``);
-   with a lambda sweep configured (the ``paper`` preset), choose SIDE's lambda with
-   `diffusers_side.workflows.runs.run_sweep` on the selection seed, never on the reported one;
+   with a lambda sweep configured (the ``paper`` preset), choose SIDE's lambda on the selection seed, never on the
+   reported one: by default from blind near-duplicate groups, no training image read (`workflows.demo_sweep`);
 4. extract N_G candidates with every registered method (SIDE, Carlini UnCond, Carlini Cond, SIDE with exemplar guidance)
    at the same extraction-stream seeds (never the synthesis seeds), each ranked into a blind candidate list;
 5. evaluate them all against the training subset and write ``report.md``, ``report.json`` and figures (the top blind
@@ -33,7 +33,6 @@ from diffusers.utils import logging
 
 from ..candidates.files import write_candidates
 from ..candidates.ranking import MIN_GENERATIONS
-from ..evaluation.bands import Band, display_order
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import write_report
 from ..generation.engine import GenerationSettings, generate
@@ -50,20 +49,17 @@ from ..training.arguments import CLASSIFIER_LAYERS
 from ..training.classifier import classifier_training_args, train_classifier
 from ..training.common import TRAIN_LOG_NAME
 from ..utils.atomic_io import write_json_atomic
-from ..utils.state_files import DEMO_CONFIG, SWEEP_RESULTS, TRAIN_LOG
-from .runs import SWEEP_JSON, run_sweep
+from ..utils.state_files import DEMO_CONFIG, TRAIN_LOG
+from .demo_sweep import AUDITOR, BLIND, SWEEP_DIRS, check_sweep_criterion, guidance_selection, run_demo_sweep, sweep_is_done
+from .demo_sweep import select_guidance_scale as select_guidance_scale  # auditor-tuned; re-exported
 
 logger = logging.get_logger(__name__)
 
 TIMINGS_FILE = "timings.json"
 CONFIG_FILE = "demo_config.json"
-SWEEP_DIR = "sweep-side"
+SWEEP_DIR = SWEEP_DIRS[AUDITOR]  # the auditor-tuned sweep's folder; the blind one's is SWEEP_DIRS[BLIND]
 SWEPT_METHOD = "side"
 CLASSIFIERS = {"classifier-side": False, "classifier-cond": True}  # folder -> time-independent
-SELECTION_CRITERION = (
-    "the largest fraction of generations whose best training match lies in the two most similar bands "
-    "(AMS mid + high for the default bands); ties go to the smaller lambda"
-)
 
 
 @dataclass
@@ -88,7 +84,10 @@ class DemoConfig:
         guidance_scale: lambda of every guided method (SIDE's unless swept); ``None``: each method's registered
             default (`ExtractionMethod.resolve_guidance_scale`: SIDE and Cond 1 as in the paper, SIDE-exemplar 10).
         sweep_guidance_scales: lambdas for SIDE tried at ``selection_seed`` with ``selection_num_images`` images
-            each; SIDE is then extracted at the one with the best score (`SELECTION_CRITERION`). Empty: no sweep.
+            each; SIDE is then extracted at the one ``sweep_criterion`` chooses. Empty: no sweep.
+        sweep_criterion: ``"blind-groups"`` (default, attacker-side: most blind near-duplicate groups per generation,
+            no training image read) or ``"auditor-tuned"`` (scored against ``reference``: an oracle step, labelled so
+            in the report); `diffusers_side.workflows.demo_sweep`.
         selection_num_images, selection_seed: N_G per lambda and the seed of the sweep (never ``seed``, so the
             reported numbers are not those lambda was chosen on).
         num_inference_steps, scheduler: the sampler used for every generation, synthesis included. ``"ddpm"``
@@ -117,6 +116,7 @@ class DemoConfig:
     num_images: int = 500
     guidance_scale: float | None = None
     sweep_guidance_scales: tuple[float, ...] = ()
+    sweep_criterion: str = BLIND
     selection_num_images: int = 0
     selection_seed: int = 1
     num_inference_steps: int = 50
@@ -137,10 +137,14 @@ QUICK = DemoConfig(
     batch_size=16,
 )
 
-# The paper's scale (README "Full-scale preset"): N_syn 10,000 and K 100 (peers' N_syn, the paper's K), a ResNet-34
-# at torchvision's width 64 trained 20 epochs (a peer's default; the paper states no epochs) with AdamW lr 1e-4 (the
-# paper) and weight decay 1e-2 (the peer's, torch's AdamW default), batch 64 (the peer's), the paper's lambda range
-# sampled at {0, 1, 2, 5, 10, 20, 50} on 1,000 selection-seed images each, and N_G 5,000 per method.
+# The paper's scale (README "Full-scale preset"): N_syn 10,000 and K 100 (peers' N_syn, the paper's K), classifiers
+# trained 20 epochs (a peer's default; the paper states no epochs) with AdamW lr 1e-4 (the paper) and weight decay 1e-2
+# (the peer's, torch's AdamW default), batch 64 (the peer's), the paper's lambda range sampled at {0, 1, 2, 5, 10, 20,
+# 50} on 1,000 selection-seed images each and chosen attacker-side (blind near-duplicate groups), N_G 5,000 per method.
+# The classifiers are sized by the rule of `diffusers_side.models.classifier_size` (``classifier_size="auto"``): for
+# 16x16 targets and < 20,000 labelled images a three-stage ResNet (resnet8) of width 16, not the paper's ResNet-34 at
+# width 64 (10x a UNet step per guided step; benchmarks README section 7). ``classifier_size="paper"``
+# (``--classifier-size paper``) restores the ResNet-34 (classifier_layers / classifier_base_channels below).
 PAPER = DemoConfig(
     preset="paper",
     num_synthetic=10_000,
@@ -148,6 +152,7 @@ PAPER = DemoConfig(
     classifier_steps=None,
     classifier_epochs=20,
     classifier_layers="resnet34",
+    classifier_size="auto",
     classifier_batch_size=64,
     classifier_base_channels=64,
     classifier_learning_rate=1e-4,
@@ -258,11 +263,17 @@ class Demo:
             raise ValueError(f"classifier_size {c.classifier_size!r} is not one of {CLASSIFIER_SIZES}; pass one or None.")
         for method in ("synthetic", *extraction_method_names()):
             self.generation_settings(method).validate()
+        check_sweep_criterion(c.sweep_criterion)
         if c.sweep_guidance_scales:
             if c.selection_seed == c.seed:
                 raise ValueError(
                     f"The lambda sweep's selection seed {c.selection_seed} equals the run seed --seed {c.seed}: lambda would "
                     "be chosen on the reported images; pass another --seed."
+                )
+            if c.sweep_criterion == BLIND and c.selection_num_images < MIN_GENERATIONS:
+                raise ValueError(
+                    f"selection_num_images={c.selection_num_images}: the blind sweep ranks each lambda's generations among "
+                    f"themselves and needs at least {MIN_GENERATIONS}; pass more."
                 )
             for scale in c.sweep_guidance_scales:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
@@ -275,7 +286,7 @@ class Demo:
         config_file = self.path(CONFIG_FILE)
         if config_file.is_file():
             # a field added after a demo was recorded has the default value, the behaviour of that demo's version
-            recorded = {**asdict(DemoConfig()), **DEMO_CONFIG.read(config_file)}
+            recorded = {**asdict(DemoConfig()), "sweep_criterion": AUDITOR, **DEMO_CONFIG.read(config_file)}
             wanted = json.loads(json.dumps(asdict(self.config)))
             if recorded["preset"] != wanted["preset"]:
                 raise FileExistsError(
@@ -325,22 +336,18 @@ class Demo:
         train_classifier(args)
 
     def sweep(self) -> None:
-        """Stage 3b: SIDE at every lambda of the sweep on the selection seed, each evaluated (`run_sweep`)."""
+        """Stage 3b: SIDE at every lambda of the sweep on the selection seed, scored by ``sweep_criterion``."""
         c = self.config
-        run_sweep(self.sweep_settings(), c.sweep_guidance_scales, self.path(SWEEP_DIR), c.reference, similarity="carlini")
+        run_demo_sweep(c.sweep_criterion, self.sweep_settings(), c.sweep_guidance_scales, self.sweep_dir(), c.reference)
+
+    def sweep_dir(self) -> Path:
+        """The sweep's folder (one per criterion, so a resumed demo never mixes them)."""
+        return self.path(SWEEP_DIRS[self.config.sweep_criterion])
 
     def guidance_selection(self) -> dict:
-        """The sweep's curve (AMS per band and lambda), the chosen lambda and how it was chosen."""
+        """The sweep's curve, the chosen lambda and the criterion that chose it (`demo_sweep.guidance_selection`)."""
         c = self.config
-        results = SWEEP_RESULTS.read(self.path(SWEEP_DIR) / SWEEP_JSON)
-        return {
-            "method": SWEPT_METHOD,
-            "selection_seed": c.selection_seed,
-            "num_images": c.selection_num_images,
-            "criterion": SELECTION_CRITERION,
-            "ams": {scale: report["methods"][SWEPT_METHOD]["ams"] for scale, report in results.items()},
-            "selected": select_guidance_scale(results),
-        }
+        return guidance_selection(c.sweep_criterion, self.sweep_dir(), SWEPT_METHOD, c.selection_seed, c.selection_num_images)
 
     def extract(self, method: str) -> None:
         """Stage 4: N_G candidates with ``method``, with the classifier its record asks for."""
@@ -385,8 +392,8 @@ class Demo:
             if not (self.path(name) / "model_index.json").exists():
                 self.stage(f"train {name}", self.path(name), lambda: self.train_classifier(name, time_independent))
         if self.config.sweep_guidance_scales:
-            if not (self.path(SWEEP_DIR) / SWEEP_JSON).exists():
-                self.stage("sweep side", self.path(SWEEP_DIR), self.sweep)
+            if not sweep_is_done(self.config.sweep_criterion, self.sweep_dir()):
+                self.stage("sweep side", self.sweep_dir(), self.sweep)
             self.selected_guidance_scale = self.guidance_selection()["selected"]
         for method in demo_methods():
             self.stage(f"extract {method}", self.path(f"extract-{method}"), lambda: self.extract(method))
@@ -395,24 +402,6 @@ class Demo:
         self.timings["total"] = round(sum(self.timings.values()), 2)
         write_json_atomic(self.path(TIMINGS_FILE), {**self.timings, "cpu_seconds": self.cpu_seconds})
         return report
-
-
-def select_guidance_scale(results_by_scale: dict[str, dict]) -> float:
-    """The lambda whose generations land most often in the two most similar bands (`SELECTION_CRITERION`).
-
-    Args:
-        results_by_scale: lambda (as written in ``sweep.json``) -> the `evaluate` report of SIDE at that lambda.
-
-    Returns:
-        `float`: the chosen lambda; ties go to the smaller one.
-    """
-
-    def score(scale: str) -> float:
-        report = results_by_scale[scale]
-        bands = display_order([Band(**band) for band in report["bands"]], report["similarity"]["kind"])
-        return sum(report["methods"][SWEPT_METHOD]["ams"][band.name] for band in bands[-2:])
-
-    return float(max(results_by_scale, key=lambda scale: (score(scale), -float(scale))))
 
 
 def demo_methods() -> list[str]:
