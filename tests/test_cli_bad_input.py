@@ -225,6 +225,7 @@ TABLE = {
         [
             ("--output", "{file}", "is a file", RUN),
             ("--preset", "bogus", "--preset", PARSE),
+            ("--sweep-criterion", "bogus", "--sweep-criterion", PARSE),
             ("--preset", "paper", "--quick and --preset paper contradict", RUN),
             ("--pipeline", "{missing}", "missing", RUN),
             ("--reference", "{missing}", "missing", RUN),
