@@ -12,6 +12,14 @@ from .common import CommandError, check_device, example, summary
 PIPELINE_HELP = f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, outputs: str, run) -> None:
+    """The flags both audits share (--seed, --device, --output) and the function that runs the command."""
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds every random draw (default: 0)")
+    parser.add_argument("--device", type=device, default=None, help="device (default: cpu)")
+    parser.add_argument("--output", required=True, metavar="DIR", help=f"where {outputs} go")
+    parser.set_defaults(func=run)
+
+
 def add_divergence_command(subparsers) -> None:
     """Register ``side divergence`` on ``subparsers``."""
     parser = subparsers.add_parser(
@@ -38,10 +46,7 @@ def add_divergence_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=50, help="images per ODE solve (default: 50)")
     parser.add_argument("--rtol", type=positive_float, default=None, help="ODE solver relative tolerance (default: the library's)")
     parser.add_argument("--atol", type=positive_float, default=None, help="ODE solver absolute tolerance (default: the library's)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--device", type=device, default=None, help="device (default: cpu)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where divergence.json and report.md go")
-    parser.set_defaults(func=run_divergence)
+    add_run_arguments(parser, "divergence.json and report.md", run_divergence)
 
 
 def run_divergence(args: argparse.Namespace) -> int:
@@ -112,10 +117,7 @@ def add_query_only_command(subparsers) -> None:
     parser.add_argument("--sigma0", type=positive_float, default=1.0, help="CMA-ES initial step size (1: plain sampling first)")
     parser.add_argument("--num-inference-steps", type=positive_int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per pipeline call (default: 64)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
-    parser.add_argument("--device", type=device, default=None, help="device (default: cpu)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where images/, query_only.json and report.md go")
-    parser.set_defaults(func=run_query_only)
+    add_run_arguments(parser, "images/, query_only.json and report.md", run_query_only)
 
 
 def run_query_only(args: argparse.Namespace) -> int:
