@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per sampling batch")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps when sampling")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=None, help="results file (default: results/lora_cost.json; --quick writes none unless given)")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.steps, args.repeats = 2, 2, 1
@@ -111,8 +112,8 @@ def main() -> None:
     rows = [[name, f"{per_unit[name]:.4f}", "s / training step"] for name in train_calls]
     rows += [[name, f"{per_unit[name]:.4f}", f"s / image ({args.steps} steps)"] for name in sample_calls]
     print(markdown_table(["measurement", clock + " time", "unit"], rows))
-    if not args.quick:
-        print(f"written to {write_results('lora_cost', results)}")
+    if not args.quick or args.output:
+        print(f"written to {write_results('lora_cost', results, args.output)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""Smoke runs of the older benchmark scripts at tiny sizes (each spawns a fresh process per method for clean memory
+peaks, so one method each): they run end to end, write their JSON where told (never over benchmarks/results/), and the
+identities they check hold. Timing goals live in benchmarks/README.md, not here."""
+
+import pytest
+from test_benchmarks_smoke import run_benchmark
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_x0_guidance_quick(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_x0_guidance", tmp_path / "x0.json")
+    assert set(results["seconds_per_image"]) == {"uncond", "side_xt", "side_x0", "cond_x0"}
+    assert set(results["seconds_per_image_step"]) == {"unet_forward", "unet_forward_backward"}
+    assert all(seconds > 0 for seconds in [*results["seconds_per_image"].values(), *results["seconds_per_image_step"].values()])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_lora_cost_quick_writes_only_where_told(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_lora_cost", tmp_path / "lora_cost.json")
+    assert results["seconds_per_training_step"] and results["seconds_per_image"]
+    assert all(seconds > 0 for seconds in [*results["seconds_per_training_step"].values(), *results["seconds_per_image"].values()])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_clustering_quick(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_clustering", tmp_path / "clustering.json", "--num-synthetic", "300",
+                            "--dimension", "16", "--clusters", "10", "--methods", "kmeans")
+    run = results["results"]
+    assert (run["num_synthetic"], run["dimension"], run["clusters"]) == (300, 16, 10)
+    assert set(run["methods"]) == {"kmeans"} and run["methods"]["kmeans"]["inertia"] > 0
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_nearest_match_quick(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_nearest_match", tmp_path / "nearest.json", "--sizes", "gray16:50x100",
+                            "--methods", "carlini")
+    (row,) = results["results"]
+    assert (row["num_generated"], row["num_train"], row["dimension"]) == (50, 100, 256)
+    assert set(row["methods"]) == {"carlini"} and row["methods"]["carlini"]["seconds"] >= 0
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_guided_sampling_quick(monkeypatch, tmp_path):
+    results = run_benchmark(monkeypatch, "bench_guided_sampling", tmp_path / "guided.json", "--config", "digits",
+                            "--repeats", "1", "--no-memory")
+    (row,) = results["results"]
+    assert row["config"] == "digits" and row["side_unguided_equals_ddim"] is True
