@@ -45,3 +45,22 @@ def test_bench_guided_sampling_quick(monkeypatch, tmp_path):
                             "--repeats", "1", "--no-memory")
     (row,) = results["results"]
     assert row["config"] == "digits" and row["side_unguided_equals_ddim"] is True
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_divergence_gaussian_check_small(monkeypatch, tmp_path):
+    import importlib
+    import json
+    import sys
+
+    from test_benchmarks_smoke import BENCHMARKS
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    output = tmp_path / "gaussian.json"
+    monkeypatch.setattr(sys, "argv", ["divergence_gaussian_check.py", "--num-images", "4", "--num-samples", "4", "--output", str(output)])
+    importlib.import_module("divergence_gaussian_check").main()
+    report = json.loads(output.read_text())
+    assert {"isotropic s=0.2", "rotated anisotropic s=0.02..0.4"} <= set(report)
+    for name in ("isotropic s=0.2", "rotated anisotropic s=0.02..0.4"):
+        assert min(row["max_rel_error"] for row in report[name]["log_p"]) < 0.05, name  # the tightest tolerance
+        assert all(abs(row["rel_error"]) < 0.05 for row in report[name]["divergence"]), name  # M within 5 % of exact
