@@ -71,10 +71,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", help="results JSON (default: benchmarks/results/compare_search.json)")
     args = parser.parse_args()
-    # The search lives in nearest_match.py since the metrics split; older checkouts have it in metrics.py.
-    search_file = args.before / "diffusers_side" / "nearest_match.py"
-    if not search_file.exists():
-        search_file = args.before / "diffusers_side" / "metrics.py"
+    # The search moved: similarity/nearest_match.py (packages by concept), nearest_match.py (the metrics split),
+    # metrics.py (before it); the newest one the other checkout has is compared.
+    candidates = [args.before / "diffusers_side" / f for f in ("similarity/nearest_match.py", "nearest_match.py", "metrics.py")]
+    search_file = next((f for f in candidates if f.exists()), None)
+    if search_file is None:
+        raise SystemExit(f"--before {args.before}: no diffusers_side search module found (looked for {[str(f) for f in candidates]}).")
     before = load_module(search_file, "metrics_before")
     print("| shape | N_G x N_train | k | before s | after s | speed-up | GFLOP/s before -> after | same best two | same all k |")
     print("|---|---|---:|---:|---:|---:|---|---:|---:|")

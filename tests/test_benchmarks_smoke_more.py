@@ -64,3 +64,21 @@ def test_divergence_gaussian_check_small(monkeypatch, tmp_path):
     for name in ("isotropic s=0.2", "rotated anisotropic s=0.02..0.4"):
         assert min(row["max_rel_error"] for row in report[name]["log_p"]) < 0.05, name  # the tightest tolerance
         assert all(abs(row["rel_error"]) < 0.05 for row in report[name]["divergence"]), name  # M within 5 % of exact
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_compare_search_against_this_checkout(monkeypatch, tmp_path):
+    import importlib
+    import json
+    import sys
+
+    from test_benchmarks_smoke import BENCHMARKS
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    output = tmp_path / "compare.json"
+    argv = ["compare_search.py", "--before", str(BENCHMARKS.parent), "--sizes", "gray16:50x100", "--repeats", "1", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    importlib.import_module("compare_search").main()
+    rows = json.loads(output.read_text())["rows"]
+    assert [row["k"] for row in rows] == [50, 2]
+    assert all(row["same_all"] == 1.0 and row["max_score_difference"] == 0.0 for row in rows), "one search against itself"
