@@ -82,3 +82,26 @@ def test_compare_search_against_this_checkout(monkeypatch, tmp_path):
     rows = json.loads(output.read_text())["rows"]
     assert [row["k"] for row in rows] == [50, 2]
     assert all(row["same_all"] == 1.0 and row["max_score_difference"] == 0.0 for row in rows), "one search against itself"
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_divergence_by_steps_resumes_from_its_lines(monkeypatch, tmp_path):
+    import importlib
+    import json
+    import sys
+
+    from test_benchmarks_smoke import BENCHMARKS
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    output = tmp_path / "steps.jsonl"
+    argv = ["divergence_by_steps.py", "--reference", "digits-rare", "--models", "digits-rare", "--num-samples", "2",
+            "--rtol", "0.1", "--batch-size", "2", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    module = importlib.import_module("divergence_by_steps")
+    module.main()
+    (row,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["model"] == "digits-rare" and row["train"]["num_images"] == 200
+    assert row["gap"] == pytest.approx(row["holdout"]["value"] - row["train"]["value"])
+    monkeypatch.setattr(module, "memorization_divergence", lambda *a, **k: pytest.fail("a finished model is scored again"))
+    module.main()  # resumes: the model already in --output is skipped
+    assert len(output.read_text().splitlines()) == 1
