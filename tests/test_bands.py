@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from diffusers_side.evaluation.bands import DEFAULT_BANDS, Band, assign_bands, default_bands, parse_bands, validate_bands
+from diffusers_side.evaluation.bands import Band, assign_bands, default_bands, parse_bands, validate_bands
+from diffusers_side.similarity.registry import similarity_names
 
 
 def test_band_edges_are_half_open_and_the_last_band_is_closed():
@@ -15,7 +16,8 @@ def test_band_edges_are_half_open_and_the_last_band_is_closed():
 
 
 def test_default_bands_are_valid_and_named_low_mid_high():
-    for similarity, bands in DEFAULT_BANDS.items():
+    for similarity in similarity_names():
+        bands = default_bands(similarity)
         assert validate_bands(bands) == list(bands)
         assert {band.name for band in bands} == {"low", "mid", "high"}
 

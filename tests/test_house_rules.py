@@ -105,6 +105,27 @@ def test_the_library_has_no_import_circle():
     assert not import_cycles(graph), f"import circles: {import_cycles(graph)}"
 
 
+# README's layout table, lowest layer first: a package imports (at module level) only from those before it
+LAYERS = ["utils", "storage", "similarity", "models", "guidance", "pipelines", "methods", "generation", "labels",
+          "evaluation", "candidates", "audits", "training", "workflows", "cli"]
+
+
+def test_no_package_imports_from_a_higher_layer():
+    files = python_files("diffusers_side")
+    known = {module_name(p) for p in files}
+    upward = []
+    for path in files:
+        source = module_name(path).split(".")
+        if len(source) < 3:
+            continue
+        for target in module_imports(path, known):
+            parts = target.split(".")
+            if len(parts) > 1 and parts[1] in LAYERS and LAYERS.index(parts[1]) > LAYERS.index(source[1]):
+                upward.append(f"{module_name(path)} -> {target}")
+    assert set(LAYERS) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}, "a package missing from LAYERS"
+    assert not upward, f"imports from a higher layer: {upward}"
+
+
 @pytest.mark.parametrize(
     "graph, expected",
     [({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]), ({"a": {"b"}, "b": set()}, [])],

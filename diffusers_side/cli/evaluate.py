@@ -68,19 +68,20 @@ def similarity_arguments(value: str) -> dict:
     """
     import difflib
 
-    from ..similarity.measures import PIXEL_SIMILARITIES, SIMILARITIES
+    from ..similarity.registry import pixel_similarity_names, similarity_names
 
-    if value in PIXEL_SIMILARITIES:
+    pixel, names = pixel_similarity_names(), similarity_names()
+    if value in pixel:
         return {"similarity": value}
-    if value in SIMILARITIES:
+    if value in names:
         raise CommandError(
             f"--similarity {value}: name the feature extractor whose embeddings are compared instead "
             "(unet, pixels, a transformers model id or folder, or a TorchScript file)."
         )
-    close = difflib.get_close_matches(value, SIMILARITIES, n=1, cutoff=0.8)
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.8)
     if close:
         raise CommandError(
-            f"--similarity {value!r} is not one of {PIXEL_SIMILARITIES} nor a feature extractor; did you mean {close[0]!r}?"
+            f"--similarity {value!r} is not one of {pixel} nor a feature extractor; did you mean {close[0]!r}?"
         )
     return {"feature_extractor": value}
 

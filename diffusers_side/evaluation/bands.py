@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..similarity.measures import COSINE, check_similarity, smaller_is_more_similar
+from ..similarity.measures import get_similarity, smaller_is_more_similar
 
 
 @dataclass(frozen=True)
@@ -29,43 +29,16 @@ class Band:
         return asdict(self)
 
 
-# Default bands per similarity, sorted by their edges. See `BAND_RATIONALE` for where they come from.
-DEFAULT_BANDS: dict[str, tuple[Band, ...]] = {
-    COSINE: (Band("low", 0.4, 0.5), Band("mid", 0.5, 0.6), Band("high", 0.6, 1.0)),
-    "carlini": (Band("high", 0.0, 1.0 / 3.0), Band("mid", 1.0 / 3.0, 0.5), Band("low", 0.5, 2.0 / 3.0)),
-    "l2": (Band("high", 0.0, 0.02), Band("mid", 0.02, 0.04), Band("low", 0.04, 0.06)),
-}
-
-BAND_RATIONALE: dict[str, str] = {
-    COSINE: (
-        "Cosine of copy-detection embeddings (SIDE paper, Fig. 4): low < 0.5, mid 0.5-0.6, high > 0.6. "
-        "The paper gives no lower edge for the low band; 0.4 is used because a low band without one would "
-        "count every novel image, and 0.4 agrees with the paper's Table 1: on CelebA-25000 Carlini UnCond "
-        "has AMS 5.00 + 0.10 + 0.00 = 5.10 % over the three bands and a 95th-percentile similarity of "
-        "0.404, i.e. about 5 % of its generations lie above 0.4."
-    ),
-    "carlini": (
-        "Normalized L2 (smaller is more similar); the paper publishes no edges. They are derived from "
-        "Gu et al.'s rule (memorized when nearest < 1/3 of the second nearest). The normalizer is "
-        "0.5 x the mean distance to the 50 nearest training images, and that mean is at least about the "
-        "second-nearest distance d2, so normalized L2 <= 2 x d1 / d2: a generation Gu's rule flags "
-        "(d1/d2 < 1/3) has normalized L2 below about 2/3. Edges 2/3, 1/2, 1/3 are Gu's ratio 1/3, 1/4, "
-        "1/6 mapped the same way: low [1/2, 2/3], mid [1/3, 1/2), high [0, 1/3)."
-    ),
-    "l2": (
-        "RMS L2 on [0, 1] pixels (smaller is more similar); the paper publishes no edges. Equal steps of "
-        "0.02 (about 5 grey levels of RMS error on 8-bit images): high [0, 0.02) is within re-encoding "
-        "and resampling noise, mid [0.02, 0.04), low [0.04, 0.06]. The loosest edge stays below the "
-        "distance at which distinct training images start to match each other (on the embedded digits "
-        "the nearest other training image is >= 0.068 for 99 % of them). Absolute pixel distances depend "
-        "on the data; prefer 'carlini', which normalizes by the local density."
-    ),
-}
-
 
 def default_bands(similarity: str) -> list[Band]:
-    """The default bands of a similarity (``"l2"``, ``"carlini"`` or ``"cosine"``)."""
-    return list(DEFAULT_BANDS[check_similarity(similarity)])
+    """The default bands of a registered similarity, sorted by their edges (each similarity states its own:
+    `diffusers_side.similarity.base.Similarity.default_bands`)."""
+    return [Band(*triple) for triple in get_similarity(similarity).default_bands]
+
+
+def band_rationale(similarity: str) -> str:
+    """Where a similarity's default bands come from."""
+    return get_similarity(similarity).band_rationale
 
 
 def parse_bands(text: str) -> list[Band]:

@@ -23,15 +23,15 @@ from ..similarity.measures import (
     CARLINI_NUM_NEIGHBORS,
     COSINE,
     Matches,
-    check_similarity,
     describe_similarity,
     direction_text,
+    get_similarity,
     smaller_is_more_similar,
 )
 from ..similarity.nearest_match import DEFAULT_CHUNK_SIZE
 from ..storage.outputs import EVALUATION
 from ..utils.atomic_io import atomic_path
-from .bands import BAND_RATIONALE, Band, band_interval, default_bands, display_order, parse_bands, validate_bands
+from .bands import Band, band_interval, band_rationale, default_bands, display_order, parse_bands, validate_bands
 from .candidates import evaluate_candidates
 from .inputs import MATCHES_FILE, check_inputs_and_output, write_outputs
 from .matching import DEFAULT_BATCH_SIZE, ImageSet, MatchedSets, match_generations
@@ -60,7 +60,7 @@ def _check_arguments(generated, chunk_size, batch_size, max_figure_images, resol
 def _resolve_bands(bands: Sequence[Band | tuple] | str | None, kind: str) -> tuple[list[Band], str, str]:
     """The bands, where they come from, and their rationale."""
     if bands is None:
-        return default_bands(kind), f"default for {kind}", BAND_RATIONALE[kind]
+        return default_bands(kind), f"default for {kind}", band_rationale(kind)
     bands = parse_bands(bands) if isinstance(bands, str) else validate_bands(bands)
     return bands, "user", "Edges given by the user (--bands)."
 
@@ -117,8 +117,8 @@ def _similarity_settings(similarity: str, kind: str, alpha: float, matches: Matc
         "kind": kind,
         "description": describe_similarity(kind, similarity, alpha, matches.num_neighbors),
         "direction": direction_text(kind),
-        "alpha": alpha if kind == "carlini" else None,
-        "num_neighbors": matches.num_neighbors if kind == "carlini" else None,
+        "alpha": alpha if get_similarity(kind).normalized else None,
+        "num_neighbors": matches.num_neighbors if get_similarity(kind).normalized else None,
         "p95_definition": (
             "the 5th percentile of the best-match distance (the value only the 5 % most similar generations beat)."
             if smaller
@@ -137,14 +137,14 @@ def _resolve_similarity(similarity: str | None, feature_extractor: str | None) -
     """
     if similarity is None:
         return COSINE if feature_extractor is not None else "carlini"
-    check_similarity(similarity)
-    if feature_extractor is not None and similarity != COSINE:
+    compares = get_similarity(similarity).compares
+    if feature_extractor is not None and compares != "embeddings":
         raise ValueError(
             f"feature_extractor={feature_extractor!r} embeds images for the 'cosine' similarity, but similarity="
             f"{similarity!r} compares pixels; drop one of them or pass similarity='cosine'."
         )
-    if similarity == COSINE and feature_extractor is None:
-        raise ValueError("similarity='cosine' compares embeddings: pass feature_extractor= (unet, pixels, a model id or a file).")
+    if compares == "embeddings" and feature_extractor is None:
+        raise ValueError(f"similarity={similarity!r} compares embeddings: pass feature_extractor= (unet, pixels, a model id or a file).")
     return similarity
 
 
@@ -213,7 +213,7 @@ def evaluate(
             ``"cosine"`` (of ``feature_extractor`` embeddings). Default: ``"cosine"`` with a feature
             extractor, else ``"carlini"``. Any other value is an error.
         bands: `Band`s / ``(name, low, high)`` triples, or ``"name:low:high,..."``; defaults to
-            `diffusers_side.evaluation.bands.DEFAULT_BANDS` for the similarity.
+            the similarity's own (`diffusers_side.evaluation.bands.default_bands`).
         resolution (`int`, *optional*): resize generated and reference images to this square size.
         channels (`int`, *optional*): convert generated and reference images to 1 or 3 channels.
         chunk_size (`int`): rows per chunk of the nearest-match search (bounds its memory).

@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..similarity.measures import Matches, check_similarity, smaller_is_more_similar
-from ..similarity.nearest_match import COSINE, DEFAULT_CHUNK_SIZE, keys_in_bands
+from ..similarity.measures import Matches, get_similarity, smaller_is_more_similar
+from ..similarity.nearest_match import DEFAULT_CHUNK_SIZE, keys_in_bands
 from .bands import Band, assign_bands
 
 MEMORIZATION_RATIO = 1.0 / 3.0
@@ -90,10 +90,10 @@ def training_images_in_bands(
     Returns:
         `np.ndarray`: ``(len(bands), N_train)`` booleans, including every best match in its band.
     """
-    kind = check_similarity(similarity)
+    chosen = get_similarity(similarity)
     intervals = [(band.low, band.high, position == len(bands) - 1) for position, band in enumerate(bands)]
-    scale = torch.from_numpy(matches.normalizer) if kind == "carlini" else None
-    metric = COSINE if kind == COSINE else "l2"
+    scale = torch.from_numpy(matches.normalizer) if chosen.normalized else None
+    metric = chosen.pair_metric
     hits = keys_in_bands(generated, reference, intervals, metric, scale, chunk_size, device, show_progress=False).numpy()
     assigned = assign_bands(matches.score, bands)
     for position in range(len(bands)):  # exact best-match scores settle float32 rounding at the edges
