@@ -2,6 +2,7 @@
 before any model is loaded. Values checked by the parser are also checked without importing torch.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from test_reliability import no_model_loading, save_side_pipeline, smooth_images, write_labels  # noqa: F401 (fixture)
 
 from conftest import subprocess_env, write_generation_dir
+from diffusers_side.audits.canary import make_canaries
 from diffusers_side.cli import build_parser
 from diffusers_side.cli import main as side
 
@@ -236,6 +238,35 @@ TABLE = {
             ("--classifier-size", "huge", "--classifier-size", PARSE),
         ],
     ),
+    "canary make": (
+        ["--num-canaries", "2", "--output", "{out}"],
+        [
+            ("--num-canaries", "0", "--num-canaries", PARSE),
+            ("--output", "{file}", "is a file", RUN),
+            ("--images", "{missing}", "missing", RUN),
+            ("--trigger-length", "2", "--trigger-length 2 must be an integer >= 4", RUN),
+            ("--alphabet", "aa", "alphabet='aa' must hold at least 2 distinct", RUN),
+            ("--resolution", "0", "--resolution", PARSE),
+            ("--channels", "2", "--channels", PARSE),
+            ("--seed", "-1", "--seed", PARSE),
+        ],
+    ),
+    "canary audit": (
+        ["--pipeline", "{pipe}", "--canaries", "{canaries}", "--output", "{out}"],
+        [
+            ("--pipeline", "{missing}", "missing", RUN),
+            ("--canaries", "{file}", "holds no canary_key.json", RUN),
+            ("--output", "{file}", "is a file", RUN),
+            ("--num-controls", "0", "--num-controls", PARSE),
+            ("--images-per-trigger", "0", "--images-per-trigger", PARSE),
+            ("--similarity", "cosine", "--similarity", PARSE),
+            ("--bands", "high:0", "high:0", RUN),
+            ("--num-inference-steps", "0", "--num-inference-steps", PARSE),
+            ("--guidance-scale", "nan", "--guidance-scale", PARSE),
+            ("--batch-size", "0", "--batch-size", PARSE),
+            ("--seed", "-1", "--seed", PARSE),
+        ],
+    ),
     "push": (
         ["{synthetic}", "--repo", "me/candidates"],
         [
@@ -258,7 +289,7 @@ def build_argv(command: str, flag: str, value: str, extra: list, paths: dict) ->
         base[base.index(flag) + 1] = value
     else:
         base += [flag, value]
-    return [command, *(a.format(**paths) for a in [*base, *extra])]
+    return [*command.split(), *(a.format(**paths) for a in [*base, *extra])]  # "canary audit": a nested subcommand
 
 
 @pytest.fixture(scope="module")
@@ -273,12 +304,23 @@ def paths(tmp_path_factory) -> dict:
     (root / "a-file").write_text("")
     study = {"pipeline": str(pipe), "reference": str(reference), "configurations": [{"name": "u", "method": "uncond"}]}
     (root / "study.json").write_text(json.dumps(study))
-    return {"pipe": pipe, "synthetic": synthetic, "labels": write_labels(root / "labels"), "reference": reference,
+    make_canaries(root / "canaries", 2, resolution=8)
+    return {"canaries": root / "canaries", "pipe": pipe, "synthetic": synthetic, "labels": write_labels(root / "labels"), "reference": reference,
             "file": root / "a-file", "study": root / "study.json", "missing": root / "missing", "out": root / "out"}  # "out" is never created
 
 
+def leaf_subcommands() -> dict:
+    """Every subcommand's parser, a nested one (``side canary audit``) under its two-word name."""
+    top = next(a for a in build_parser()._actions if a.choices and "extract" in a.choices).choices
+    leaves = {}
+    for command, parser in top.items():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves |= {f"{command} {name}": sub for name, sub in nested[0].choices.items()} if nested else {command: parser}
+    return leaves
+
+
 def test_the_table_covers_every_flag_of_every_subcommand():
-    subparsers = next(a for a in build_parser()._actions if a.choices and "extract" in a.choices).choices
+    subparsers = leaf_subcommands()
     assert set(subparsers) == set(TABLE)
     for command, parser in subparsers.items():
         takes_value = {a.option_strings[0] if a.option_strings else a.dest for a in parser._actions if a.nargs != 0}

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..utils.arg_types import OneLineErrorParser
-from . import audits, candidates, demo, evaluate, generate, label, push, study, sweep, train
+from . import audits, canary, candidates, demo, evaluate, generate, label, push, study, sweep, train
 from .common import USER_ERRORS
 
 # The subcommands, in the order `side --help` lists them: each function registers one on the subparsers and sets
@@ -30,6 +30,7 @@ COMMANDS = (
     demo.add_demo_command,
     audits.add_divergence_command,
     audits.add_query_only_command,
+    canary.add_canary_command,
     push.add_push_command,
 )
 
@@ -57,5 +58,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"side {args.command}: error: {message}", file=sys.stderr)
+        print(f"side {getattr(args, 'command_name', args.command)}: error: {message}", file=sys.stderr)
         return 2

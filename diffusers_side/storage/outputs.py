@@ -13,6 +13,7 @@ marks it (``generation.json``, ``surrogate_labels.json``, ``report.json``, ...) 
   its manifest lists, exactly by name, and refuses to run while anything else is there.
 - [`training_data_files`]: what holds training images or their matches (``matches.parquet`` and the figures
   of ``side evaluate``); ``side push`` refuses to upload it unless asked explicitly.
+- [`canary_key_files`]: the private keys of ``side canary make``; ``side push`` refuses any folder holding one.
 
 This module imports nothing heavy.
 """
@@ -31,8 +32,10 @@ MANIFEST = OUTPUTS_MANIFEST.name
 GENERATION, LABELS, EVALUATION, SWEEP, DEMO = "generation", "labels", "evaluation", "sweep", "demo"
 TRAINING, PIPELINE, LORA = "training", "pipeline", "lora"
 DIVERGENCE, QUERY_ONLY = "divergence", "query-only"
+CANARIES, CANARY_AUDIT = "canaries", "canary-audit"
 MATCHES_FILE = "matches.parquet"
 FIGURES_DIR = "figures"
+CANARY_KEY_FILE = "canary_key.json"  # the private key of `side canary make`
 
 # kind -> (the file that marks it, what it is). Checked in this order: a folder of several (a demo holds a
 # report, a training run a pipeline) is the first kind that matches.
@@ -47,6 +50,7 @@ KINDS: dict[str, tuple[str, str]] = {
     EVALUATION: ("report.json", "a `side evaluate` report"),
     DIVERGENCE: ("divergence.json", "a `side divergence` report"),
     QUERY_ONLY: ("query_only.json", "a `side query-only` search"),
+    CANARIES: (CANARY_KEY_FILE, "`side canary make` canaries with their private key"),
 }
 # The files a `side label` output written before manifests existed holds (besides its arrow shards).
 LEGACY_LABEL_FILES = ("dataset_info.json", "state.json", "surrogate_labels.json", "surrogate_labels.safetensors", "contact_sheet.png")
@@ -208,4 +212,14 @@ def training_data_files(folder: str | os.PathLike) -> list[Path]:
             found.append(root / MATCHES_FILE)
         if KINDS[EVALUATION][0] in files or MATCHES_FILE in files:
             found += sorted(p for p in (root / FIGURES_DIR).rglob("*") if p.is_file())
+    return found
+
+
+def canary_key_files(folder: str | os.PathLike) -> list[Path]:
+    """Every canary key (``canary_key.json``, the private triggers of ``side canary make``) under ``folder``."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+        if CANARY_KEY_FILE in files:
+            found.append(Path(root) / CANARY_KEY_FILE)
     return found

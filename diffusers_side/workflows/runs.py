@@ -27,7 +27,7 @@ from ..pipelines.loading import load_pipeline
 from ..storage.data import load_image_dataset
 from ..storage.generation_folder import is_generation_folder, read_settings
 from ..storage.hub import push_folder
-from ..storage.outputs import SWEEP, check_output_folder, training_data_files
+from ..storage.outputs import SWEEP, canary_key_files, check_output_folder, training_data_files
 from ..utils.atomic_io import write_json_atomic
 from ..utils.state_files import SWEEP_CONFIG as SWEEP_CONFIG_FILE
 
@@ -197,9 +197,16 @@ def push(
 
     Raises:
         `FileNotFoundError`: a pipeline folder without its card, or a folder of neither kind.
-        `ValueError`: LoRA-SIDE adapters whose base model is a local folder, or training-data matches not asked for.
+        `ValueError`: LoRA-SIDE adapters whose base model is a local folder, training-data matches not asked for, or a
+            private canary key (``canary_key.json``) anywhere in the folder (always refused).
     """
     folder = Path(folder)
+    keys = canary_key_files(folder) if folder.is_dir() else []
+    if keys:
+        raise ValueError(
+            f"{folder} holds a private canary key ({keys[0].relative_to(folder)}): its triggers are what makes the canary "
+            "audit work, and uploading them lets anyone extract the canaries. Move it out of the folder before pushing."
+        )
     matches = training_data_files(folder) if folder.is_dir() else []
     if matches and not include_training_matches:
         shown = ", ".join(str(p.relative_to(folder)) for p in matches[:3]) + (" ..." if len(matches) > 3 else "")
