@@ -1,0 +1,64 @@
+"""Reliability round three: defects a second hostile probe (issue 21's "same probe, new cases") found on main.
+
+Each test fails on main before its fix. The probe itself (cases, logs, before/after table) lives outside git, under
+/work/outputs/probe3/. Tests drive the `side` command in process through `test_reliability.run`, which also asserts
+that every failure is one line without a traceback.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_reliability import no_model_loading, run  # noqa: F401 (no_model_loading is a fixture, used by name)
+
+STUDY = {
+    "pipeline": "digits-rare",
+    "reference": "digits-rare",
+    "inputs": {"num_synthetic": 8},
+    "selection": {"seed": 1, "num_images": 4},
+    "report": {"seed": 2, "num_images": 4},
+    "configurations": [{"name": "uncond", "method": "uncond"}],
+}
+
+
+def study_config(tmp_path: Path, edit=None, text: str | None = None) -> Path:
+    payload = json.loads(json.dumps(STUDY))
+    if edit is not None:
+        edit(payload)
+    path = tmp_path / "my study.json"
+    path.write_text(text if text is not None else json.dumps(payload))
+    return path
+
+
+# --- study config: every error names the file and the key; values checked before any model loads -----------------
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda d: d["inputs"].update(num_synthetic=-5), "inputs.num_synthetic=-5"),  # main blamed 'num_images=-5'
+        (lambda d: d["inputs"].update(classifier_learning_rate="fast"), "inputs.classifier_learning_rate"),
+        (lambda d: d["inputs"].update(scheduler="nosuch"), "inputs.scheduler"),
+        (lambda d: d["configurations"][0].update(guidance_scale="ten"), "guidance_scale='ten'"),
+        (lambda d: d["configurations"][0].update(guidance_window=[900, 100]), "guidance_window=[900, 100]"),
+        (lambda d: d["configurations"][0].update(target_selection="top7"), "target_selection"),
+        (lambda d: d.update(reference=None), "reference=None"),
+        (lambda d: d["report"].update(seed=1), "selection seed equals the report seed"),
+        (lambda d: d.pop("configurations"), "lacks ['configurations']"),
+    ],
+)
+@pytest.mark.usefixtures("no_model_loading")
+def test_study_config_errors_name_the_file_and_the_key(tmp_path, capsys, edit, named):
+    config = study_config(tmp_path, edit)
+    code, _, err = run(["study", config, "--phase", "selection", "--output", tmp_path / "study"], capsys)
+    assert code == 2 and str(config) in err and named in err, err
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_study_config_key_given_twice_is_refused(tmp_path, capsys):
+    # JSON keeps the last of two equal keys without a word: a config edited by hand must not change meaning silently
+    text = json.dumps(STUDY)[:-1] + ', "reference": "digits"}'
+    config = study_config(tmp_path, text=text)
+    code, _, err = run(["study", config, "--phase", "selection", "--output", tmp_path / "study"], capsys)
+    assert code == 2 and str(config) in err and "['reference'] given twice" in err, err
