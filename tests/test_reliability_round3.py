@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from test_reliability import no_model_loading, run  # noqa: F401 (no_model_loading is a fixture, used by name)
 
+from diffusers_side.cli import main as side
+
 STUDY = {
     "pipeline": "digits-rare",
     "reference": "digits-rare",
@@ -62,3 +64,21 @@ def test_study_config_key_given_twice_is_refused(tmp_path, capsys):
     config = study_config(tmp_path, text=text)
     code, _, err = run(["study", config, "--phase", "selection", "--output", tmp_path / "study"], capsys)
     assert code == 2 and str(config) in err and "['reference'] given twice" in err, err
+
+
+# --- an unknown flag is blamed on the subcommand it was given to -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["synthesize", "--num-samples", "2", "--output", "out", "--num-image", "4"], "side synthesize"),
+        (["canary", "audit", "--pipeline", "p", "--canaries", "c", "--output", "o", "--num-images", "0"], "side canary audit"),
+    ],
+)
+def test_unknown_flag_names_the_subcommand_and_its_help(argv, command, capsys):
+    # main said `side: error: unrecognized arguments ... (see `side --help`)`, whose help lists no flag of the command
+    with pytest.raises(SystemExit) as exit:
+        side(argv)
+    code, err = exit.value.code, capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and code == 2 and err.strip().endswith(f"(see `{command} --help`)") and f"{command}: error: unrecognized arguments" in err, err
