@@ -82,3 +82,23 @@ def test_unknown_flag_names_the_subcommand_and_its_help(argv, command, capsys):
         side(argv)
     code, err = exit.value.code, capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and code == 2 and err.strip().endswith(f"(see `{command} --help`)") and f"{command}: error: unrecognized arguments" in err, err
+
+
+# --- a dangling symbolic link as --output: named, before any work --------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_model_loading")
+@pytest.mark.parametrize("command", ["synthesize", "evaluate", "label"])
+def test_dangling_symlink_output_is_named(tmp_path, capsys, command):
+    # main: `side synthesize: error: [Errno 17] File exists: '.../out'` (after loading the model)
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone" / "deep")
+    argv = {
+        "synthesize": ["synthesize", "--pipeline", tmp_path / "p", "--num-samples", "2", "--output", link],
+        "evaluate": ["evaluate", "--generated", tmp_path / "g", "--reference", tmp_path / "r", "--output", link],
+        "label": ["label", "--synthetic", tmp_path / "s", "--output", link, "--features", "pixels", "--clusters", "2"],
+    }[command]
+    for needed in ("p", "g", "r", "s"):
+        (tmp_path / needed).mkdir()
+    code, _, err = run(argv, capsys)
+    assert code == 2 and f"{link} is a symbolic link to {tmp_path / 'gone' / 'deep'}, which does not exist" in err, err

@@ -93,6 +93,11 @@ def check_output_folder(
     """
     given = Path(folder)
     folder = given.resolve() if given.is_symlink() else given
+    if given.is_symlink() and not folder.exists():
+        raise FileNotFoundError(
+            f"{flag} {given} is a symbolic link to {os.readlink(given)}, which does not exist; create that folder, or pass "
+            f"another {flag}."
+        )
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{flag} {given} is a file; choose a folder.")
     found = folder_kind(folder)
