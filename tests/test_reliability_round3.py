@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_reliability import no_model_loading, run  # noqa: F401 (no_model_loading is a fixture, used by name)
+from test_reliability import no_model_loading, run, save_ddpm, write_labels  # noqa: F401 (no_model_loading is a fixture, used by name)
 
 from diffusers_side.cli import main as side
 
@@ -102,3 +102,15 @@ def test_dangling_symlink_output_is_named(tmp_path, capsys, command):
         (tmp_path / needed).mkdir()
     code, _, err = run(argv, capsys)
     assert code == 2 and f"{link} is a symbolic link to {tmp_path / 'gone' / 'deep'}, which does not exist" in err, err
+
+
+@pytest.mark.usefixtures("no_model_loading")
+def test_dangling_symlink_output_dir_of_training_is_named(tmp_path, capsys):
+    # the training scripts check --output_dir with check_writable, not check_output_folder: same class, same answer
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    data = write_labels(tmp_path / "labels")
+    argv = ["train-classifier", "--pretrained_model_name_or_path", save_ddpm(tmp_path / "ddpm"), "--train_data_dir", data,
+            "--output_dir", link, "--max_train_steps", "1"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and f"--output_dir {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err, err
