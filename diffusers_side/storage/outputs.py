@@ -93,6 +93,7 @@ def check_output_folder(
     """
     given = Path(folder)
     folder = given.resolve() if given.is_symlink() else given
+    refuse_dangling_link(given, flag)
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{flag} {given} is a file; choose a folder.")
     found = folder_kind(folder)
@@ -108,12 +109,22 @@ def check_output_folder(
     return folder
 
 
+def refuse_dangling_link(folder: Path, flag: str) -> None:
+    """Refuse a symbolic link whose target does not exist (creating the folder would fail with ``File exists``)."""
+    if folder.is_symlink() and not folder.exists():
+        raise FileNotFoundError(
+            f"{flag} {folder} is a symbolic link to {os.readlink(folder)}, which does not exist; create that folder, or "
+            f"pass another {flag}."
+        )
+
+
 def check_writable(folder: Path, flag: str) -> None:
     """Refuse a folder that cannot be created or written (probed with a temporary file, as root is not bound by modes).
 
     Raises:
         `OSError`: naming the flag, the folder and why.
     """
+    refuse_dangling_link(Path(folder), flag)
     existing = folder
     while not existing.exists():
         if existing.parent == existing:

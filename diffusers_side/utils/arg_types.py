@@ -28,6 +28,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
         shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
         self.exit(2, f"{self.prog}: error: {shown} (see `{self.prog} --help`)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As `argparse.ArgumentParser.parse_args`, but an unknown argument is blamed on the subcommand it was given to
+        (``side canary audit: error: unrecognized arguments: ...``), whose ``--help`` lists the right flags."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self
+            while True:  # down the chosen subcommands: `side`, `side canary`, `side canary audit`
+                chosen = [a.choices.get(getattr(namespace, a.dest, None)) for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+                if not chosen or chosen[0] is None:
+                    break
+                parser = chosen[0]
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
 
 def _number(text: str, kind: type, expected: str):
     try:

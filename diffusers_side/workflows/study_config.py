@@ -39,6 +39,7 @@ from ..methods.registry import extraction_method_names, get_method
 from ..storage.embedded import DEFAULT
 from ..utils.arg_types import SCHEDULER_NAMES
 from .demo import DemoConfig
+from .study_values import check_configuration_values, check_input_values, refuse_duplicate_keys
 
 PHASES = ("selection", "report")
 RESERVED_NAME = "synthetic"  # the synthetic set's evaluation folder is synthetic-eval
@@ -148,7 +149,13 @@ class StudyConfig:
         unknown = sorted(set(self.inputs) - set(INPUT_KEYS))
         if unknown:
             raise ValueError(f"inputs {unknown} are not inputs of a study; use any of {INPUT_KEYS}.")
+        for name in ("pipeline", "reference"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)!r} must name a model or data set (a folder or a Hub id).")
+        check_input_values(self.inputs)
         self.validate_configurations()
+        for configuration in self.configurations:
+            check_configuration_values(configuration)
 
     def validate_configurations(self) -> None:
         """Names unique and folder-safe, methods the study can run, at least one ``uncond`` baseline."""
@@ -200,9 +207,11 @@ def load_study_config(path: str | os.PathLike) -> StudyConfig:
     if not path.is_file():
         raise FileNotFoundError(f"Study config {path} does not exist; write one (see `side study --help`).")
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
+        config = StudyConfig.from_dict(payload)
+        config.validate()
     except json.JSONDecodeError as error:
         raise ValueError(f"Study config {path} is not valid JSON: {error}.") from None
-    config = StudyConfig.from_dict(payload)
-    config.validate()
+    except (ValueError, TypeError) as error:  # every message names the key; here the file is named too
+        raise ValueError(f"Study config {path}: {error}") from None
     return config
