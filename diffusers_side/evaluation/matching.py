@@ -32,8 +32,9 @@ class PixelImages:
     image is converted to ``channels`` and, when ``resolution`` is set, resized to it.
     """
 
-    def __init__(self, dataset: Dataset, column: str, resolution: int | None, channels: int):
+    def __init__(self, dataset: Dataset, column: str, resolution: int | None, channels: int, source: str | None = None):
         self.dataset = dataset
+        self.source = source
         self.column = column
         self.resolution = resolution
         self.channels = channels
@@ -42,7 +43,7 @@ class PixelImages:
         return len(self.dataset)
 
     def __getitem__(self, item: slice) -> torch.Tensor:
-        return images_to_tensor(self.dataset[item][self.column], self.resolution, self.channels)
+        return images_to_tensor(self.dataset[item][self.column], self.resolution, self.channels, source=self.source)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ImageSet:
 
     def pixel_images(self, resolution: int | None) -> PixelImages:
         """The images as pixel tensors, optionally resized to ``resolution``."""
-        return PixelImages(self.dataset, self.column, resolution, self.shape[0])
+        return PixelImages(self.dataset, self.column, resolution, self.shape[0], self.source)
 
     def image(self, row: int):
         """The PIL image of row ``row``."""

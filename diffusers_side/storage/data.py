@@ -175,6 +175,7 @@ def images_to_tensor(
     resolution: int | None = None,
     channels: int | None = None,
     center_crop: bool = False,
+    source: str | None = None,
 ) -> torch.Tensor:
     """Stack PIL images into a float32 tensor ``(N, C, H, W)`` in ``[0, 1]``.
 
@@ -184,6 +185,7 @@ def images_to_tensor(
             already have the same size.
         channels (`int`, *optional*): 1 or 3; defaults to the channels of the first image.
         center_crop (`bool`): crop instead of squashing when resizing non-square images.
+        source (`str`, *optional*): where the images come from, named in errors.
 
     Raises:
         `ValueError`: on an empty list, or on mixed sizes when no ``resolution`` is given.
@@ -195,7 +197,8 @@ def images_to_tensor(
         sizes = sorted({image.size for image in images})
         if len(sizes) > 1:
             raise ValueError(
-                f"Images have mixed sizes {sizes[:5]}; pass a resolution (e.g. --resolution {min(sizes)[0]}) to resize them."
+                f"Images{f' of {source!r}' if source else ''} have mixed sizes {sizes[:5]}; pass a resolution "
+                f"(e.g. --resolution {min(sizes)[0]}) to resize them."
             )
     arrays = [np.asarray(preprocess_image(image, resolution, channels, center_crop), dtype=np.float32) for image in images]
     batch = torch.from_numpy(np.stack(arrays)) / 255.0
