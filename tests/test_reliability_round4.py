@@ -25,3 +25,27 @@ def test_evaluate_names_the_set_whose_images_have_mixed_sizes(tmp_path, capsys):
     _save_pngs(reference, 8, 4, "r")
     code, _, err = run(["evaluate", "--generated", generated, "--reference", reference, "--output", tmp_path / "out"], capsys)
     assert code == 2 and f"Images of '{generated}' have mixed sizes" in err and "--resolution" in err, err
+
+
+def test_push_recognises_a_renamed_matches_table_by_its_columns(tmp_path, capsys, monkeypatch):
+    # main: only a file named matches.parquet counted; the same table as audit.parquet was uploaded, public by default
+    from test_reliability import save_ddpm
+
+    from conftest import write_generation_dir
+
+    reference = tmp_path / "reference"
+    _save_pngs(reference, 16, 4, "r")
+    generated = write_generation_dir(tmp_path / "side", [Image.new("L", (16, 16), 60 * i) for i in range(4)], method="side")
+    assert run(["evaluate", "--generated", generated, "--reference", reference, "--output", tmp_path / "eval"], capsys)[0] == 0
+    pipeline = save_ddpm(tmp_path / "pipeline")
+    (pipeline / "README.md").write_text("---\nlibrary_name: diffusers\n---\n# card")
+    (pipeline / "notes").mkdir()
+    (tmp_path / "eval" / "matches.parquet").rename(pipeline / "notes" / "audit.parquet")
+    uploads = []
+    monkeypatch.setattr("huggingface_hub.create_repo", lambda repo_id, **kw: uploads.append(kw["private"]) or type("R", (), {"repo_id": repo_id}))
+    monkeypatch.setattr("huggingface_hub.upload_folder", lambda **kwargs: "commit-url")
+    code, _, err = run(["push", pipeline, "--repo", "me/side-audit"], capsys)
+    assert code == 2 and "notes/audit.parquet" in err and "--include-training-matches" in err and uploads == [], err
+    (pipeline / "notes" / "audit.parquet").unlink()
+    (pipeline / "notes" / "other.parquet").write_bytes(b"not parquet")  # an unreadable file is not a matches table
+    assert run(["push", pipeline, "--repo", "me/side-audit"], capsys)[0] == 0 and uploads == [False]

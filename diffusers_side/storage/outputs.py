@@ -34,6 +34,8 @@ TRAINING, PIPELINE, LORA = "training", "pipeline", "lora"
 DIVERGENCE, QUERY_ONLY = "divergence", "query-only"
 CANARIES, CANARY_AUDIT = "canaries", "canary-audit"
 MATCHES_FILE = "matches.parquet"
+# the columns that make a table a matches table, whatever its file is called: which training image each row copies
+MATCHES_COLUMNS = frozenset({"best_match", "score", "band"})
 FIGURES_DIR = "figures"
 CANARY_KEY_FILE = "canary_key.json"  # the private key of `side canary make`
 
@@ -212,16 +214,31 @@ def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
     return foreign
 
 
+def is_matches_table(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Parquet table with the columns of ``side evaluate``'s matches (`MATCHES_COLUMNS`), by any name.
+
+    Only the schema is read; a file that is not Parquet, or is damaged, is not a matches table.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        return MATCHES_COLUMNS <= set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a Parquet table
+        return False
+
+
 def training_data_files(folder: str | os.PathLike) -> list[Path]:
     """The files under ``folder`` that hold training images or which training image each generation matches:
-    every ``matches.parquet`` and the figures (generated | best training match) beside an evaluation report."""
+    every matches table (``matches.parquet``, or any Parquet file with its columns: a renamed copy is still one) and
+    the figures (generated | best training match) beside an evaluation report."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
         root = Path(root)
-        if MATCHES_FILE in files:
-            found.append(root / MATCHES_FILE)
-        if KINDS[EVALUATION][0] in files or MATCHES_FILE in files:
+        tables = [name for name in sorted(files) if name == MATCHES_FILE or (
+            name.endswith(".parquet") and not os.path.islink(root / name) and is_matches_table(root / name))]
+        found += [root / name for name in tables]
+        if KINDS[EVALUATION][0] in files or tables:
             found += sorted(p for p in (root / FIGURES_DIR).rglob("*") if p.is_file())
     return found
 
