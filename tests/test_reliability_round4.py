@@ -4,9 +4,11 @@ Tests drive the `side` command in process through `test_reliability.run`, which 
 one line without a traceback.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_reliability import run
 
@@ -49,3 +51,25 @@ def test_push_recognises_a_renamed_matches_table_by_its_columns(tmp_path, capsys
     (pipeline / "notes" / "audit.parquet").unlink()
     (pipeline / "notes" / "other.parquet").write_bytes(b"not parquet")  # an unreadable file is not a matches table
     assert run(["push", pipeline, "--repo", "me/side-audit"], capsys)[0] == 0 and uploads == [False]
+
+
+@pytest.mark.parametrize("listed", [["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                                     "scheduler/scheduler_config.json"], ["../outside.txt"], ["notes.txt"]])
+def test_a_forged_manifest_cannot_make_label_delete_what_it_did_not_write(tmp_path, capsys, listed):
+    # main: a `.side_outputs.json` claiming kind "labels" and listing a pipeline's files made `side label` replace the
+    # pipeline folder (exit 0, the model gone); it now deletes only names `side label` can have written
+    from test_reliability import save_ddpm
+    from test_reliability_round2 import label, snapshot
+
+    from conftest import write_generation_dir
+
+    synthetic = write_generation_dir(tmp_path / "synthetic", [Image.new("L", (16, 16), 20 * i) for i in range(12)])
+    victim = save_ddpm(tmp_path / "victim")
+    (victim / "notes.txt").write_text("mine")
+    (tmp_path / "outside.txt").write_text("mine too")
+    files = listed if listed[0] != "model_index.json" else [p.relative_to(victim).as_posix() for p in victim.rglob("*") if p.is_file()]
+    (victim / ".side_outputs.json").write_text(json.dumps({"kind": "labels", "files": files}))
+    before = snapshot(victim)
+    code, _, err = run(label(synthetic, victim), capsys)
+    assert code == 2 and "did not write" in err and "model_index.json" in err, err
+    assert snapshot(victim) == before and (tmp_path / "outside.txt").read_text() == "mine too"

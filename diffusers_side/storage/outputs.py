@@ -20,6 +20,7 @@ This module imports nothing heavy.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 from pathlib import Path
@@ -56,6 +57,20 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 # The files a `side label` output written before manifests existed holds (besides its arrow shards).
 LEGACY_LABEL_FILES = ("dataset_info.json", "state.json", "surrogate_labels.json", "surrogate_labels.safetensors", "contact_sheet.png")
+# The names a command that replaces its folder as a whole can ever have written there (top level only): what it may
+# delete is its manifest's list *and* these, so a forged or edited manifest cannot make it delete a model's weights,
+# a sub-folder or a user's file.
+OWN_FILE_PATTERNS: dict[str, tuple[str, ...]] = {
+    LABELS: (*LEGACY_LABEL_FILES, "data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].arrow"),
+}
+
+
+def _may_own(kind: str, name: str) -> bool:
+    """Whether the command writing ``kind`` can have written ``name`` (a path relative to its folder)."""
+    if name.startswith("/") or ".." in name.split("/"):
+        return False
+    patterns = OWN_FILE_PATTERNS.get(kind)
+    return patterns is None or ("/" not in name and any(fnmatch.fnmatchcase(name, p) for p in patterns))
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
@@ -166,12 +181,13 @@ def written_files(folder: str | os.PathLike) -> list[str]:
 
 
 def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
-    """The files (relative paths) the command writing ``kind`` wrote into ``folder``: its manifest, or for a
-    `side label` output from before manifests, the fixed names and the arrow shards its ``state.json`` lists."""
+    """The files (relative paths) the command writing ``kind`` wrote into ``folder``: those its manifest lists that it
+    can have written (`OWN_FILE_PATTERNS`), or for a `side label` output from before manifests, the fixed names and
+    the arrow shards its ``state.json`` lists."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is not None:
-        return set(manifest["files"]) if manifest["kind"] == kind else set()
+        return {name for name in manifest["files"] if _may_own(kind, name)} if manifest["kind"] == kind else set()
     if kind != LABELS or not (folder / KINDS[LABELS][0]).is_file():
         return set()
     owned = set(LEGACY_LABEL_FILES)
@@ -182,7 +198,7 @@ def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
         owned |= {entry["filename"] for entry in state.get("_data_files", []) if isinstance(entry, dict)}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass  # then its arrow files count as foreign, and the user is asked to move them
-    return {name for name in owned if "/" not in name}
+    return {name for name in owned if _may_own(kind, name)}
 
 
 def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
