@@ -73,3 +73,24 @@ def test_a_forged_manifest_cannot_make_label_delete_what_it_did_not_write(tmp_pa
     code, _, err = run(label(synthetic, victim), capsys)
     assert code == 2 and "did not write" in err and "model_index.json" in err, err
     assert snapshot(victim) == before and (tmp_path / "outside.txt").read_text() == "mine too"
+
+
+def test_candidates_output_refuses_other_artefacts(tmp_path, capsys):
+    # main: `side candidates --output` wrote its list and figure into a pipeline folder or another run
+    from test_reliability import save_ddpm
+    from test_reliability_round2 import snapshot
+
+    from conftest import write_generation_dir
+
+    images = tmp_path / "images"
+    _save_pngs(images, 16, 6, "g")
+    pipeline = save_ddpm(tmp_path / "pipeline")
+    other_run = write_generation_dir(tmp_path / "other", [Image.new("L", (16, 16), 30 * i) for i in range(4)])
+    for folder in (pipeline, other_run):
+        before = snapshot(folder)
+        code, _, err = run(["candidates", "--generated", images, "--output", folder], capsys)
+        assert code == 2 and "`side candidates`" in err and str(folder) in err, err
+        assert snapshot(folder) == before
+    for _ in range(2):  # a new folder, then the same list again
+        assert run(["candidates", "--generated", images, "--output", tmp_path / "list"], capsys)[0] == 0
+    assert run(["candidates", "--generated", other_run, "--output", other_run], capsys)[0] == 0  # beside its generations

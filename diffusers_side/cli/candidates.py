@@ -47,6 +47,7 @@ def run_candidates(args: argparse.Namespace) -> int:
     from ..candidates.files import write_candidates
     from ..storage.candidate_files import candidates_dir
     from ..storage.data import check_image_source
+    from ..storage.outputs import CANDIDATES, check_output_folder
 
     check_device(args.device)
     if args.output is not None and len(args.generated) > 1:
@@ -58,6 +59,8 @@ def run_candidates(args: argparse.Namespace) -> int:
     for source in args.generated:
         check_image_source(source)
         candidates_dir(source, args.output)  # refuses a non-generation folder without --output, before any work
+        if args.output is not None and not (Path(source).exists() and Path(args.output).resolve() == Path(source).resolve()):
+            check_output_folder(args.output, CANDIDATES, command="`side candidates`")
     for source in args.generated:
         started = time.perf_counter()
         result = write_candidates(source, args.output, args.threshold, args.max_neighbors, device=args.device)

@@ -34,6 +34,7 @@ GENERATION, LABELS, EVALUATION, SWEEP, DEMO = "generation", "labels", "evaluatio
 TRAINING, PIPELINE, LORA = "training", "pipeline", "lora"
 DIVERGENCE, QUERY_ONLY = "divergence", "query-only"
 CANARIES, CANARY_AUDIT = "canaries", "canary-audit"
+CANDIDATES = "candidates"
 MATCHES_FILE = "matches.parquet"
 # the columns that make a table a matches table, whatever its file is called: which training image each row copies
 MATCHES_COLUMNS = frozenset({"best_match", "score", "band"})
@@ -49,6 +50,7 @@ KINDS: dict[str, tuple[str, str]] = {
     LORA: ("side_lora.json", "LoRA-SIDE adapters"),
     PIPELINE: ("model_index.json", "a diffusers pipeline"),
     GENERATION: ("generation.json", "a generation run (`side synthesize` / `side extract`)"),
+    CANDIDATES: ("candidates.json", "a `side candidates` list"),
     LABELS: ("surrogate_labels.json", "a `side label` output"),
     EVALUATION: ("report.json", "a `side evaluate` report"),
     DIVERGENCE: ("divergence.json", "a `side divergence` report"),
