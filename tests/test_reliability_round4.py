@@ -94,3 +94,23 @@ def test_candidates_output_refuses_other_artefacts(tmp_path, capsys):
     for _ in range(2):  # a new folder, then the same list again
         assert run(["candidates", "--generated", images, "--output", tmp_path / "list"], capsys)[0] == 0
     assert run(["candidates", "--generated", other_run, "--output", other_run], capsys)[0] == 0  # beside its generations
+
+
+def test_a_replaced_random_states_pickle_is_named_on_resume_not_skipped(tmp_path, capsys):
+    # main: accelerate skips RNG states it cannot read ("Could not load random states", at info level), so a checkpoint
+    # whose random_states_0.pkl was replaced by a payload resumed without a word; it is now refused by name, unrun
+    import pickle
+
+    from test_reliability import save_ddpm, write_labels
+    from test_reliability_round2 import TRAIN_FAST, Payload
+
+    target, labels, output = save_ddpm(tmp_path / "target"), write_labels(tmp_path / "labels"), tmp_path / "run"
+    argv = ["train-classifier", "--pretrained_model_name_or_path", target, "--train_data_dir", labels, *TRAIN_FAST,
+            "--output_dir", output, "--checkpointing_steps", "1"]
+    assert run(argv, capsys)[0] == 0
+    states = output / "checkpoint-1" / "random_states_0.pkl"
+    assert states.is_file()
+    marker = tmp_path / "payload-ran"
+    states.write_bytes(pickle.dumps(Payload(marker)))
+    code, _, err = run([*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], capsys)
+    assert code == 2 and str(states) in err and "were not run" in err and not marker.exists(), err

@@ -116,6 +116,7 @@ def load_checkpoint(
     if differences:
         raise ValueError(f"Checkpoint {checkpoint} belongs to a different run ({'; '.join(differences)}).")
     try:
+        _probe_random_states(checkpoint)
         accelerator.load_state(str(checkpoint))
         if ema is not None:
             saved = EMAModel.from_pretrained(str(checkpoint / EMA_FOLDER), model_cls=model_cls)
@@ -125,6 +126,16 @@ def load_checkpoint(
         raise ValueError(damaged_checkpoint_message(checkpoint, error)) from None
     logger.info(f"Resumed from {checkpoint} at step {state['global_step']}")
     return state
+
+
+def _probe_random_states(checkpoint: Path) -> None:
+    """Read the RNG states the way accelerate does (``weights_only``: a pickled object is refused, never run), raising
+    if one cannot be read: accelerate itself skips an unreadable one with an info line, which would resume a replaced
+    or damaged checkpoint without a word."""
+    from accelerate.utils import load as accelerate_load
+
+    for path in sorted(checkpoint.glob("random_states_*.pkl")):
+        accelerate_load(str(path), map_location="cpu")
 
 
 def recorded_differences(recorded: dict[str, Any], identity: dict[str, Any]) -> list[str]:
