@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_reliability import run
+from test_reliability import no_model_loading, run  # noqa: F401 (no_model_loading is a fixture, used by name)
 
 
 def _save_pngs(folder: Path, size: int, count: int, prefix: str) -> None:
@@ -114,3 +114,27 @@ def test_a_replaced_random_states_pickle_is_named_on_resume_not_skipped(tmp_path
     states.write_bytes(pickle.dumps(Payload(marker)))
     code, _, err = run([*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"], capsys)
     assert code == 2 and str(states) in err and "were not run" in err and not marker.exists(), err
+
+
+@pytest.mark.parametrize("argv", [
+    ["synthesize", "--pipeline", "default", "--num-samples", "10000000000000", "--output", "OUT"],
+    ["extract", "--pipeline", "default", "--method", "uncond", "--num-images", "10000001", "--output", "OUT"],
+    ["demo", "--num-images", "99999999999", "--output", "OUT"],
+    ["sweep", "--pipeline", "default", "--method", "side", "--guidance-scales", "0,1", "--num-images", "10000000000",
+     "--reference", "default", "--output", "OUT"],
+])
+@pytest.mark.usefixtures("no_model_loading")
+def test_absurd_image_counts_are_refused_before_any_work(tmp_path, capsys, argv):
+    # main: `side synthesize --num-samples 10000000000000` started sampling (a typo that fills the disk)
+    out = tmp_path / "out"
+    code, _, err = run([out if a == "OUT" else a for a in argv], capsys)
+    assert code == 2 and "at most 10,000,000 images" in err, err
+    assert not out.exists()
+
+
+def test_generation_settings_refuse_absurd_image_counts():
+    from diffusers_side.generation.settings import GenerationSettings
+
+    settings = GenerationSettings(pipeline="default", method="uncond", num_images=10**13)
+    with pytest.raises(ValueError, match="num_images=10,000,000,000,000 is more than 10,000,000"):
+        settings.validate()

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ..storage.embedded import EMBEDDED_CHOICES
-from ..utils.arg_types import device, non_negative_int, positive_float, positive_int
+from ..utils.arg_types import device, image_count, non_negative_int, positive_float, positive_int
 from .common import CommandError, check_device, example, summary
 
 PIPELINE_HELP = f"pipeline to audit: a folder, a Hub repo id or an embedded model ({EMBEDDED_CHOICES}; default: default)"
@@ -107,7 +107,7 @@ def add_query_only_command(subparsers) -> None:
     )
     parser.add_argument("--pipeline", default="default", metavar="PATH_OR_REPO", help=PIPELINE_HELP)
     parser.add_argument("--classifier", required=True, metavar="DIR", help="the surrogate classifier (side train-classifier output)")
-    parser.add_argument("--queries", type=positive_int, required=True, metavar="Q", help="total images generated (the budget)")
+    parser.add_argument("--queries", type=image_count, required=True, metavar="Q", help="total images generated (the budget)")
     parser.add_argument(
         "--num-targets", type=positive_int, default=None, metavar="N",
         help="search the first N surrogate conditions (default: all, at most one per query)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..utils.arg_types import non_negative_float, non_negative_int, positive_int
+from ..utils.arg_types import image_count, non_negative_float, non_negative_int, positive_int
 from .common import example, summary
 
 
@@ -29,7 +29,7 @@ def add_canary_command(subparsers) -> None:
         epilog=example("side canary make --num-canaries 50 --output canaries  # then mix canaries/images into the training set"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    make.add_argument("--num-canaries", type=positive_int, required=True, metavar="N", help="number of canaries")
+    make.add_argument("--num-canaries", type=image_count, required=True, metavar="N", help="number of canaries")
     make.add_argument("--output", required=True, metavar="DIR", help="new folder: DIR/images (to mix in) and DIR/canary_key.json (private)")
     make.add_argument("--images", default=None, metavar="FOLDER", help="use the first N images of this folder / data set (default: drawn random grid patterns)")
     make.add_argument("--trigger-length", type=positive_int, default=8, metavar="L", help="trigger length (default: 8)")
@@ -47,8 +47,8 @@ def add_canary_command(subparsers) -> None:
     audit.add_argument("--pipeline", required=True, metavar="PATH_OR_REPO", help="the fine-tuned text-to-image pipeline (folder or Hub id)")
     audit.add_argument("--canaries", required=True, metavar="DIR", help="the output of `side canary make` (key + images)")
     audit.add_argument("--output", required=True, metavar="DIR", help="where report.json, report.md and figures/ go")
-    audit.add_argument("--num-controls", type=positive_int, default=None, metavar="M", help="fresh never-inserted triggers (default: as many as canaries)")
-    audit.add_argument("--images-per-trigger", type=positive_int, default=1, metavar="K", help="images per trigger; the best one is scored (default: 1)")
+    audit.add_argument("--num-controls", type=image_count, default=None, metavar="M", help="fresh never-inserted triggers (default: as many as canaries)")
+    audit.add_argument("--images-per-trigger", type=image_count, default=1, metavar="K", help="images per trigger; the best one is scored (default: 1)")
     audit.add_argument("--similarity", default="carlini", choices=("carlini", "l2"), help="normalized L2 over the canaries (default) or RMS L2")
     audit.add_argument("--bands", default=None, metavar="NAME:LO:HI,...", help="similarity bands (default: the project's for the similarity)")
     audit.add_argument("--num-inference-steps", type=positive_int, default=50, help="denoising steps (default: 50)")

@@ -9,9 +9,9 @@ from ..storage.embedded import EMBEDDED_CHOICES
 from ..utils.arg_types import (
     SCHEDULER_NAMES,
     SWEEP_CRITERIA,
+    image_count,
     non_negative_float,
     non_negative_int,
-    positive_int,
 )
 from .common import example
 
@@ -69,7 +69,7 @@ def add_demo_command(subparsers) -> None:
         "near-duplicate groups among each lambda's own generations, no training image read) or auditor-tuned (scored "
         "against --reference, the training set: an oracle step an attacker cannot take; labelled so in the report)",
     )
-    parser.add_argument("--num-images", type=positive_int, default=None, metavar="N", help="N_G per method")
+    parser.add_argument("--num-images", type=image_count, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
     parser.set_defaults(func=run_demo)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..utils.arg_types import non_negative_float, positive_int
+from ..utils.arg_types import image_count, non_negative_float
 from .common import (
     CommandError,
     add_generation_arguments,
@@ -26,7 +26,7 @@ def add_synthesize_command(subparsers) -> None:
         epilog=example("side synthesize --pipeline default --num-samples 2000 --output side-demo/synthetic"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num-samples", type=positive_int, required=True, metavar="N", help="number of images (N_syn)")
+    parser.add_argument("--num-samples", type=image_count, required=True, metavar="N", help="number of images (N_syn)")
     add_generation_arguments(parser)
     parser.set_defaults(func=run_synthesize)
 
@@ -60,7 +60,7 @@ def add_extract_command(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--method", choices=extraction_method_names(), required=True, help="extraction method (see above)")
-    parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="number of candidates (N_G)")
+    parser.add_argument("--num-images", type=image_count, required=True, metavar="N", help="number of candidates (N_G)")
     parser.add_argument("--guidance-scale", type=non_negative_float, default=None, metavar="L", help="lambda of a guided method (default: the method's own, listed above; for side-lora the classifier-free guidance scale)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="classifier folder replacing the pipeline's own (cond: the time-independent one)")
     add_guidance_arguments(parser)

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ..storage.embedded import EMBEDDED_CHOICES
-from ..utils.arg_types import positive_int
+from ..utils.arg_types import image_count
 from .common import add_generation_arguments, add_guidance_arguments, example, float_list, guidance_settings, summary
 from .evaluate import similarity_arguments
 
@@ -27,7 +27,7 @@ def add_sweep_command(subparsers) -> None:
     )
     parser.add_argument("--method", default="side", choices=guided_method_names(), help="guided method to sweep (default: side; see above; side-lora sweeps the classifier-free guidance scale of a `side train-lora` folder, side-exemplar needs --exemplars)")
     parser.add_argument("--guidance-scales", type=float_list, default=[0, 1, 2, 5, 10, 20], metavar="L1,L2,...", help="lambdas (default: 0,1,2,5,10,20)")
-    parser.add_argument("--num-images", type=positive_int, required=True, metavar="N", help="candidates per scale (N_G)")
+    parser.add_argument("--num-images", type=image_count, required=True, metavar="N", help="candidates per scale (N_G)")
     parser.add_argument("--reference", default="default", metavar="DATASET", help=f"training set to score against: embedded ({EMBEDDED_CHOICES}; default: default), a folder or a Hub id")
     parser.add_argument("--similarity", default="carlini", help="l2, carlini or a feature extractor (default: carlini)")
     parser.add_argument("--classifier", default=None, metavar="PATH", help="time-dependent classifier replacing the pipeline's own")

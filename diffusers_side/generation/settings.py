@@ -17,6 +17,7 @@ from ..methods.registry import METHODS, get_method
 from ..storage.generation_folder import SETTINGS_FILE, SHARDS_DIR, is_generation_folder, read_settings, shard_files
 from ..storage.outputs import GENERATION, check_output_folder
 from ..storage.sources import canonical_source
+from ..utils.arg_types import MAX_IMAGES
 from ..utils.atomic_io import write_json_atomic
 from .seeds import SHARED, check_disjoint_seeds, check_seed_stream, run_seeds, stream_for_method
 
@@ -79,6 +80,8 @@ class GenerationSettings:
                 f"num_images={self.num_images}, batch_size={self.batch_size} and num_inference_steps="
                 f"{self.num_inference_steps} must all be positive."
             )
+        if self.num_images > MAX_IMAGES:
+            raise ValueError(f"num_images={self.num_images:,} is more than {MAX_IMAGES:,}; split a larger audit into runs.")
         if self.num_images < num_processes:
             raise ValueError(
                 f"num_images={self.num_images} is smaller than the {num_processes} processes launched; "

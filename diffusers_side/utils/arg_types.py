@@ -61,6 +61,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_IMAGES = 10_000_000  # more images than any audit needs (the paper's largest N_G is 51,200): a typo, not a plan
+
+
+def image_count(text: str) -> int:
+    """A number of images to generate: an integer in [1, `MAX_IMAGES`] (``10000000000000`` is a typo that would
+    otherwise start sampling and fill the disk)."""
+    value = positive_int(text)
+    if value > MAX_IMAGES:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_IMAGES:,} images, got {text!r}; split a larger audit into runs")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds, worker counts, warm-up steps)."""
     value = _number(text, int, "an integer >= 0")
