@@ -138,3 +138,14 @@ def test_generation_settings_refuse_absurd_image_counts():
     settings = GenerationSettings(pipeline="default", method="uncond", num_images=10**13)
     with pytest.raises(ValueError, match="num_images=10,000,000,000,000 is more than 10,000,000"):
         settings.validate()
+
+
+def test_shards_are_read_in_order_of_their_number_past_five_digits(tmp_path):
+    # main: sorted by name, so shard-100000 came before shard-20000 (a run of more than 99,999 shards read out of order)
+    from diffusers_side.storage.generation_folder import shard_files, shard_path
+
+    for shard in (3, 20000, 99999, 100000, 123456):
+        shard_path(tmp_path, shard).parent.mkdir(exist_ok=True)
+        shard_path(tmp_path, shard).write_bytes(b"")
+    assert [p.name for p in shard_files(tmp_path)] == [
+        "shard-00003.parquet", "shard-20000.parquet", "shard-99999.parquet", "shard-100000.parquet", "shard-123456.parquet"]

@@ -59,8 +59,17 @@ def shard_path(output_dir: str | os.PathLike, shard: int) -> Path:
 
 
 def shard_files(path: str | os.PathLike) -> list[Path]:
-    """The finished shards of a generation folder, in order (empty for any other folder)."""
-    return sorted((Path(path) / SHARDS_DIR).glob("*.parquet"))
+    """The finished shards of a generation folder, in order of their number (empty for any other folder).
+
+    Numbers are compared as numbers: names are padded to five digits, so past shard 99,999 (a run of 10 million
+    images in batches of 64 has 156,250) ``shard-100000`` would sort before ``shard-20000`` as text.
+    """
+
+    def number(shard: Path) -> tuple[int, str]:
+        digits = shard.stem.rpartition("-")[2]
+        return (int(digits), shard.name) if digits.isdigit() else (-1, shard.name)
+
+    return sorted((Path(path) / SHARDS_DIR).glob("*.parquet"), key=number)
 
 
 def check_complete(path: str | os.PathLike, num_rows: int, indices: list[int] | None) -> None:
