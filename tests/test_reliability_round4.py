@@ -149,3 +149,14 @@ def test_shards_are_read_in_order_of_their_number_past_five_digits(tmp_path):
         shard_path(tmp_path, shard).write_bytes(b"")
     assert [p.name for p in shard_files(tmp_path)] == [
         "shard-00003.parquet", "shard-20000.parquet", "shard-99999.parquet", "shard-100000.parquet", "shard-123456.parquet"]
+
+
+def test_a_generation_record_without_pipeline_is_named(tmp_path, capsys, monkeypatch):
+    # main: `side push` of such a folder died with "GenerationSettings.__init__() missing 1 required positional argument"
+    from conftest import write_generation_dir
+
+    folder = write_generation_dir(tmp_path / "run", [Image.new("L", (16, 16), 20 * i) for i in range(4)], method="side",
+                                  guidance_scale=1.0)
+    monkeypatch.setattr("huggingface_hub.create_repo", lambda *a, **k: pytest.fail("the Hub was called"))
+    code, _, err = run(["push", folder, "--repo", "me/x"], capsys)
+    assert code == 2 and f"{folder / 'generation.json'} records no pipeline" in err, err

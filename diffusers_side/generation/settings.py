@@ -67,10 +67,27 @@ class GenerationSettings:
         self.guidance_window = None if self.guidance_window is None else [float(t) for t in self.guidance_window]
 
     @classmethod
-    def from_dict(cls, payload: dict) -> "GenerationSettings":
-        """Settings from a ``generation.json`` payload; the empty ``extra`` of older folders is dropped."""
+    def from_dict(cls, payload: dict, source: str | os.PathLike | None = None) -> "GenerationSettings":
+        """Settings from a ``generation.json`` payload; the empty ``extra`` of older folders is dropped.
+
+        Args:
+            payload (`dict`): the record.
+            source: the file it was read from, named in errors.
+
+        Raises:
+            `ValueError`: the record names no pipeline (written by hand or by another tool), naming ``source``.
+        """
+        if not payload.get("pipeline"):
+            where = f"{source} " if source is not None else "The generation record "
+            raise ValueError(f"{where}records no pipeline, so the settings these images were generated with are unknown; "
+                             "regenerate them with `side extract` (or add the pipeline that made them to the record).")
         known = {f.name for f in fields(cls)}
         return cls(**{"seed_stream": SHARED, **{k: v for k, v in payload.items() if k in known}})
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "GenerationSettings":
+        """The settings recorded in a generation folder's ``generation.json`` (`from_dict`, naming the file)."""
+        return cls.from_dict(read_settings(folder), Path(folder) / SETTINGS_FILE)
 
     def validate(self, num_processes: int = 1) -> None:
         """Raise `ValueError` naming the setting and the fix, before any image is generated."""

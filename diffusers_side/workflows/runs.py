@@ -25,7 +25,7 @@ from ..labels.features import check_feature_spec
 from ..models.lora import LORA_CONFIG_NAME, check_shareable_base, read_lora_config
 from ..pipelines.loading import load_pipeline
 from ..storage.data import load_image_dataset
-from ..storage.generation_folder import is_generation_folder, read_settings
+from ..storage.generation_folder import is_generation_folder
 from ..storage.hub import push_folder
 from ..storage.outputs import SWEEP, canary_key_files, check_output_folder, training_data_files
 from ..utils.atomic_io import write_json_atomic
@@ -225,7 +225,7 @@ def push(
             raise ValueError("--public applies to extraction data sets; a model repo is public unless you pass --private.")
         return push_folder(folder, repo_id, token=token, private=private or (bool(matches) and not public))
     if is_generation_folder(folder):
-        settings = GenerationSettings.from_dict(read_settings(folder))
+        settings = GenerationSettings.from_folder(folder)
         return push_extraction(load_image_dataset(folder), settings, repo_id, command, token=token, private=not public)
     raise FileNotFoundError(
         f"{folder} is neither a pipeline folder (model_index.json) nor an extraction folder (generation.json)."

@@ -246,7 +246,7 @@ class Study:
             folder = self.folder(configuration)
             runs[configuration.name] = {
                 "configuration": vars(configuration), "folder": str(folder), "settings": read_settings(folder),
-                "command": extract_command(GenerationSettings.from_dict(read_settings(folder)), folder),
+                "command": extract_command(GenerationSettings.from_folder(folder), folder),
                 "evaluation": self.evaluate(configuration),
             }
         synthetic = self.evaluate_synthetic() if budgets else None
