@@ -160,3 +160,16 @@ def test_a_generation_record_without_pipeline_is_named(tmp_path, capsys, monkeyp
     monkeypatch.setattr("huggingface_hub.create_repo", lambda *a, **k: pytest.fail("the Hub was called"))
     code, _, err = run(["push", folder, "--repo", "me/x"], capsys)
     assert code == 2 and f"{folder / 'generation.json'} records no pipeline" in err, err
+
+
+@pytest.mark.parametrize("eta", [float("nan"), float("inf"), -0.5, "1"])
+def test_eta_must_be_a_finite_number(tiny_unet, eta):
+    # main: eta=nan turned every DDIM image into NaN (black after postprocessing) without a word
+    import torch
+    from diffusers import DDIMScheduler
+
+    from diffusers_side.pipelines.pipeline_side import SIDEPipeline
+
+    pipe = SIDEPipeline(tiny_unet, DDIMScheduler(num_train_timesteps=50))
+    with pytest.raises(ValueError, match=r"eta=.* must be a finite number >= 0"):
+        pipe(batch_size=1, num_inference_steps=2, eta=eta, generator=torch.manual_seed(0))

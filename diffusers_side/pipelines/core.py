@@ -133,7 +133,13 @@ class SamplingMixin:
             )
 
     def prepare_step_kwargs(self, generator, eta: float, use_clipped_model_output: bool | None = None) -> dict:
-        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta` and clipping flag)."""
+        """The optional arguments this scheduler's `step` accepts (`generator`, DDIM's `eta` and clipping flag).
+
+        Raises:
+            `ValueError`: ``eta`` is not a finite number >= 0 (``nan`` would turn every image into NaN without a word).
+        """
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta={eta!r} must be a finite number >= 0 (DDIM's eta: 0 deterministic, 1 DDPM-like noise).")
         accepted = self.scheduler_step_arguments()
         kwargs = {}
         if "generator" in accepted:
