@@ -173,3 +173,37 @@ def test_eta_must_be_a_finite_number(tiny_unet, eta):
     pipe = SIDEPipeline(tiny_unet, DDIMScheduler(num_train_timesteps=50))
     with pytest.raises(ValueError, match=r"eta=.* must be a finite number >= 0"):
         pipe(batch_size=1, num_inference_steps=2, eta=eta, generator=torch.manual_seed(0))
+
+
+def _label_output(tmp_path: Path) -> Path:
+    from conftest import write_generation_dir
+    from diffusers_side.labels import surrogate_labels
+
+    synthetic = write_generation_dir(tmp_path / "synthetic", [Image.new("L", (16, 16), 20 * i) for i in range(12)])
+    assert surrogate_labels.label_synthetic(synthetic, tmp_path / "labels", num_clusters=3, cohesion=-1, features="pixels")
+    return tmp_path / "labels"
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "arrow"])
+def test_a_damaged_saved_data_set_is_named(tmp_path, capsys, damaged):
+    # main: "Unterminated string starting at: line 4 column 19" / "Expected to be able to read 33680 bytes", no file named
+    labels = _label_output(tmp_path)
+    path = labels / "state.json" if damaged == "state.json" else next(labels.glob("data-*.arrow"))
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    generated = tmp_path / "generated"
+    _save_pngs(generated, 16, 3, "g")
+    code, _, err = run(["evaluate", "--generated", generated, "--reference", labels, "--output", tmp_path / "out"], capsys)
+    assert code == 2 and f"{labels} is a damaged saved data set" in err and "write it again" in err, err
+
+
+def test_a_damaged_candidate_list_is_named(tmp_path, capsys):
+    # main: "Invalid control character at: line 1 column 10 (char 9)" without the file
+    from conftest import write_generation_dir
+
+    folder = write_generation_dir(tmp_path / "run", [Image.new("L", (16, 16), 20 * i) for i in range(6)], pipeline="default")
+    assert run(["candidates", "--generated", folder], capsys)[0] == 0
+    (folder / "candidates.json").write_text('{"num_gen')
+    reference = tmp_path / "reference"
+    _save_pngs(reference, 16, 4, "r")
+    code, _, err = run(["evaluate", "--generated", folder, "--reference", reference, "--output", tmp_path / "out"], capsys)
+    assert code == 2 and f"{folder / 'candidates.json'} is damaged: it is truncated or not JSON" in err, err

@@ -132,12 +132,12 @@ def first_image(source: str | os.PathLike) -> PIL.Image.Image | None:
     path = Path(source)
     if not path.is_dir():
         return None
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import Dataset, DatasetDict
 
-    from ..storage.data import find_image_column
+    from ..storage.data import find_image_column, load_saved_dataset
 
     if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        data = load_from_disk(str(path))  # memory-mapped: only the first row is decoded
+        data = load_saved_dataset(path)  # memory-mapped: only the first row is decoded
         data = next(iter(data.values())) if isinstance(data, DatasetDict) else data
         return data[0][find_image_column(data)] if len(data) else None
     from ..storage.generation_folder import shard_files

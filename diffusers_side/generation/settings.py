@@ -111,9 +111,9 @@ class GenerationSettings:
             raise ValueError(f"guidance_scale={self.guidance_scale} must be a finite number >= 0.")
         check_target_selection(self.target_selection)
         if self.exemplars is not None and Path(self.exemplars, "dataset_info.json").is_file():
-            from datasets import load_from_disk
+            from ..storage.data import load_saved_dataset
 
-            exemplars = load_from_disk(self.exemplars)
+            exemplars = load_saved_dataset(self.exemplars)
             if "seed" in exemplars.column_names:
                 check_disjoint_seeds(
                     run_seeds(self.seed, self.num_images, self.seed_stream), exemplars["seed"],

@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, Features, Image, Value, load_from_disk
+from datasets import Dataset, Features, Image, Value
 from diffusers.utils import logging
 from sklearn.cluster import KMeans
 
 from ..pipelines.loading import weights_fingerprint
 from ..pipelines.target import AuditTarget
-from ..storage.data import find_image_column, load_image_dataset
+from ..storage.data import find_image_column, load_image_dataset, load_saved_dataset
 from ..storage.generation_folder import SETTINGS_FILE, read_settings
 from ..storage.image_files import check_image_files
 from ..storage.outputs import LABELS, write_manifest, written_files
@@ -339,7 +339,7 @@ def label_synthetic(
     check_output_dir(output_dir, synthetic_dir)  # again: nothing was added to the folder while the run worked
     with atomic_directory(output_dir) as staging:
         _write_all(staging, output, labels, assigned, distances)
-    return load_from_disk(str(output_dir)), labels
+    return load_saved_dataset(output_dir), labels
 
 
 def format_label_table(labels: SurrogateLabels) -> str:

@@ -15,12 +15,12 @@ generations.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pyarrow.parquet
 
+from ..utils.state_files import CANDIDATES_SUMMARY
 from .generation_folder import is_generation_folder, read_settings
 
 CANDIDATES_PARQUET = "candidates.parquet"
@@ -58,11 +58,15 @@ def read_candidates(source: str | os.PathLike, num_generations: int, directory: 
     directory = Path(directory or source)
     if not (directory / CANDIDATES_JSON).is_file() or not (directory / CANDIDATES_PARQUET).is_file():
         return None
-    summary = json.loads((directory / CANDIDATES_JSON).read_text())
+    summary = CANDIDATES_SUMMARY.read(directory / CANDIDATES_JSON)
     if summary["num_generations"] != num_generations or summary["generation_settings"] != read_settings(source):
         raise ValueError(
             f"The candidate list in {directory} was computed on other generations ({summary['num_generations']} then, "
             f"{num_generations} now, or other settings); run `side candidates --generated {source}` again."
         )
-    table = pyarrow.parquet.read_table(directory / CANDIDATES_PARQUET).to_pydict()
+    try:
+        table = pyarrow.parquet.read_table(directory / CANDIDATES_PARQUET).to_pydict()
+    except (pyarrow.ArrowException, OSError) as error:
+        raise ValueError(f"{directory / CANDIDATES_PARQUET} is damaged ({type(error).__name__}: {error}); run `side "
+                         f"candidates --generated {source}` again to rewrite it.") from None
     return {**table, "summary": summary}

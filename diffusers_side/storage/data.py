@@ -80,6 +80,25 @@ def check_image_source(name_or_path: str | os.PathLike) -> ModelSource:
     return ModelSource.parse(name_or_path, what="Image data set", repo_type=DATASET)
 
 
+def load_saved_dataset(path: str | os.PathLike, keep_in_memory: bool = False) -> Dataset | DatasetDict:
+    """`datasets.load_from_disk`, with a damaged folder named in one line instead of a JSON or Arrow traceback.
+
+    Args:
+        path: a folder written by ``save_to_disk`` (a `side label` output, exemplars, a saved data set).
+        keep_in_memory (`bool`): as in `load_from_disk`.
+
+    Raises:
+        `ValueError`: its ``state.json``, ``dataset_info.json`` or an arrow file is truncated, edited or missing.
+    """
+    try:
+        return load_from_disk(str(path), keep_in_memory=keep_in_memory)
+    except (ValueError, OSError, KeyError, TypeError, pyarrow.ArrowException) as error:
+        raise ValueError(
+            f"{path} is a damaged saved data set ({type(error).__name__}: {error}): its state.json, dataset_info.json "
+            "or an arrow file is truncated, edited or missing; write it again with the command that made it."
+        ) from None
+
+
 def _load(name_or_path: str | os.PathLike, split: str) -> Dataset:
     source = check_image_source(name_or_path)
     if source.kind == EMBEDDED:
@@ -89,7 +108,7 @@ def _load(name_or_path: str | os.PathLike, split: str) -> Dataset:
     path = Path(source.location)
     if source.kind != HUB:
         if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return _pick_split(load_from_disk(str(path), keep_in_memory=True), split, source.spec)
+            return _pick_split(load_saved_dataset(path, keep_in_memory=True), split, source.spec)
         from .generation_folder import shard_files
 
         shards = shard_files(path)

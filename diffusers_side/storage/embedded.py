@@ -183,9 +183,9 @@ def check_same_training_data(folder: str | os.PathLike, name: str) -> None:
     Raises:
         `ValueError`: naming the first difference.
     """
-    from datasets import load_from_disk
+    from .data import load_saved_dataset
 
-    copy, subset = load_from_disk(str(folder)), load_training_subset(name)
+    copy, subset = load_saved_dataset(folder), load_training_subset(name)
     if len(copy) != len(subset):
         raise ValueError(f"{folder} holds {len(copy)} images, {name!r} {len(subset)}; it is not a copy of {name!r}.")
     for column in ("digit", "source_index"):

@@ -310,5 +310,15 @@ OUTPUTS_MANIFEST = StateFile(
     {"kind": required("str"), "files": required("list", items="str")},
 )
 
+CANDIDATES_SUMMARY = StateFile(
+    "candidates.json",
+    "`side candidates` (and `side extract` when it finishes)",
+    "run `side candidates --generated` on the generations again to rewrite it.",
+    {
+        "num_generations": required("int", minimum=0), "num_candidates": required("int", minimum=0),
+        "num_groups": required("int", minimum=0), "generation_settings": optional("dict"), "top": optional("list"),
+    },
+)
+
 STATE_FILES = (GENERATION, SURROGATE_LABELS, TRAINING_STATE, RUN_CONFIG, SWEEP_CONFIG, SWEEP_RESULTS, LORA_CONFIG,
-               DEMO_CONFIG, TRAIN_LOG, REPORT, OUTPUTS_MANIFEST)
+               DEMO_CONFIG, TRAIN_LOG, REPORT, OUTPUTS_MANIFEST, CANDIDATES_SUMMARY)

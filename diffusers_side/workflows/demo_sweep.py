@@ -40,7 +40,7 @@ from ..pipelines.loading import load_pipeline
 from ..storage.candidate_files import CANDIDATES_JSON
 from ..utils.arg_types import SWEEP_CRITERIA
 from ..utils.atomic_io import write_json_atomic
-from ..utils.state_files import SWEEP_CONFIG, SWEEP_RESULTS
+from ..utils.state_files import CANDIDATES_SUMMARY, SWEEP_CONFIG, SWEEP_RESULTS
 from .runs import SWEEP_JSON, _with_scale, check_scale_names, check_sweep_folder, run_sweep
 
 logger = logging.get_logger(__name__)
@@ -102,7 +102,7 @@ def run_blind_sweep(base: GenerationSettings, guidance_scales: Sequence[float], 
         folder = output_dir / f"scale-{scale:g}"
         generate(pipe, folder, settings)
         summary_file = folder / CANDIDATES_JSON
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else write_candidates(folder)
+        summary = CANDIDATES_SUMMARY.read(summary_file) if summary_file.is_file() else write_candidates(folder)
         counts[f"{scale:g}"] = {
             "num_generations": summary["num_generations"], "num_groups": summary["num_groups"],
             "groups_per_generation": summary["num_groups"] / summary["num_generations"],
