@@ -207,3 +207,21 @@ def test_a_damaged_candidate_list_is_named(tmp_path, capsys):
     _save_pngs(reference, 16, 4, "r")
     code, _, err = run(["evaluate", "--generated", folder, "--reference", reference, "--output", tmp_path / "out"], capsys)
     assert code == 2 and f"{folder / 'candidates.json'} is damaged: it is truncated or not JSON" in err, err
+
+
+@pytest.mark.parametrize("command", [["divergence", "--reference", "default"],
+                                     ["query-only", "--classifier", "CLS", "--queries", "4"]])
+def test_audits_refuse_a_lora_side_result_before_loading_it(tmp_path, capsys, command):
+    # main: `side divergence --pipeline <train-lora folder>` loaded it and failed inside the ODE with
+    # "class_labels should be provided when doing class conditioning"
+    from test_reliability import save_ddpm
+
+    from diffusers_side.pipelines.pipeline_side_lora import SIDELoRAPipeline
+
+    base = save_ddpm(tmp_path / "base")
+    lora = tmp_path / "lora-side"
+    SIDELoRAPipeline.from_base(str(base), num_labels=3, rank=2).save_pretrained(lora)
+    argv = [tmp_path / "cls" if a == "CLS" else a for a in command]
+    code, _, err = run([argv[0], "--pipeline", lora, *argv[1:], "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "is a LoRA-SIDE result" in err and f"pass its base model '{base}'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -51,12 +51,14 @@ def add_divergence_command(subparsers) -> None:
 
 def run_divergence(args: argparse.Namespace) -> int:
     """Run ``side divergence``; every input is checked before the model loads."""
+    from ..pipelines.target import target_kind
     from ..storage.data import check_image_source
     from ..storage.outputs import DIVERGENCE, check_output_folder
     from ..storage.sources import ModelSource
 
     check_device(args.device)
     source = ModelSource.parse(args.pipeline, what="--pipeline")
+    target_kind(source, what="--pipeline")  # refuses a LoRA-SIDE result by naming its base, before any weight loads
     check_image_source(args.reference)
     if args.holdout == "embedded":
         if source.kind != "embedded":
@@ -124,11 +126,12 @@ def run_query_only(args: argparse.Namespace) -> int:
     """Run ``side query-only``; inputs are checked before the model loads."""
     from pathlib import Path
 
+    from ..pipelines.target import target_kind
     from ..storage.outputs import QUERY_ONLY, check_output_folder
     from ..storage.sources import ModelSource
 
     check_device(args.device)
-    ModelSource.parse(args.pipeline, what="--pipeline")
+    target_kind(ModelSource.parse(args.pipeline, what="--pipeline"), what="--pipeline")
     if not Path(args.classifier).is_dir():
         raise CommandError(f"--classifier {args.classifier} is not a folder; pass the output of side train-classifier.")
     check_output_folder(args.output, QUERY_ONLY, command="side query-only")
