@@ -225,3 +225,23 @@ def test_audits_refuse_a_lora_side_result_before_loading_it(tmp_path, capsys, co
     code, _, err = run([argv[0], "--pipeline", lora, *argv[1:], "--output", tmp_path / "out"], capsys)
     assert code == 2 and "is a LoRA-SIDE result" in err and f"pass its base model '{base}'" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_label_features_file_holding_a_pickle_is_refused_unrun(tmp_path, capsys):
+    # --features FILE.pt takes TorchScript only: a torch.save pickle with a payload is named and never unpickled
+    import pickle
+
+    import torch
+    from test_reliability_round2 import Payload
+
+    from conftest import write_generation_dir
+
+    marker = tmp_path / "payload-ran"
+    features = tmp_path / "sscd.pt"
+    torch.save({"model": Payload(marker)}, features)
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(Payload(marker)))
+    synthetic = write_generation_dir(tmp_path / "synthetic", [Image.new("L", (16, 16), 20 * i) for i in range(12)])
+    for path in (features, tmp_path / "raw.pt"):
+        code, _, err = run(["label", "--synthetic", synthetic, "--output", tmp_path / "labels", "--features", path,
+                            "--clusters", "3"], capsys)
+        assert code == 2 and f"{path} is not a TorchScript model" in err and not marker.exists(), err
