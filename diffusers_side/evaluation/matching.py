@@ -29,21 +29,30 @@ class PixelImages:
     """A data set's images as pixel tensors ``(N, C, H, W)`` in ``[0, 1]``, decoded one slice at a time.
 
     Slicing returns a tensor (so it can be handed to `diffusers_side.labels.features.embed_images`); every
-    image is converted to ``channels`` and, when ``resolution`` is set, resized to it.
+    image is converted to ``channels`` and, when ``resolution`` is set, resized to it. A slice whose images differ in
+    size from ``shape`` (the first image's ``(C, H, W)``) is refused naming ``source``, the sizes and the fix, whichever
+    similarity reads the set (pixels or a feature extractor).
     """
 
-    def __init__(self, dataset: Dataset, column: str, resolution: int | None, channels: int, source: str | None = None):
+    def __init__(self, dataset: Dataset, column: str, resolution: int | None, shape: tuple, source: str | None = None):
         self.dataset = dataset
         self.source = source
         self.column = column
         self.resolution = resolution
-        self.channels = channels
+        self.shape = tuple(shape)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: slice) -> torch.Tensor:
-        return images_to_tensor(self.dataset[item][self.column], self.resolution, self.channels, source=self.source)
+        batch = images_to_tensor(self.dataset[item][self.column], self.resolution, self.shape[0], source=self.source)
+        if tuple(batch.shape[1:]) != self.shape:
+            start = (item.start or 0) if isinstance(item, slice) else item
+            raise ValueError(
+                f"Images of {self.source!r} have mixed sizes: {_describe_shape(self.shape)} at first, "
+                f"{_describe_shape(tuple(batch.shape[1:]))} from image {start}; pass --resolution to resize them."
+            )
+        return batch
 
 
 @dataclass
@@ -58,7 +67,7 @@ class ImageSet:
 
     def pixel_images(self, resolution: int | None) -> PixelImages:
         """The images as pixel tensors, optionally resized to ``resolution``."""
-        return PixelImages(self.dataset, self.column, resolution, self.shape[0], self.source)
+        return PixelImages(self.dataset, self.column, resolution, self.shape, self.source)
 
     def image(self, row: int):
         """The PIL image of row ``row``."""
@@ -98,17 +107,11 @@ def _check_same_shape(generated: ImageSet, reference: ImageSet) -> None:
     )
 
 
-def _pixel_rows(images: PixelImages, batch_size: int, expected_shape: tuple, name: str) -> torch.Tensor:
+def _pixel_rows(images: PixelImages, batch_size: int) -> torch.Tensor:
     """All images of a set as flattened uint8 rows (exact for 8-bit images, 4x smaller than float32)."""
     rows = []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"Reading {name}", unit="batch"):
-        batch = images[start : start + batch_size]
-        if tuple(batch.shape[1:]) != expected_shape:
-            raise ValueError(
-                f"Images of {name!r} have mixed sizes: {_describe_shape(expected_shape)} at first, "
-                f"{_describe_shape(tuple(batch.shape[1:]))} from image {start}; pass --resolution to resize them."
-            )
-        rows.append((batch * 255).round_().to(torch.uint8).flatten(1))
+    for start in tqdm(range(0, len(images), batch_size), desc=f"Reading {images.source}", unit="batch"):
+        rows.append((images[start : start + batch_size] * 255).round_().to(torch.uint8).flatten(1))
     return torch.cat(rows)
 
 
@@ -137,8 +140,8 @@ def _load_extractor(spec: str, pipeline: str | None, generated: list[ImageSet], 
 def _comparable_rows(reference: ImageSet, generated: list[ImageSet], extractor, resolution, batch_size) -> tuple:
     """Reference and generated rows to search: uint8 pixels, or L2-normalised embeddings with an extractor."""
     if extractor is None:
-        reference_rows = _pixel_rows(reference.pixel_images(resolution), batch_size, reference.shape, reference.source)
-        generated_rows = [_pixel_rows(s.pixel_images(resolution), batch_size, s.shape, s.source) for s in generated]
+        reference_rows = _pixel_rows(reference.pixel_images(resolution), batch_size)
+        generated_rows = [_pixel_rows(s.pixel_images(resolution), batch_size) for s in generated]
         return reference_rows, torch.cat(generated_rows)
     from ..labels.features import embed_images
 

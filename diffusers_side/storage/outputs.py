@@ -11,8 +11,9 @@ marks it (``generation.json``, ``surrogate_labels.json``, ``report.json``, ...) 
   link is followed to the folder it names.
 - [`foreign_entries`]: a command that replaces its folder as a whole (``side label``) deletes only the files
   its manifest lists, exactly by name, and refuses to run while anything else is there.
-- [`training_data_files`]: what holds training images or their matches (``matches.parquet`` and the figures
-  of ``side evaluate``); ``side push`` refuses to upload it unless asked explicitly.
+- [`training_data_files`]: what holds training images or their matches (``matches.parquet``, any table with its
+  columns whatever its name or format, and the figures of ``side evaluate``); ``side push`` refuses to upload it
+  unless asked explicitly.
 - [`canary_key_files`]: the private keys of ``side canary make``; ``side push`` refuses any folder holding one.
 
 This module imports nothing heavy.
@@ -68,11 +69,12 @@ OWN_FILE_PATTERNS: dict[str, tuple[str, ...]] = {
 
 
 def _may_own(kind: str, name: str) -> bool:
-    """Whether the command writing ``kind`` can have written ``name`` (a path relative to its folder)."""
-    if name.startswith("/") or ".." in name.split("/"):
-        return False
-    patterns = OWN_FILE_PATTERNS.get(kind)
-    return patterns is None or ("/" not in name and any(fnmatch.fnmatchcase(name, p) for p in patterns))
+    """Whether the command writing ``kind`` can have written ``name`` (a path relative to its folder): a top-level
+    name matching its `OWN_FILE_PATTERNS`. A kind without patterns owns nothing it may delete, and no path with a
+    folder in it (``unet/...``, ``../x``, ``/abs``) is ever owned."""
+    patterns = OWN_FILE_PATTERNS.get(kind, ())
+    return isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..") and any(
+        fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
@@ -205,7 +207,8 @@ def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
 
 def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
     """The names directly in ``folder`` that the command writing ``kind`` did not write: anything but a regular
-    file (or a folder of files) its manifest lists by exact name."""
+    file (not a symbolic link, not a folder) that its manifest lists by exact name and that matches its own output
+    patterns (`OWN_FILE_PATTERNS`)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -213,48 +216,66 @@ def foreign_entries(folder: str | os.PathLike, kind: str) -> list[str]:
         owned = owned_files(folder, kind)
     except StateFileError:
         owned = set()
-    owned_dirs = {name.split("/", 1)[0] for name in owned if "/" in name}
     foreign = []
     for entry in sorted(folder.iterdir()):
-        name = entry.name
-        if name == MANIFEST and entry.is_file():
-            continue
-        if entry.is_symlink():
-            foreign.append(name)
-        elif entry.is_file() and name in owned:
-            continue
-        elif entry.is_dir() and name in owned_dirs and all(
-            p.relative_to(folder).as_posix() in owned for p in entry.rglob("*") if not p.is_dir()
-        ):
-            continue
-        else:
-            foreign.append(name)
+        if entry.is_symlink() or not entry.is_file() or (entry.name not in owned and entry.name != MANIFEST):
+            foreign.append(entry.name)
     return foreign
 
 
 def is_matches_table(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Parquet table with the columns of ``side evaluate``'s matches (`MATCHES_COLUMNS`), by any name.
+    """Whether ``path`` is a table with the columns of ``side evaluate``'s matches (`MATCHES_COLUMNS`), by its content
+    whatever it is called: Parquet, Arrow (IPC file, Feather or stream, as `datasets` saves), or a CSV/TSV or JSON
+    lines export.
 
-    Only the schema is read; a file that is not Parquet, or is damaged, is not a matches table.
+    Only the schema or the first line is read; a file that is none of these, or is damaged, is not a matches table.
     """
-    import pyarrow.parquet as pq
-
     try:
-        return MATCHES_COLUMNS <= set(pq.read_schema(path).names)
-    except Exception:  # noqa: BLE001 - any unreadable file is simply not a Parquet table
+        with open(path, "rb") as file:
+            head = file.read(_TEXT_HEAD)
+        return MATCHES_COLUMNS <= set(_table_columns(path, head))
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a table
         return False
+
+
+_TEXT_HEAD = 1 << 16  # a text table's header must lie in its first 64 KiB
+
+
+def _table_columns(path: str | os.PathLike, head: bytes) -> list[str]:
+    """The column names of the table in ``path`` (whose first bytes are ``head``), told apart by its magic bytes."""
+    import pyarrow as pa
+
+    if head.startswith(b"PAR1"):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    if head.startswith(b"ARROW1"):
+        return pa.ipc.open_file(path).schema.names
+    if head.startswith(b"\xff\xff\xff\xff"):
+        return pa.ipc.open_stream(path).schema.names
+    if b"\0" in head:
+        return []
+    first = head.decode("utf-8-sig").splitlines()[0].strip() if head.strip() else ""
+    if first.startswith("{"):
+        import json
+
+        return list(json.loads(first))
+    import csv
+
+    return [name.strip() for name in next(csv.reader([first], csv.Sniffer().sniff(first, delimiters=",;\t|")))]
 
 
 def training_data_files(folder: str | os.PathLike) -> list[Path]:
     """The files under ``folder`` that hold training images or which training image each generation matches:
-    every matches table (``matches.parquet``, or any Parquet file with its columns: a renamed copy is still one) and
-    the figures (generated | best training match) beside an evaluation report."""
+    every matches table (``matches.parquet``, or any table with its columns, by content: a renamed or converted copy
+    is still one, see [`is_matches_table`]) and the figures (generated | best training match) beside an evaluation
+    report. Symbolic links to files are read too, as an upload copies what they point to."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
         root = Path(root)
         tables = [name for name in sorted(files) if name == MATCHES_FILE or (
-            name.endswith(".parquet") and not os.path.islink(root / name) and is_matches_table(root / name))]
+            (root / name).is_file() and is_matches_table(root / name))]
         found += [root / name for name in tables]
         if KINDS[EVALUATION][0] in files or tables:
             found += sorted(p for p in (root / FIGURES_DIR).rglob("*") if p.is_file())
