@@ -201,6 +201,8 @@ def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(
         assert all(0 <= accuracy[key]["accuracy"] <= 1 for key in ("clean", "q0", "q1", "q2", "q3"))
     selection = report["guidance_selection"]
     assert set(selection["blind_groups"]) == {"0", "2"} and selection["selected"] in (0, 2)
+    assert all(0 <= row["in_cluster_rate"] <= row["hit_rate"] <= 1 for row in selection["blind_groups"].values())
+    assert selection["guard_limit"] in (0, 2) and selection["selected"] <= selection["guard_limit"]
     sweep_config = json.loads((tmp_path / "demo" / SWEEP_DIRS[BLIND] / "sweep_config.json").read_text())
     assert (sweep_config["seed"], sweep_config["num_images"]) == (1, 4)
     extracted = json.loads((tmp_path / "demo" / "extract-side" / "generation.json").read_text())
@@ -208,6 +210,7 @@ def test_quick_demo_reports_held_out_accuracy_per_quartile_and_the_lambda_sweep(
     markdown = (tmp_path / "demo" / "report.md").read_text()
     assert "## Classifier accuracy per timestep quartile" in markdown and "| classifier-side | 8 |" in markdown
     assert "q3 (t 750-999)" in markdown and "## Guidance scale selection" in markdown
+    assert "in target cluster (%)" in markdown and "Collapse guard: lambdas above" in markdown
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["classifiers"] == report["classifiers"]
 
 

@@ -15,7 +15,9 @@ from diffusers_side.workflows.demo_sweep import (
     BLIND,
     BLIND_SWEEP_JSON,
     SWEEP_DIRS,
+    guard_limit,
     select_by_blind_groups,
+    sweep_is_done,
 )
 
 
@@ -28,6 +30,31 @@ def test_blind_rule_counts_groups_per_generation_and_ties_go_to_the_smaller_lamb
     assert select_by_blind_groups(_counts(l0=(10, 100), l10=(15, 300))) == 0.0  # per generation: 0.10 > 0.05
     assert select_by_blind_groups(_counts(l20=(4, 100), l1_5=(4, 100), l50=(4, 100))) == 1.5
     assert select_by_blind_groups(_counts(l0=(0, 50), l1=(0, 50))) == 0.0
+
+
+# The paper-preset sweep on digits-rare (selection seed 1, 1,000 images per lambda): blind groups and the labeller's
+# in-target-cluster rate, as benchmarks/results/paper-preset and docs/attacker-study.md record them.
+PAPER_SWEEP = {"0": (9, 0.018), "1": (8, 0.091), "2": (12, 0.224), "5": (23, 0.546), "10": (43, 0.678),
+               "20": (55, 0.733), "50": (76, 0.695)}
+
+
+def test_collapse_guard_stops_at_the_peak_of_the_labellers_in_cluster_rate():
+    counts = {scale: {"num_groups": g, "num_generations": 1000, "in_cluster_rate": rate} for scale, (g, rate) in PAPER_SWEEP.items()}
+    assert guard_limit(counts) == 20.0 and select_by_blind_groups(counts) == 20.0  # without the guard: 50
+    without_rates = {scale: {k: v for k, v in row.items() if k != "in_cluster_rate"} for scale, row in counts.items()}
+    assert guard_limit(without_rates) is None and select_by_blind_groups(without_rates) == 50.0  # a sweep from before
+    counts["5"]["in_cluster_rate"] = counts["20"]["in_cluster_rate"]  # a tie at the peak goes to the smaller lambda
+    assert guard_limit(counts) == 5.0 and select_by_blind_groups(counts) == 5.0
+
+
+def test_a_blind_sweep_written_before_the_guard_is_not_done(tmp_path):
+    counts = {"0": {"num_groups": 1, "num_generations": 10}, "2": {"num_groups": 2, "num_generations": 10}}
+    (tmp_path / BLIND_SWEEP_JSON).write_text(json.dumps(counts))
+    assert not sweep_is_done(BLIND, tmp_path)  # resumed: the rates are added, the images reused
+    for row in counts.values():
+        row["in_cluster_rate"] = 0.5
+    (tmp_path / BLIND_SWEEP_JSON).write_text(json.dumps(counts))
+    assert sweep_is_done(BLIND, tmp_path)
 
 
 @pytest.mark.parametrize(

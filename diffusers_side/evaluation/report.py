@@ -234,7 +234,9 @@ def guidance_selection_section(selection: dict, bands: Sequence[Band], kind: str
     """``report.md`` lines: the lambda sweep on the selection seed, the lambda it chose and the criterion that chose it."""
     blind = "blind_groups" in selection
     ordered = display_order(bands, kind)
-    columns = ["generations", "blind groups (>= 2)", "groups per generation"] if blind else [f"AMS {b.name} (%)" for b in ordered]
+    guarded = blind and selection.get("guard_limit") is not None
+    columns = (["generations", "blind groups (>= 2)", "groups per generation", *(["in target cluster (%)"] if guarded else [])]
+               if blind else [f"AMS {b.name} (%)" for b in ordered])
     header = ["lambda", *columns, "chosen"]
     rule = selection.get("rule", selection["criterion"])  # reports written before the criterion had a name
     lines = [
@@ -249,9 +251,14 @@ def guidance_selection_section(selection: dict, bands: Sequence[Band], kind: str
     ]
     for scale, row in (selection["blind_groups"] if blind else selection["ams"]).items():
         chosen = "yes" if float(scale) == selection["selected"] else ""
-        cells = ([str(row["num_generations"]), str(row["num_groups"]), f"{row['groups_per_generation']:.4f}"] if blind
+        cells = ([str(row["num_generations"]), str(row["num_groups"]), f"{row['groups_per_generation']:.4f}",
+                  *([_percent(row["in_cluster_rate"])] if guarded else [])] if blind
                  else [_percent(row[band.name]) for band in ordered])
         lines.append("| " + " | ".join([scale, *cells, chosen]) + " |")
+    if guarded:
+        lines += ["", f"Collapse guard: lambdas above {selection['guard_limit']:g}, where the labeller's in-target-cluster "
+                  "rate peaks, were not eligible (past it the steering classifier is fooled rather than the cluster "
+                  "reached)."]
     return [*lines, ""]
 
 

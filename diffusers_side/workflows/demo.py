@@ -338,7 +338,8 @@ class Demo:
     def sweep(self) -> None:
         """Stage 3b: SIDE at every lambda of the sweep on the selection seed, scored by ``sweep_criterion``."""
         c = self.config
-        run_demo_sweep(c.sweep_criterion, self.sweep_settings(), c.sweep_guidance_scales, self.sweep_dir(), c.reference)
+        run_demo_sweep(c.sweep_criterion, self.sweep_settings(), c.sweep_guidance_scales, self.sweep_dir(), c.reference,
+                       labels=self.path("labels"))
 
     def sweep_dir(self) -> Path:
         """The sweep's folder (one per criterion, so a resumed demo never mixes them)."""
