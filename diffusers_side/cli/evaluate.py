@@ -37,7 +37,7 @@ def add_evaluate_command(subparsers) -> None:
         default="carlini",
         metavar="l2|carlini|EXTRACTOR",
         help="'carlini' (normalized L2, default), 'l2' (RMS L2 on pixels), or a feature extractor compared by cosine: "
-        "unet, pixels, a transformers model id or folder (CLIP, DINOv2), or a TorchScript file such as SSCD",
+        "unet, pixels, a transformers model id or folder (CLIP, DINOv2), or a TorchScript file such as SSCD (its code runs: pass only files you trust)",
     )
     parser.add_argument(
         "--bands",

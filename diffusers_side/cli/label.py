@@ -53,7 +53,7 @@ def add_label_command(subparsers) -> None:
         default="unet",
         metavar="unet|pixels|MODEL|FILE.pt",
         help="feature extractor: the target's own UNet (default), raw pixels, a transformers model id or folder "
-        "(CLIP, DINOv2), or a TorchScript file such as SSCD",
+        "(CLIP, DINOv2), or a TorchScript file such as SSCD (its code runs: pass only files you trust)",
     )
     parser.add_argument("--pipeline", default=None, help="target pipeline for --features unet (default: from DIR/generation.json)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="KMeans seed (default: 0)")
