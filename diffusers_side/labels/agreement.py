@@ -56,6 +56,21 @@ def cluster_radii(labels_dir: str | os.PathLike, num_labels: int, quantile: floa
     return radii
 
 
+def labeller_extractor(labels: SurrogateLabels, pipeline: str | None, device: str | None = None):
+    """The feature extractor ``labels`` were built with (loading the target for ``--features unet``), to judge with.
+
+    Raises:
+        `ValueError`: labels built with ``--features unet`` and no ``pipeline``.
+    """
+    target = None
+    if labels.extractor == UNET:
+        if pipeline is None:
+            raise ValueError("These labels were built with --features unet; pass the target pipeline (pipeline=).")
+        target = AuditTarget.load(pipeline, what="pipeline")
+    return load_feature_extractor(labels.extractor, unet=target and target.unet, scheduler=target and target.scheduler,
+                                  device=device, codec=target and target.codec)
+
+
 def target_agreement(
     generated: str | os.PathLike,
     labels_dir: str | os.PathLike,
@@ -63,6 +78,7 @@ def target_agreement(
     quantile: float = IN_CLUSTER_QUANTILE,
     batch_size: int = 256,
     device: str | None = None,
+    extractor=None,
 ) -> dict:
     """
     How often the labeller puts guided generations in the cluster they were steered to.
@@ -74,6 +90,8 @@ def target_agreement(
             one ``generation.json`` of ``generated`` records).
         quantile (`float`): the cluster radius (see [`cluster_radii`]).
         batch_size (`int`), device: embedding batch and device.
+        extractor (*optional*): the labeller's extractor already loaded ([`labeller_extractor`]), so that judging
+            several folders loads the target once.
 
     Returns:
         `dict`: ``num_generations``, ``hit_rate`` (nearest centroid = target) and ``in_cluster_rate`` (also within
@@ -84,14 +102,11 @@ def target_agreement(
     dataset = load_image_dataset(generated)
     if "target" not in dataset.column_names or len(dataset) == 0:
         raise ValueError(f"{generated} holds no guided generations with a target column; pass a `side extract` folder.")
-    target = None
-    if labels.extractor == UNET:
-        spec = pipeline or read_settings(generated).get("pipeline")
-        if spec is None:
-            raise ValueError(f"{labels_dir} was built with --features unet; pass the target pipeline (pipeline=).")
-        target = AuditTarget.load(spec, what="pipeline")
-    extractor = load_feature_extractor(labels.extractor, unet=target and target.unet, scheduler=target and target.scheduler,
-                                       device=device, codec=target and target.codec)
+    if extractor is None:
+        try:
+            extractor = labeller_extractor(labels, pipeline or read_settings(generated).get("pipeline"), device)
+        except ValueError as error:
+            raise ValueError(f"{labels_dir}: {error}") from None
     assigned, distance = labels.assign(embed_images(extractor, dataset[find_image_column(dataset)], batch_size=batch_size))
     assigned, distance, targets = assigned.numpy(), distance.numpy(), np.asarray(dataset["target"])
     hit = (assigned == targets) & (targets >= 0)

@@ -41,7 +41,8 @@ from ..candidates.ranking import MIN_GENERATIONS
 from ..evaluation.bands import Band, display_order
 from ..generation.engine import GenerationSettings, generate
 from ..generation.preflight import check_generation
-from ..labels.agreement import target_agreement
+from ..labels.agreement import labeller_extractor, target_agreement
+from ..labels.surrogate_labels import SurrogateLabels
 from ..pipelines.loading import load_pipeline
 from ..storage.candidate_files import CANDIDATES_JSON
 from ..utils.arg_types import SWEEP_CRITERIA
@@ -112,6 +113,7 @@ def run_blind_sweep(
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / SWEEP_CONFIG.name, config)
     pipe = load_pipeline(base.pipeline, base.scheduler, base.classifier)
+    judge = labeller_extractor(SurrogateLabels.load(labels), base.pipeline) if labels is not None else None
     counts = {}
     for scale, settings in settings_per_scale.items():
         folder = output_dir / f"scale-{scale:g}"
@@ -123,7 +125,7 @@ def run_blind_sweep(
             "groups_per_generation": summary["num_groups"] / summary["num_generations"],
         }
         if labels is not None:
-            agreement = target_agreement(folder, labels, base.pipeline)
+            agreement = target_agreement(folder, labels, base.pipeline, extractor=judge)
             row.update(hit_rate=agreement["hit_rate"], in_cluster_rate=agreement["in_cluster_rate"])
         logger.info(f"lambda {scale:g}: {summary['num_groups']} blind groups in {summary['num_generations']} generations"
                     + (f", {row['in_cluster_rate']:.1%} in their target cluster." if labels is not None else "."))
