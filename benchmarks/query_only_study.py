@@ -63,14 +63,16 @@ NUM_BEST = 5
 STEPS = 50
 
 
-def prepare(run: Path) -> None:
-    """The demo's synthesis, labelling and SIDE classifier, through the API's own sampler (DDIM), run seed 0."""
+def prepare(run: Path, quick: bool = False) -> None:
+    """The demo's synthesis, labelling and SIDE classifier, through the API's own sampler (DDIM), run seed 0.
+
+    ``quick``: the demo's ``QUICK`` sizes (48 images, 4 clusters, an 8-step classifier), a smoke run only."""
     from dataclasses import asdict
 
     from diffusers_side.utils.atomic_io import write_json_atomic
     from diffusers_side.workflows.demo import CONFIG_FILE, Demo, resolve_config
 
-    demo = Demo(run, resolve_config(None, pipeline=TARGET, reference=TARGET, scheduler="ddim"))
+    demo = Demo(run, resolve_config(None, quick=quick, pipeline=TARGET, reference=TARGET, scheduler="ddim"))
     demo.check()
     run.mkdir(parents=True, exist_ok=True)
     write_json_atomic(demo.path(CONFIG_FILE), asdict(demo.config))  # lets `Demo.check` recognise the folder on resume
@@ -242,6 +244,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="stage", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--run", required=True, help="output folder of the demo stages")
+    p.add_argument("--quick", action="store_true", help="the demo's smoke-test sizes (tests only)")
     r = sub.add_parser("run")
     r.add_argument("--run", required=True, help="the folder `prepare` wrote (labels, classifier-side)")
     r.add_argument("--seed", type=int, required=True, help="1 = selection, 2 = report")
@@ -255,7 +258,7 @@ def main() -> None:
     o.add_argument("--figure-seed", type=int, default=2)
     args = parser.parse_args()
     if args.stage == "prepare":
-        prepare(Path(args.run))
+        prepare(Path(args.run), args.quick)
     elif args.stage == "run":
         run(args)
     else:

@@ -1,0 +1,81 @@
+"""Smoke runs of the study scripts in benchmarks/ (query-only SIDE, the measured canary audit) at tiny sizes, and a
+check that no benchmark script is left without a test that runs it. What is asserted holds at any size: stages resume
+instead of redoing work, results name every configuration and budget asked for, intervals contain their estimate."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+SHARED_HELPERS = {"bench_common"}  # imported by the scripts, not a script of its own
+
+
+def run_script(monkeypatch, name: str, *argv: str) -> None:
+    """Run ``benchmarks/<name>.py ARGV`` in this process."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    module.main()
+
+
+def inside(interval) -> bool:
+    estimate, low, high = interval
+    return low - 1e-12 <= estimate <= high + 1e-12
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_query_only_study_runs_resumes_and_reports(monkeypatch, tmp_path, capsys):
+    run, rows = tmp_path / "run", tmp_path / "rows.jsonl"
+    run_script(monkeypatch, "query_only_study", "prepare", "--run", str(run), "--quick")
+    assert (run / "labels" / "surrogate_labels.json").is_file() and (run / "classifier-side" / "model_index.json").is_file()
+    argv = ["run", "--run", str(run), "--seed", "1", "--budgets", "4", "8", "--plain-extra", "12",
+            "--configs", "4/cohesion", "--output", str(rows)]
+    run_script(monkeypatch, "query_only_study", *argv)
+    written = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert sorted((r["config"], r["budget"]) for r in written) == [
+        ("plain", 4), ("plain", 8), ("plain", 12), ("query-only 4/cohesion", 4), ("query-only 4/cohesion", 8)]
+    for row in written:
+        assert row["all"]["n"] == row["budget"] and row["seed"] == 1
+        assert all(inside(row["all"]["ams"][band]) for band in ("low", "mid", "high"))
+    search = next(r for r in written if r["config"] == "query-only 4/cohesion" and r["budget"] == 8)
+    assert search["num_targets"] == 2 and 0 <= search["hit_rate"] <= 1
+
+    run_script(monkeypatch, "query_only_study", *argv)  # finished configurations are skipped, not appended again
+    assert len(rows.read_text().splitlines()) == len(written)
+
+    capsys.readouterr()
+    figure = tmp_path / "curve.png"
+    run_script(monkeypatch, "query_only_study", "report", "--inputs", str(rows), "--figure", str(figure), "--figure-seed", "1")
+    table = capsys.readouterr().out
+    assert "| plain | 1 | 12 | 12 |" in table and "| query-only 4/cohesion | 1 | 8 | 8 |" in table
+    assert figure.stat().st_size > 0
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_canary_measured_trains_resumes_and_audits(monkeypatch, tmp_path, capsys):
+    run = tmp_path / "canary"
+    run_script(monkeypatch, "canary_measured", "prepare", "--run", str(run))
+    train = ["train", "--run", str(run), "--batch-size", "4", "--save-every", "2"]
+    run_script(monkeypatch, "canary_measured", *train, "--steps", "2")
+    capsys.readouterr()
+    run_script(monkeypatch, "canary_measured", *train, "--steps", "4")  # picks up model-2, does not start over
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert (run / "model-2" / "model_index.json").is_file() and (run / "model-4" / "model_index.json").is_file()
+
+    run_script(monkeypatch, "canary_measured", "audit", "--run", str(run), "--step", "4", "--num-controls", "2",
+               "--images-per-trigger", "1", "--num-inference-steps", "2")
+    result = json.loads((run / "audit-4" / "by_repeat.json").read_text())
+    assert result["step"] == 4 and set(result["by_repeat"]) == {"1", "4", "16"}
+    for row in result["by_repeat"].values():
+        assert set(row) == {"low", "mid", "high", "any band"} and all(map(inside, row.values()))
+    assert set(result["controls"]) >= {"low", "mid", "high", "any band"}
+
+
+def test_every_benchmark_script_is_run_by_a_test():
+    scripts = {path.stem for path in BENCHMARKS.glob("*.py")} - SHARED_HELPERS
+    tests = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
+    untested = sorted(name for name in scripts if f'"{name}"' not in tests and f"import {name}\n" not in tests)
+    assert not untested, f"benchmark scripts no test runs: {untested}; add a smoke run (tests/test_benchmarks_smoke*.py)"
