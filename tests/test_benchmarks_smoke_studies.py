@@ -79,3 +79,30 @@ def test_every_benchmark_script_is_run_by_a_test():
     tests = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
     untested = sorted(name for name in scripts if f'"{name}"' not in tests and f"import {name}\n" not in tests)
     assert not untested, f"benchmark scripts no test runs: {untested}; add a smoke run (tests/test_benchmarks_smoke*.py)"
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_cluster_allocation_replays_every_policy(monkeypatch, tmp_path):
+    import numpy as np
+
+    from conftest import write_generation_dir
+    from diffusers_side.evaluation.evaluate import evaluate
+    from diffusers_side.storage.embedded import load_training_subset
+
+    digits = [np.asarray(image.convert("L"), dtype=np.float64) for image in load_training_subset("digits-rare")["image"][:10]]
+    rng = np.random.default_rng(0)
+    images = [np.clip(digits[i % 10] + rng.normal(0, 3 + 20 * (i % 4), digits[0].shape), 0, 255).astype(np.uint8) for i in range(60)]
+    pool = write_generation_dir(tmp_path / "pool", images, method="side", guidance_scale=5.0)
+    evaluate([pool], "digits-rare", tmp_path / "eval")
+    output = tmp_path / "allocation.json"
+    argv = ["--pool", str(pool), "--matches", str(tmp_path / "eval" / "matches.parquet"), "--budgets", "30", "60",
+            "--round", "10", "--replays", "2", "--output", str(output)]
+    run_script(monkeypatch, "cluster_allocation", *argv)
+    result = json.loads(output.read_text())
+    assert (result["pool_size"], result["clusters"]) == (60, 3) and result["pool_distinct_mid_high"] > 0
+    assert set(result["policies"]) == {"uniform", "thompson", "retire", "oracle"}
+    for policy in result["policies"].values():  # the whole pool chosen: every policy holds the pool's distinct images
+        assert policy["60"]["distinct_mid_high"] == [result["pool_distinct_mid_high"], 0.0]
+        assert policy["30"]["distinct_mid_high"][0] <= result["pool_distinct_mid_high"]
+    with pytest.raises(SystemExit):
+        run_script(monkeypatch, "cluster_allocation", *argv[:5], "61", "--output", str(output))
