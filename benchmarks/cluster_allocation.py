@@ -137,9 +137,9 @@ def main() -> None:
     pool = Pool(args.pool, args.matches)
     if max(args.budgets) > len(pool.rows):
         parser.error(f"--budgets {max(args.budgets)} exceeds the pool's {len(pool.rows)} generations.")
+    pool_mid_high, pool_high = pool.distinct(range(len(pool.rows)))
     results = {"pool": args.pool, "pool_size": len(pool.rows), "clusters": len(pool.clusters),
-               "pool_distinct_mid_high": pool.distinct(range(len(pool.rows)))[0],
-               "pool_distinct_high": pool.distinct(range(len(pool.rows)))[1], "replays": args.replays,
+               "pool_distinct_mid_high": pool_mid_high, "pool_distinct_high": pool_high, "replays": args.replays,
                "round": args.round, "policies": {}}
     for policy in args.policies:
         runs = [replay(pool, policy, sorted(args.budgets), args.round, seed) for seed in range(args.replays)]
