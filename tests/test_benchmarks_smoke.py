@@ -58,7 +58,7 @@ def test_bench_scaling_quick(monkeypatch, tmp_path):
 def test_bench_classifier_size_quick(monkeypatch, tmp_path):
     results = run_benchmark(monkeypatch, "bench_classifier_size", tmp_path / "classifier_size.json")
     auto = results["sizes"]["auto"]
-    assert (auto["layers"], auto["base_channels"], auto["global_step"]) == ("resnet8", 16, 2)
+    assert (auto["layers"], auto["base_channels"], auto["global_step"]) == ("resnet18", 16, 2)
     for entry in results["sizes"].values():
         assert set(entry["evaluation"]) == {"clean", "q0", "q1", "q2", "q3"}
         for split in entry["evaluation"].values():

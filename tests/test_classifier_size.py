@@ -111,13 +111,13 @@ def test_new_layouts_have_their_stages():
 @pytest.mark.parametrize(
     ("image_size", "num_images", "expected"),
     [
-        (8, 500, ("resnet8", 16)),
-        (16, 9_000, ("resnet8", 16)),
-        (16, 19_999, ("resnet8", 16)),
-        (16, 20_000, ("resnet8", 32)),
-        (17, 1_000, ("resnet10", 16)),
-        (32, 45_000, ("resnet10", 32)),
-        (64, 200_000, ("resnet10", 64)),
+        (8, 500, ("resnet18", 16)),
+        (16, 9_000, ("resnet18", 16)),
+        (16, 19_999, ("resnet18", 16)),
+        (16, 20_000, ("resnet18", 32)),
+        (17, 1_000, ("resnet18", 16)),
+        (32, 45_000, ("resnet18", 32)),
+        (64, 200_000, ("resnet18", 64)),
     ],
 )
 def test_auto_rule(image_size, num_images, expected):
@@ -145,7 +145,7 @@ def test_training_with_classifier_size_auto_builds_the_rule_s_network(tmp_path):
     assert not (tmp_path / "bad").exists()
     output = train_classifier(classifier_training_args(output_dir=str(tmp_path / "auto"), classifier_size="auto", **flags))
     config = json.loads((output / "classifier" / "config.json").read_text())
-    assert (config["layers"], config["base_channels"]) == ("resnet8", 16)
+    assert (config["layers"], config["base_channels"]) == ("resnet18", 16)
 
 
 def test_demo_trains_its_classifiers_at_the_named_size(monkeypatch, tmp_path):

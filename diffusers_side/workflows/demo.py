@@ -142,8 +142,8 @@ QUICK = DemoConfig(
 # (the peer's, torch's AdamW default), batch 64 (the peer's), the paper's lambda range sampled at {0, 1, 2, 5, 10, 20,
 # 50} on 1,000 selection-seed images each and chosen attacker-side (blind near-duplicate groups), N_G 5,000 per method.
 # The classifiers are sized by the rule of `diffusers_side.models.classifier_size` (``classifier_size="auto"``): for
-# 16x16 targets and < 20,000 labelled images a three-stage ResNet (resnet8) of width 16, not the paper's ResNet-34 at
-# width 64 (10x a UNet step per guided step; benchmarks README section 7). ``classifier_size="paper"``
+# < 20,000 labelled images torchvision's ResNet-18 layout at width 16, not the paper's ResNet-34 at width 64 (5x the
+# guided cost per image and 23x the training cost, for no measured gain; benchmarks README sections 7 and 10). ``classifier_size="paper"``
 # (``--classifier-size paper``) restores the ResNet-34 (classifier_layers / classifier_base_channels below).
 PAPER = DemoConfig(
     preset="paper",
