@@ -54,6 +54,8 @@ from diffusers_side.training.common import PIXEL_VALUES, ImageData, image_datalo
 from diffusers_side.workflows.demo import PAPER
 
 NUM_LABELS = 60  # K' of about 100 clusters kept (the cost barely depends on it)
+# "auto": the size rule's network for 16 px before 9fced44 (resnet8 width 16; the rule now picks the ResNet-18 of "demo").
+# Kept under its old name so that results/speed_cuts*.json and benchmarks README section 8 stay comparable.
 SIZES = {"demo": ("resnet18", 16), "auto": ("resnet8", 16), "paper": ("resnet34", 64)}
 GOAL = 1.25
 

@@ -2,7 +2,7 @@
 
 The paper guides with a ResNet-34 at torchvision's width 64 (21 M parameters) whatever the target. That is a choice of
 scale, not of method: on 16x16 digits its forward costs about five UNet forwards, and a guided step (forward and
-backward to x_t) ten (benchmarks README, "Classifier size"). ``auto`` sizes the classifier to the images and to the
+backward to x_t) ten (benchmarks README, sections 8 and 10). ``auto`` sizes the classifier to the images and to the
 labelled set it learns from, by a rule stated here and checked in ``benchmarks/bench_classifier_size.py``:
 
 - **Depth: torchvision's ResNet-18 layout** (four stages of two blocks, `diffusers_side.models.classifier.RESNET_LAYOUTS`)
