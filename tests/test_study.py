@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -16,7 +17,7 @@ from diffusers_side.evaluation.intervals import distinct_interval, pooled_distin
 from diffusers_side.storage.data import load_image_dataset
 from diffusers_side.workflows.costs import CostLedger, budget, unet_evaluations
 from diffusers_side.workflows.study import Study, run_study
-from diffusers_side.workflows.study_config import StudyConfig
+from diffusers_side.workflows.study_config import StudyConfig, load_study_config
 from diffusers_side.workflows.study_report import read_matches
 
 
@@ -56,6 +57,16 @@ def test_bad_configs_are_refused_with_the_value_and_the_fix(overrides, message):
     assert message in str(error.value)
     with pytest.raises(ValueError, match=r"lacks \['reference'\]"):
         StudyConfig.from_dict({"configurations": []})
+
+
+STUDY_CONFIGS = sorted((Path(__file__).parents[1] / "docs" / "studies").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=[p.stem for p in STUDY_CONFIGS])
+def test_every_published_study_config_loads_and_validates(path):
+    config = load_study_config(path)
+    assert config.selection.seed != config.report.seed
+    assert any(c.method == "uncond" for c in config.configurations)
 
 
 def test_intervals():
