@@ -236,6 +236,8 @@ TABLE = {
             ("--seed", "-1", "--seed", PARSE),
             ("--scheduler", "heun2", "invalid choice: 'heun2'", PARSE),
             ("--classifier-size", "huge", "--classifier-size", PARSE),
+            ("--sweep-guidance-scales", "1,x", "--sweep-guidance-scales", PARSE),
+            ("--selection-num-images", "0", "--selection-num-images", PARSE),
         ],
     ),
     "canary make": (

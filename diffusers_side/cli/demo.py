@@ -13,7 +13,7 @@ from ..utils.arg_types import (
     non_negative_float,
     non_negative_int,
 )
-from .common import example
+from .common import example, float_list
 
 
 def add_demo_command(subparsers) -> None:
@@ -60,12 +60,21 @@ def add_demo_command(subparsers) -> None:
     parser.add_argument(
         "--classifier-size", default=None, choices=CLASSIFIER_SIZES,
         help="the classifiers' layout and width: paper (ResNet-34, width 64), demo (ResNet-18, width 16) or auto (sized "
-        "to the images and the labelled set, e.g. three stages of one block at width 16 for 16x16 digits: a fraction of "
-        "ResNet-34's cost; benchmarks README 'Classifier size'); default: the preset's",
+        "to the labelled set: the ResNet-18 layout, width 16, 32 or 64 by the number of labelled images; benchmarks "
+        "README 'Classifier size'); default: the preset's",
+    )
+    parser.add_argument(
+        "--sweep-guidance-scales", type=float_list, default=None, metavar="L1,L2,...",
+        help="choose SIDE's lambda by a sweep over these lambdas on the selection seed (--preset paper sweeps "
+        "0,1,2,5,10,20,50 with 1,000 images each); with the demo preset also pass --selection-num-images",
+    )
+    parser.add_argument(
+        "--selection-num-images", type=image_count, default=None, metavar="N",
+        help="generations per lambda of the sweep (default: the preset's; the demo preset has no sweep)",
     )
     parser.add_argument(
         "--sweep-criterion", default=None, choices=SWEEP_CRITERIA,
-        help="how a lambda sweep (--preset paper) chooses SIDE's lambda: blind-groups (default, attacker-side: the most "
+        help="how a lambda sweep (--preset paper or --sweep-guidance-scales) chooses SIDE's lambda: blind-groups (default, attacker-side: the most "
         "near-duplicate groups among each lambda's own generations, no training image read) or auditor-tuned (scored "
         "against --reference, the training set: an oracle step an attacker cannot take; labelled so in the report)",
     )
@@ -80,9 +89,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..workflows.demo import run_demo as run
 
     overrides = {"pipeline": args.pipeline, "reference": args.reference}
-    for name in ("guidance_scale", "num_images", "seed", "scheduler", "classifier_size", "sweep_criterion"):
+    for name in ("guidance_scale", "num_images", "seed", "scheduler", "classifier_size", "sweep_criterion", "selection_num_images"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.sweep_guidance_scales is not None:
+        overrides["sweep_guidance_scales"] = tuple(args.sweep_guidance_scales)
     report = run(
         args.output,
         quick=args.quick,

@@ -273,7 +273,8 @@ class Demo:
             if c.sweep_criterion == BLIND and c.selection_num_images < MIN_GENERATIONS:
                 raise ValueError(
                     f"selection_num_images={c.selection_num_images}: the blind sweep ranks each lambda's generations among "
-                    f"themselves and needs at least {MIN_GENERATIONS}; pass more."
+                    f"themselves and needs at least {MIN_GENERATIONS}; pass more (side demo --selection-num-images N, e.g. "
+                    "1000 as --preset paper)."
                 )
             for scale in c.sweep_guidance_scales:
                 replace(self.sweep_settings(), guidance_scale=scale).validate()
