@@ -148,8 +148,7 @@ def test_explicit_flags_override_the_preset(tmp_path, captured_config):
     assert captured_config(["--scheduler", "ddim", "--output", str(tmp_path / "d")]).scheduler == "ddim"
 
 
-
-def test_a_guarded_sweep_runs_at_demo_scale_from_the_cli(tmp_path, captured_config, capsys):
+def test_a_guarded_sweep_runs_at_demo_scale_from_the_cli(tmp_path, captured_config):
     config = captured_config(["--sweep-guidance-scales", "0,5,20", "--selection-num-images", "300", "--output", str(tmp_path / "d")])
     assert (config.preset, config.num_synthetic, config.num_images) == ("demo", 1000, 500)
     assert (config.sweep_guidance_scales, config.selection_num_images, config.sweep_criterion) == ((0, 5, 20), 300, "blind-groups")
@@ -161,6 +160,7 @@ def test_a_sweep_without_generations_per_lambda_is_refused_naming_the_flag(tmp_p
     error = capsys.readouterr().err
     assert "selection_num_images=0" in error and "side demo --selection-num-images N" in error
     assert not (tmp_path / "e").exists()
+
 
 def test_each_method_samples_at_its_own_default_scale_unless_one_is_given(tmp_path):
     from diffusers_side.workflows.demo import Demo, resolve_config

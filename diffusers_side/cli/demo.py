@@ -74,9 +74,10 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument(
         "--sweep-criterion", default=None, choices=SWEEP_CRITERIA,
-        help="how a lambda sweep (--preset paper or --sweep-guidance-scales) chooses SIDE's lambda: blind-groups (default, attacker-side: the most "
-        "near-duplicate groups among each lambda's own generations, no training image read) or auditor-tuned (scored "
-        "against --reference, the training set: an oracle step an attacker cannot take; labelled so in the report)",
+        help="how a lambda sweep (--preset paper or --sweep-guidance-scales) chooses SIDE's lambda: blind-groups "
+        "(default, attacker-side: the most near-duplicate groups among each lambda's own generations, no training "
+        "image read) or auditor-tuned (scored against --reference, the training set: an oracle step an attacker "
+        "cannot take; labelled so in the report)",
     )
     parser.add_argument("--num-images", type=image_count, default=None, metavar="N", help="N_G per method")
     parser.add_argument("--seed", type=non_negative_int, default=None, help="run seed")
