@@ -17,6 +17,7 @@ from ..utils.arg_types import (
     positive_int,
     target_selection,
     timestep_window,
+    unit_interval,
 )
 
 
@@ -101,13 +102,21 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    parser.add_argument(
+        "--restart-strength", type=unit_interval, default=0.0, metavar="S",
+        help="after the chain, re-noise each sample and re-run the last fraction S of the chain from it (restart "
+        "sampling; e.g. 0.25; default 0: none). Memorized images are attractors, so near copies come closer; costs "
+        "S more UNet passes per image. Not in the paper; not for side-lora",
+    )
+
+
 def guidance_settings(args: argparse.Namespace) -> dict:
     """The `GenerationSettings` fields of `add_guidance_arguments`, with ``--exemplars`` checked before any model loads."""
     if args.exemplars is not None and not (Path(args.exemplars) / "surrogate_labels.json").is_file():
         raise CommandError(f"--exemplars {args.exemplars} is not the output of `side label` (no surrogate_labels.json there).")
     return {
         "exemplars": args.exemplars, "target_selection": args.target_selection, "guidance_window": args.guidance_window,
-        "guidance_space": args.guidance_space,
+        "guidance_space": args.guidance_space, "restart_strength": args.restart_strength,
     }
 
 

@@ -55,6 +55,7 @@ def generate_shard(pipe: SIDEPipeline, settings: GenerationSettings, shard: int,
         guidance_scale=guidance_scale,
         num_inference_steps=settings.num_inference_steps,
         guide=steering.guide if steering is not None else None,
+        restart_strength=settings.restart_strength,
     )
     records = {
         "image": method.sample(pipe, request),

@@ -58,6 +58,7 @@ class GenerationSettings:
     seed_stream: str | None = None
     config_fingerprint: str | None = None
     exemplars_fingerprint: str | None = None
+    restart_strength: float = 0.0
 
     def __post_init__(self):
         self.seed_stream = stream_for_method(self.method) if self.seed_stream is None else self.seed_stream
@@ -120,10 +121,20 @@ class GenerationSettings:
                     f"the exemplars {self.exemplars} (labelled from a run with these seeds)",
                     "Label a `side synthesize` set (its own seed stream) or extract with another --seed.",
                 )
+        from ..pipelines.core import check_restart_strength
+
+        check_restart_strength(self.restart_strength, self.num_inference_steps)
         window = self.guidance_window
         if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
             raise ValueError(f"guidance_window={window!r} must be [t_min, t_max] with 0 <= t_min <= t_max.")
         method.validate(self, METHODS.values())
+
+    @property
+    def steps_per_image(self) -> int:
+        """Denoising steps (UNet forward passes) per image: the chain and its restart (`restart_strength`)."""
+        from ..pipelines.core import restart_steps
+
+        return self.num_inference_steps + restart_steps(self.num_inference_steps, self.restart_strength)
 
     @property
     def num_shards(self) -> int:

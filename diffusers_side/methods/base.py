@@ -24,13 +24,16 @@ if TYPE_CHECKING:
     from ..guidance.targets import TargetSampler
     from ..pipelines.pipeline_side import SIDEPipeline
 
-# The guidance settings of a run: name -> (value when unused, command-line flag).
+# The guidance and sampling options of a run: name -> (value when unused, command-line flag).
 GUIDANCE_OPTIONS = {
     "exemplars": (None, "--exemplars"),
     "target_selection": ("uniform", "--target-selection"),
     "guidance_window": (None, "--guidance-window"),
     "guidance_space": ("xt", "--guidance-space"),
+    "restart_strength": (0.0, "--restart-strength"),
 }
+# Every method that samples the audited model with `SIDEPipeline` takes it (`ExtractionMethod.accepts`).
+SAMPLER_OPTIONS = frozenset({"restart_strength"})
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ShardRequest:
         guidance_scale: lambda (0 for unguided methods).
         num_inference_steps: denoising steps.
         guide: the guide of a `SIDEPipeline` method (`None`: the pipeline's plain call).
+        restart_strength: the fraction of the chain re-run after re-noising each sample (0: none).
     """
 
     seeds: list[int]
@@ -52,6 +56,7 @@ class ShardRequest:
     guidance_scale: float
     num_inference_steps: int
     guide: Guide | None = None
+    restart_strength: float = 0.0
 
 
 SampleFn = Callable[["SIDEPipeline", ShardRequest], "list[PIL.Image.Image]"]
@@ -67,6 +72,7 @@ def sample_with_pipeline(pipe, request: ShardRequest) -> list[PIL.Image.Image]:
         generator=request.generators,
         output_type="pil",
         **({} if request.guide is None else {"guide": request.guide}),
+        **({"restart_strength": request.restart_strength} if request.restart_strength else {}),
     ).images
 
 
@@ -130,11 +136,14 @@ class ExtractionMethod:
         return 0.0
 
     def accepts(self, option: str, value) -> bool:
-        """Whether ``value`` of the guidance setting ``option`` (a key of `GUIDANCE_OPTIONS`) applies to this method."""
-        return False
+        """Whether ``value`` of the setting ``option`` (a key of `GUIDANCE_OPTIONS`) applies to this method: here the
+        sampler options (`SAMPLER_OPTIONS`), for an extraction; the synthetic set stays the plain sample it is."""
+        return option in SAMPLER_OPTIONS and self.extractable
 
     def refusal(self, option: str, value) -> str:
         """Why ``option=value`` does not apply (shown in the error)."""
+        if option in SAMPLER_OPTIONS:
+            return "the synthetic set is the plain sample the surrogate labels are built from"
         return "it samples without guidance"
 
     def validate(self, settings: GenerationSettings, methods: Iterable[ExtractionMethod] = ()) -> None:

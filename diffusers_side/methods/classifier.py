@@ -28,7 +28,9 @@ class ClassifierMethod(ExtractionMethod):
     def accepts(self, option: str, value) -> bool:
         from ..guidance.targets import READS_SYNTHETIC
 
-        return option in self.OPTIONS and not (option == "target_selection" and value in READS_SYNTHETIC)
+        if option not in self.OPTIONS:
+            return super().accepts(option, value)
+        return not (option == "target_selection" and value in READS_SYNTHETIC)
 
     def refusal(self, option: str, value) -> str:
         if option == "target_selection":

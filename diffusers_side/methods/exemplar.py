@@ -17,7 +17,7 @@ class ExemplarMethod(ExtractionMethod):
     OPTIONS: ClassVar[frozenset[str]] = frozenset({"exemplars", "target_selection", "guidance_window"})
 
     def accepts(self, option: str, value) -> bool:
-        return option in self.OPTIONS
+        return option in self.OPTIONS or super().accepts(option, value)
 
     def refusal(self, option: str, value) -> str:
         return "the exemplar posterior is already exact at every noise level"

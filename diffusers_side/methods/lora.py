@@ -16,6 +16,9 @@ class LoRAMethod(ExtractionMethod):
     guided: ClassVar[bool] = True
     scale_name: ClassVar[str] = "classifier-free guidance scale"
 
+    def accepts(self, option: str, value) -> bool:
+        return False
+
     def refusal(self, option: str, value) -> str:
         return "it samples a LoRA model"
 

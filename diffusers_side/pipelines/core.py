@@ -9,7 +9,7 @@ Everything around it is here, once:
 2. targets: fixed, or one drawn uniformly per image from the image's generator;
 3. initial noise: `randn_tensor` of the UNet's sample shape, times the scheduler's ``init_noise_sigma``;
 4. the arguments ``scheduler.step`` takes (``generator``, ``eta``, ``use_clipped_model_output``);
-5. the denoising loop with ``callback_on_step_end``;
+5. the denoising loop with ``callback_on_step_end``, and an optional restart (`SamplingMixin.restart`);
 6. the end: decode the samples with the target's codec (`diffusers_side.models.codec`: the identity for a pixel
    model, the ``vqvae`` / ``vae`` of a latent one, as `LDMPipeline` and `StableDiffusionPipeline` decode), convert
    with `VaeImageProcessor.postprocess`, and return diffusers' way: the output dataclass, or ``(images,)`` with
@@ -68,6 +68,36 @@ def check_targets(target, batch_size: int, num_conditions: int, what: str = "sur
         raise ValueError(
             f"target={target!r} is out of range: there are {num_conditions} {what} (valid targets are "
             f"0..{num_conditions - 1}{note})."
+        )
+
+
+def restart_steps(num_inference_steps: int, strength: float) -> int:
+    """The denoising steps a restart of ``strength`` re-runs: diffusers' img2img count, ``int(steps * strength)``.
+
+    Example:
+
+    ```py
+    >>> from diffusers_side.pipelines.core import restart_steps
+    >>> restart_steps(50, 0.25), restart_steps(50, 0.0), restart_steps(1000, 1.0)
+    (12, 0, 1000)
+    ```
+    """
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
+def check_restart_strength(restart_strength: float, num_inference_steps: int) -> None:
+    """Raise `ValueError` unless ``restart_strength`` is 0 (no restart) or re-runs 1 to ``num_inference_steps`` steps."""
+    if isinstance(restart_strength, bool) or not isinstance(restart_strength, numbers.Real) or not (
+        math.isfinite(restart_strength) and 0 <= restart_strength <= 1
+    ):
+        raise ValueError(
+            f"restart_strength={restart_strength!r} must be a number in [0, 1]: the fraction of the denoising chain re-run "
+            "after re-noising the finished sample (0: no restart)."
+        )
+    if restart_strength > 0 and restart_steps(num_inference_steps, restart_strength) == 0:
+        raise ValueError(
+            f"restart_strength={restart_strength} re-runs no step of a {num_inference_steps}-step chain; use at least "
+            f"{1 / num_inference_steps:g} (one step), or 0 for no restart."
         )
 
 
@@ -174,22 +204,67 @@ class SamplingMixin:
         return noise * self.scheduler.init_noise_sigma
 
     def denoising_loop(
-        self, sample: torch.Tensor, predict: Predict, step_kwargs: dict, callback_on_step_end: StepCallback | None = None
+        self,
+        sample: torch.Tensor,
+        predict: Predict,
+        step_kwargs: dict,
+        callback_on_step_end: StepCallback | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
         """
         Run the scheduler's timesteps from ``sample``; ``predict(model_input, t, i)`` gives each step's model output.
 
         ``callback_on_step_end(pipe, i, t, {name: sample})`` runs after every step and may return ``{name: replacement}``
-        (``name`` is ``_callback_tensor_inputs[0]``).
+        (``name`` is ``_callback_tensor_inputs[0]``). ``start``: the index of the first timestep to run (a restart).
         """
         name = self._callback_tensor_inputs[0]
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps[start:]), start=start):
             model_input = self.scheduler.scale_model_input(sample, t)
             model_output = predict(model_input, t, i)
             sample = self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 sample = callback_on_step_end(self, i, t, {name: sample}).get(name, sample)
         return sample
+
+    def restart(
+        self,
+        sample: torch.Tensor,
+        strength: float,
+        num_inference_steps: int,
+        predict: Predict,
+        step_kwargs: dict,
+        generator: torch.Generator | list[torch.Generator] | None,
+        callback_on_step_end: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """
+        Re-noise the finished ``sample`` to the timestep where the last ``strength`` of the chain begins, then denoise
+        it again from there (restart sampling, Xu et al. 2023; the re-noising is diffusers' img2img, SDEdit).
+
+        A memorized training image is an attractor of the learned denoiser, so a sample that nearly copies one is
+        pulled closer by a second pass over the low-noise steps, while which image it lands near is kept. The
+        scheduler's state is reset first (`set_timesteps`, then `set_begin_index` where the scheduler has one, as
+        img2img pipelines do); the fresh noise comes from ``generator`` after the first pass, so with one generator
+        per image an image still regenerates alone.
+
+        Args:
+            sample (`torch.Tensor`): x_0 of the first pass (the UNet's sample space).
+            strength (`float`): the fraction of the chain to re-run, in ``(0, 1]`` (`restart_steps` of it).
+            num_inference_steps (`int`): the chain's steps.
+            predict, step_kwargs, callback_on_step_end: as for `denoising_loop`.
+            generator: the generator(s) of the call.
+
+        Returns:
+            `torch.Tensor`: x_0 after the restart.
+        """
+        steps = restart_steps(num_inference_steps, strength)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.scheduler.timesteps.device)
+        start = (num_inference_steps - steps) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        timestep = self.scheduler.timesteps[start]
+        noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        sample = self.scheduler.add_noise(sample, noise, timestep.reshape(1).expand(len(sample)))
+        return self.denoising_loop(sample, predict, step_kwargs, callback_on_step_end, start=start)
 
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """The model-space images (nominally in ``[-1, 1]``) the UNet's ``samples`` stand for (see `codec`)."""

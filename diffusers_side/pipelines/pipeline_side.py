@@ -31,7 +31,7 @@ from ..guidance.registry import build_guide
 from ..models.classifier import TimeDependentClassifier
 from ..storage.embedded import EMBEDDED_CHOICES
 from ..storage.sources import resolve_folder
-from .core import SamplingMixin, check_guidance_scale, check_targets, draw_targets
+from .core import SamplingMixin, check_guidance_scale, check_restart_strength, check_targets, draw_targets
 
 logger = logging.get_logger(__name__)
 
@@ -253,6 +253,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         guidance_window: tuple[float, float] | None = None,
         guidance_space: str = "xt",
         latents: torch.Tensor | None = None,
+        restart_strength: float = 0.0,
     ) -> SIDEPipelineOutput | tuple:
         r"""
         Generate images, guided toward surrogate conditions when there is a guide and a positive scale.
@@ -284,6 +285,9 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
                 fraction of eps's RMS moved per step, useful scales 0.02-0.2; see `CleanImageGuide`).
             latents (`torch.Tensor`, *optional*): the initial standard normal noise x_T, `(batch_size, C, H, W)`;
                 `None` draws it from `generator` (see `prepare_noise`).
+            restart_strength (`float`, defaults to 0): after the chain, re-noise each sample and re-run this fraction
+                of the chain from it, guided as before (`SamplingMixin.restart`; not in the SIDE paper). 0: no restart,
+                and the call is exactly the unrestarted one.
 
         Examples:
 
@@ -299,6 +303,7 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         self.check_inputs(
             batch_size, num_inference_steps, target, guidance_scale, generator, output_type, use_clipped_model_output, guide
         )
+        check_restart_strength(restart_strength, num_inference_steps)
         device = self._execution_device
         guided = guidance_scale > 0
         targets = None
@@ -307,6 +312,11 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         samples = self.prepare_noise(batch_size, num_inference_steps, generator, device, latents=latents)
         step_kwargs = self.prepare_step_kwargs(generator, eta, use_clipped_model_output)
         samples = self.denoise(samples, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end)
+        if restart_strength > 0:
+            samples = self.denoise(
+                samples, step_kwargs, guide if guided else None, targets, guidance_scale, callback_on_step_end,
+                restart=(restart_strength, num_inference_steps, generator),
+            )
         return self.finish(samples, output_type, return_dict, SIDEPipelineOutput, targets)
 
     def denoise(
@@ -317,8 +327,13 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         targets: torch.Tensor | None = None,
         guidance_scale: float = 0.0,
         callback_on_step_end: Callable | None = None,
+        restart: tuple[float, int, Any] | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler's timesteps from the noise ``samples``; at the steps ``guide`` is active, it gives the output."""
+        """Run the scheduler's timesteps from the noise ``samples``; at the steps ``guide`` is active, it gives the output.
+
+        With ``restart=(strength, num_inference_steps, generator)``, ``samples`` is a finished x_0 instead, restarted
+        from the last ``strength`` of the chain (`SamplingMixin.restart`).
+        """
 
         def predict(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             guide_now = guide is not None and guide.active(t)
@@ -330,6 +345,9 @@ class SIDEPipeline(SamplingMixin, DiffusionPipeline):
         with contextlib.ExitStack() as stack:
             for module in guide.frozen_modules(self) if guide is not None else []:
                 stack.enter_context(frozen(module))
+            if restart is not None:
+                strength, num_inference_steps, generator = restart
+                return self.restart(samples, strength, num_inference_steps, predict, step_kwargs, generator, callback_on_step_end)
             return self.denoising_loop(samples, predict, step_kwargs, callback_on_step_end)
 
     def default_num_inference_steps(self) -> int:

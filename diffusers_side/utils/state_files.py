@@ -230,6 +230,7 @@ GENERATION = StateFile(
         "model_fingerprint": _FINGERPRINT, "classifier_fingerprint": _FINGERPRINT, "config_fingerprint": _FINGERPRINT,
         "exemplars_fingerprint": _FINGERPRINT, "target_selection": optional("str"),
         "guidance_window": optional("list", "null", items="number"), "guidance_space": optional("str"),
+        "restart_strength": optional("number", minimum=0),
         "seed_stream": optional("str", "null"),
     },
 )

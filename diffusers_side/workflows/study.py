@@ -7,12 +7,13 @@ intervals (`diffusers_side.evaluation.intervals`). One phase runs per call:
 
 1. **inputs** (once per study, shared by the phases): the demo's stages 1-3 (synthesize, label, train the classifiers
    the configurations need) into ``OUTPUT/inputs``, each stage's cost recorded (`diffusers_side.workflows.costs`);
-2. **guided configurations** at the phase's seed and N_G, each followed by its blind candidate list;
-3. **budgets**: what each guided configuration spent in all (inputs + its sampling), in CPU seconds and UNet
+2. **charged configurations** (guided ones, and plain sampling with a restart) at the phase's seed and N_G, each
+   followed by its blind candidate list;
+3. **budgets**: what each charged configuration spent in all (inputs + its sampling), in CPU seconds and UNet
    evaluations, and the plain-sampling generations that buys (``OUTPUT/PHASE/budget.json``, fixed once written);
-4. **plain sampling** (``uncond`` configurations) at max(N_G, the largest budget): its first N_G images are the
-   equal-N_G run, its first ``plain_images`` the equal-budget run of each guided configuration (an image's seed
-   depends only on its index, so a prefix is exactly the smaller run);
+4. **plain sampling** (``uncond`` configurations without a restart, the baseline) at max(N_G, the largest budget): its
+   first N_G images are the equal-N_G run, its first ``plain_images`` the equal-budget run of each charged
+   configuration (an image's seed depends only on its index, so a prefix is exactly the smaller run);
 5. **evaluation** of every folder, then ``study.json`` and ``study.md`` (`diffusers_side.workflows.study_report`).
 
 Re-running resumes every stage. The selection and report phases use different seeds (refused when equal).
@@ -41,7 +42,7 @@ from ..training.common import CHECKPOINT_PREFIX
 from ..utils.atomic_io import write_json_atomic, write_text_atomic
 from .costs import COSTS_FILE, LABEL_STAGE, SYNTHESIS_STAGE, CostLedger, budget, unet_evaluations
 from .demo import CLASSIFIERS, CONFIG_FILE, Demo, DemoConfig, resolve_config
-from .study_config import Configuration, StudyConfig
+from .study_config import Configuration, StudyConfig, is_baseline
 from .study_report import STUDY_JSON, STUDY_MD, render_study, tabulate
 
 logger = logging.get_logger(__name__)
@@ -69,6 +70,8 @@ def extract_command(settings: GenerationSettings, output: str | os.PathLike) -> 
         parts += ["--guidance-window", ":".join(f"{t:g}" for t in settings.guidance_window)]
     if settings.guidance_space != "xt":
         parts += ["--guidance-space", settings.guidance_space]
+    if settings.restart_strength:
+        parts += ["--restart-strength", f"{settings.restart_strength:g}"]
     return shlex.join([*parts, "--output", str(output)])
 
 
@@ -125,14 +128,20 @@ class Study:
             seed=self.phase.seed, batch_size=c.batch_size, num_inference_steps=c.num_inference_steps,
             scheduler=configuration.scheduler, guidance_scale=scale if method.guided else 0.0,
             target_selection=configuration.target_selection, guidance_window=configuration.guidance_window,
-            guidance_space=configuration.guidance_space,
+            guidance_space=configuration.guidance_space, restart_strength=configuration.restart_strength,
         )
+
+    def charged(self) -> list[Configuration]:
+        """The configurations run at the phase's N_G and charged for their cost: guided ones, and plain sampling with a
+        restart (which spends more UNet passes per image than the baseline)."""
+        return [c for c in self.configurations() if not is_baseline(c)]
 
     def guided(self) -> list[Configuration]:
         return [c for c in self.configurations() if get_method(c.method).guided]
 
     def plain(self) -> list[Configuration]:
-        return [c for c in self.configurations() if not get_method(c.method).guided]
+        """The baselines extended to the largest budget: plain sampling without a restart (`is_baseline`)."""
+        return [c for c in self.configurations() if is_baseline(c)]
 
     def check(self) -> None:
         """Validate the config, every configuration's settings and the output folder, before any model loads.
@@ -148,7 +157,8 @@ class Study:
             raise FileExistsError(f"--output {self.output_dir} is a file; choose a folder.")
         recorded = self.output_dir / STUDY_CONFIG
         if recorded.is_file():
-            if json.loads(recorded.read_text()) != self.config.to_dict():
+            # through the current defaults, so a study recorded before a configuration key existed still resumes
+            if StudyConfig.from_dict(json.loads(recorded.read_text())).to_dict() != self.config.to_dict():
                 raise FileExistsError(
                     f"{self.output_dir} holds a study with another config ({recorded}); run that config to resume it, or "
                     "choose another --output."
@@ -197,7 +207,7 @@ class Study:
         def run() -> None:
             generate(load_pipeline(settings.pipeline, settings.scheduler, settings.classifier), folder, settings)
 
-        counts = unet_evaluations(num_images, settings.num_inference_steps, settings.guidance_space, get_method(settings.method).guided)
+        counts = unet_evaluations(num_images, settings.steps_per_image, settings.guidance_space, get_method(settings.method).guided)
         self.ledger.measure(self.stage_name(configuration), run, generated_fraction(folder, settings), **counts)
         if num_images >= MIN_GENERATIONS:
             write_candidates(folder)
@@ -208,7 +218,7 @@ class Study:
         if path.is_file():
             return json.loads(path.read_text())
         steps = self.config.num_inference_steps
-        budgets = {c.name: budget(self.ledger, [*input_stages(c.method), self.stage_name(c)], steps) for c in self.guided()}
+        budgets = {c.name: budget(self.ledger, [*input_stages(c.method), self.stage_name(c)], steps) for c in self.charged()}
         write_json_atomic(path, budgets)
         return budgets
 
@@ -235,7 +245,7 @@ class Study:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.output_dir / STUDY_CONFIG, self.config.to_dict())
         self.build_inputs()
-        for configuration in self.guided():
+        for configuration in self.charged():
             self.extract(configuration, self.phase.num_images)
         budgets = self.budgets()
         plain_images = max([self.phase.num_images, *(b["plain_images"] for b in budgets.values())])

@@ -22,8 +22,9 @@ A study config is a JSON file:
 - ``selection`` / ``report``: the two phases, on different run seeds (refused when equal), so settings chosen on
   one are reported on images never used to choose them. Every image seed is an extraction-stream seed, disjoint
   from the synthesis stream of the inputs (`diffusers_side.generation.seeds`).
-- ``configurations``: one `side extract` run each (``name`` names its folder); at least one ``uncond``, the
-  baseline that the equal-budget comparison extends.
+- ``configurations``: one `side extract` run each (``name`` names its folder); at least one ``uncond`` without a
+  restart, the baseline that the equal-budget comparison extends. Every other configuration (guided, or plain
+  sampling with ``restart_strength``) is charged for what it runs and compared with that baseline at equal budget.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ class Configuration:
     target_selection: str = "uniform"
     guidance_window: list[float] | None = None
     guidance_space: str = "xt"
+    restart_strength: float = 0.0
+
+
+def is_baseline(configuration: Configuration) -> bool:
+    """Plain sampling without a restart: the baseline a study extends to every other configuration's budget."""
+    return configuration.method == "uncond" and not configuration.restart_strength
 
 
 @dataclass
@@ -131,10 +138,10 @@ class StudyConfig:
             if phase.configurations is not None:
                 names = [c.name for c in self.configurations]
                 unknown = [n for n in phase.configurations if n not in names]
-                if unknown or not any(c.method == "uncond" for c in self.configurations if c.name in phase.configurations):
+                if unknown or not any(is_baseline(c) for c in self.configurations if c.name in phase.configurations):
                     raise ValueError(
                         f"{name}: configurations {phase.configurations!r} must name configurations of this study "
-                        f"({names}; unknown: {unknown}) and include an 'uncond' one, the baseline."
+                        f"({names}; unknown: {unknown}) and include an 'uncond' one without a restart, the baseline."
                     )
         if self.selection.seed == self.report.seed:
             raise ValueError(
@@ -179,10 +186,10 @@ class StudyConfig:
                 )
             if configuration.scheduler is not None and configuration.scheduler not in SCHEDULER_NAMES:
                 raise ValueError(f"configuration {configuration.name!r}: scheduler {configuration.scheduler!r} is not one of {SCHEDULER_NAMES}.")
-        if not any(c.method == "uncond" for c in self.configurations):
+        if not any(is_baseline(c) for c in self.configurations):
             raise ValueError(
-                "No 'uncond' configuration: plain sampling is the baseline every configuration is compared with, at equal "
-                "N_G and at equal budget; add {\"name\": \"uncond\", \"method\": \"uncond\"}."
+                "No 'uncond' configuration without a restart: plain sampling is the baseline every configuration is "
+                "compared with, at equal N_G and at equal budget; add {\"name\": \"uncond\", \"method\": \"uncond\"}."
             )
 
 

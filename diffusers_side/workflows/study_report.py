@@ -5,10 +5,11 @@ computes, on the first ``n`` generations (a prefix of a run is exactly the small
 
 - AMS per band with its Wilson interval; UMS per band (distinct training images / n) with its bootstrap interval,
   and the same as counts (``distinct``: count, low, high);
-- at equal budget, for each guided configuration: the plain-sampling configurations on their first
-  ``plain_images`` generations, the number its whole cost buys (`diffusers_side.workflows.costs.budget`), and the
-  configuration *with its synthetic set*: the distinct training images among its generations and the N_syn plain
-  generations its budget already paid for, which the attacker holds too (``with_synthetic``).
+- at equal budget, for each charged configuration (guided, or plain sampling with a restart): the baseline
+  plain-sampling configurations on their first ``plain_images`` generations, the number its whole cost buys
+  (`diffusers_side.workflows.costs.budget`), and, when its budget paid for synthesis, the configuration *with its
+  synthetic set*: the distinct training images among its generations and the N_syn plain generations it holds too
+  (``with_synthetic``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..evaluation.bands import Band, display_order
 from ..evaluation.candidates import counted_bands
 from ..evaluation.evaluate import MATCHES_FILE
 from ..evaluation.intervals import distinct_interval, pooled_distinct_interval, wilson_interval
+from .costs import SYNTHESIS_STAGE
 
 STUDY_JSON = "study.json"
 STUDY_MD = "study.md"
@@ -86,7 +88,7 @@ def tabulate(
         config (`StudyConfig`): the study.
         phase (`str`): the phase.
         runs: configuration name -> ``configuration``, ``folder``, ``settings``, ``command`` and ``evaluation`` (the report).
-        budgets: guided configuration name -> its `diffusers_side.workflows.costs.budget`.
+        budgets: charged configuration name -> its `diffusers_side.workflows.costs.budget`.
         phase_dir: the phase folder (evaluations in ``NAME-eval``).
         synthetic: the synthetic set's evaluation folder; given, each guided configuration is also counted together
             with the synthetic set at equal budget (``with_synthetic``).
@@ -110,7 +112,7 @@ def tabulate(
             row["budget"] = budgets[name]
             images = budgets[name]["plain_images"]
             row["equal_budget"] = {other: metrics_at(matches[other], bands, images, resamples, seed) for other in plain}
-            if synthetic_matches is not None:
+            if synthetic_matches is not None and SYNTHESIS_STAGE in budgets[name]["stages"]:
                 row["with_synthetic"] = union_metrics([_prefix(matches[name], n), synthetic_matches], bands, resamples, seed)
         rows[name] = row
     return {

@@ -62,6 +62,9 @@ def check_configuration_values(configuration) -> None:
         isinstance(window, list) and len(window) == 2 and all(_is_number(t) for t in window) and 0 <= window[0] <= window[1]
     ):
         raise ValueError(f"{where}: guidance_window={window!r} must be [T_MIN, T_MAX] with 0 <= T_MIN <= T_MAX.")
+    restart = configuration.restart_strength
+    if not (_is_number(restart) and 0 <= restart <= 1):
+        raise ValueError(f"{where}: restart_strength={restart!r} must be a number in [0, 1] (0: no restart).")
     try:
         target_selection(configuration.target_selection) if isinstance(configuration.target_selection, str) else target_selection("?")
     except argparse.ArgumentTypeError as error:
