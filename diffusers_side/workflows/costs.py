@@ -11,7 +11,8 @@ classifier training) and gives plain sampling the same budget. [`CostLedger`] re
   passes for guidance through the UNet (x0 guidance), counted from the settings, not measured.
 
 `budget` sums a method's stages and converts seconds to UNet-evaluation equivalents with the CPU seconds of one
-UNet evaluation measured on plain sampling (synthesis) in the same run.
+UNet evaluation measured on plain sampling in the same run (synthesis, or an unguided stage when nothing was
+synthesized).
 """
 
 from __future__ import annotations
@@ -62,15 +63,15 @@ class CostLedger:
         write_json_atomic(self.path, self.records)
         return self.records[name]
 
-    def seconds_per_unet_evaluation(self) -> float:
-        """CPU seconds of one UNet evaluation in plain sampling, from the synthesis stage.
+    def seconds_per_unet_evaluation(self, stage: str = SYNTHESIS_STAGE) -> float:
+        """CPU seconds of one UNet evaluation in plain sampling, from ``stage`` (by default the synthesis stage).
 
         Raises:
-            `ValueError`: synthesis was not recorded (run the study's inputs first).
+            `ValueError`: ``stage`` was not recorded (run the study's inputs first).
         """
-        record = self.records.get(SYNTHESIS_STAGE)
+        record = self.records.get(stage)
         if not record or not record.get("unet_evaluations"):
-            raise ValueError(f"{self.path} has no record of the synthesis stage: the UNet's cost is measured on it.")
+            raise ValueError(f"{self.path} has no record of the {stage!r} stage: the UNet's cost is measured on it.")
         return record["cpu_seconds"] / record["unet_evaluations"]
 
 
@@ -80,13 +81,14 @@ def unet_evaluations(num_images: int, num_inference_steps: int, guidance_space: 
     return {"unet_evaluations": forward, "unet_backward": forward if guided and guidance_space == "x0" else 0, "images": num_images}
 
 
-def budget(ledger: CostLedger, stages: list[str], plain_steps: int) -> dict:
+def budget(ledger: CostLedger, stages: list[str], plain_steps: int, reference: str = SYNTHESIS_STAGE) -> dict:
     """A method's total cost over ``stages`` and the plain-sampling generations it buys.
 
     Args:
         ledger ([`CostLedger`]): the recorded stages.
         stages: the stages the method ran (its inputs, then its own sampling).
         plain_steps (`int`): denoising steps of one plain-sampling generation.
+        reference (`str`): the unguided stage the CPU seconds of one UNet evaluation are measured on.
 
     Returns:
         `dict`: ``cpu_seconds``, ``wall_seconds``, ``unet_evaluations`` (+ ``unet_backward``, each counted as two
@@ -98,7 +100,7 @@ def budget(ledger: CostLedger, stages: list[str], plain_steps: int) -> dict:
     if missing:
         raise ValueError(f"{ledger.path} has no cost record of {missing}; run those stages within the study.")
     records = {stage: ledger.records[stage] for stage in stages}
-    per_evaluation = ledger.seconds_per_unet_evaluation()
+    per_evaluation = ledger.seconds_per_unet_evaluation(reference)
     cpu = sum(r["cpu_seconds"] for r in records.values())
     forward = sum(r.get("unet_evaluations", 0) for r in records.values())
     backward = sum(r.get("unet_backward", 0) for r in records.values())

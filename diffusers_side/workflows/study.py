@@ -217,10 +217,20 @@ class Study:
         path = self.output_dir / self.phase_name / BUDGET_FILE
         if path.is_file():
             return json.loads(path.read_text())
-        steps = self.config.num_inference_steps
-        budgets = {c.name: budget(self.ledger, [*input_stages(c.method), self.stage_name(c)], steps) for c in self.charged()}
+        steps, reference = self.config.num_inference_steps, self.reference_stage()
+        budgets = {
+            c.name: budget(self.ledger, [*input_stages(c.method), self.stage_name(c)], steps, reference) for c in self.charged()
+        }
         write_json_atomic(path, budgets)
         return budgets
+
+    def reference_stage(self) -> str:
+        """The plain-sampling stage a UNet evaluation's CPU seconds are measured on: synthesis, or, in a study without
+        guided configurations (nothing synthesized), the first unguided charged one (plain sampling with a restart)."""
+        if SYNTHESIS_STAGE in self.ledger.records:
+            return SYNTHESIS_STAGE
+        unguided = [c for c in self.charged() if not get_method(c.method).guided]
+        return self.stage_name(unguided[0]) if unguided else SYNTHESIS_STAGE
 
     def evaluate(self, configuration: Configuration) -> dict:
         """Score one configuration's folder against the reference (normalized L2, default bands)."""
@@ -259,7 +269,7 @@ class Study:
                 "command": extract_command(GenerationSettings.from_folder(folder), folder),
                 "evaluation": self.evaluate(configuration),
             }
-        synthetic = self.evaluate_synthetic() if budgets else None
+        synthetic = self.evaluate_synthetic() if self.guided() else None  # only guided runs synthesize
         results = tabulate(self.config, self.phase_name, runs, budgets, self.output_dir / self.phase_name, synthetic)
         write_json_atomic(self.output_dir / self.phase_name / STUDY_JSON, results)
         write_text_atomic(self.output_dir / self.phase_name / STUDY_MD, render_study(results))

@@ -35,7 +35,8 @@ BUDGET_CONVERSION = (
     "Budget: CPU seconds (process time) of every stage a configuration needs (synthesis, labelling, classifier training, "
     "its own sampling). UNet-evaluation equivalents = CPU seconds / the CPU seconds of one UNet evaluation in plain "
     "sampling (measured on the synthesis stage of the same study). Plain sampling at equal budget gets the larger of "
-    "(UNet equivalents, exact UNet passes with a backward pass counted as two) / denoising steps generations."
+    "(UNet equivalents, exact UNet passes with a backward pass counted as two) / denoising steps generations. (Without "
+    "a synthesis stage, one UNet evaluation is measured on the unguided restarted run.)"
 )
 
 WITH_SYNTHETIC = (
