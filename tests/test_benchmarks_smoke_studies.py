@@ -106,3 +106,21 @@ def test_cluster_allocation_replays_every_policy(monkeypatch, tmp_path):
         assert policy["30"]["distinct_mid_high"][0] <= result["pool_distinct_mid_high"]
     with pytest.raises(SystemExit):
         run_script(monkeypatch, "cluster_allocation", *argv[:5], "61", "--output", str(output))
+
+
+def test_prefix_blind_groups_counts_groups_among_each_folders_first_generations(monkeypatch, tmp_path):
+    import numpy as np
+
+    from conftest import write_generation_dir
+
+    rng = np.random.default_rng(0)
+    copy = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    noise = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(12)]
+    write_generation_dir(tmp_path / "phase" / "copies-first", [copy, copy, copy, *noise], method="uncond")
+    write_generation_dir(tmp_path / "phase" / "copies-late", [*noise, copy, copy, copy], method="uncond")
+    (tmp_path / "phase" / "copies-first-eval").mkdir()  # not a generation folder: skipped
+    output = tmp_path / "groups.json"
+    run_script(monkeypatch, "prefix_blind_groups", "--phase-dir", str(tmp_path / "phase"), "--num-generations", "10",
+               "--output", str(output))
+    result = json.loads(output.read_text())
+    assert result["num_generations"] == 10 and result["groups"] == {"copies-first": 1, "copies-late": 0}
